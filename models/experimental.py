@@ -1,0 +1,49 @@
+"""Model ensembles and checkpoint loading for inference (test.py, detect.py, export)."""
+import logging
+
+import torch
+import torch.nn as nn
+
+from utils.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Ensemble(nn.ModuleList):
+    """Several models whose decoded inference outputs are averaged (SPEC 1)."""
+
+    def forward(self, x, augment=False):
+        y = [module(x, augment)[0] for module in self]
+        shapes = {tuple(t.shape) for t in y}
+        if len(shapes) > 1:
+            raise RuntimeError(f'ensemble members give outputs of different shapes {sorted(shapes)}: '
+                               'only models with the same levels and anchors per level can be averaged')
+        return torch.stack(y).mean(0), None
+
+
+def attempt_load(weights, map_location=None):
+    """Load one weights file, or several as an Ensemble: float32, fused, eval mode, with names and stride.
+
+    Reads released checkpoints (SPEC 7) and the project's own, never running code from the file.
+    """
+    files = weights if isinstance(weights, (list, tuple)) else [weights]
+    if not files:
+        raise CheckpointError('no weights file given')
+    model = Ensemble()
+    for w in files:
+        ckpt = load_checkpoint(w, map_location=map_location or 'cpu')
+        m = model_from_checkpoint(ckpt, path=w)
+        model.append(m.float().fuse().eval())
+    for m in model:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    if len(model) == 1:
+        return model[-1]
+    LOGGER.info('Ensemble created with %s', list(files))
+    names = [list(m.names) for m in model]
+    if any(n != names[0] for n in names):
+        raise CheckpointError(f'ensemble members {list(files)} have different class names')
+    model.names = names[0]
+    model.nc = model[-1].nc
+    model.stride = max((m.stride for m in model), key=lambda s: float(s.max()))
+    return model

@@ -1,0 +1,28 @@
+"""Shared fixtures: small model configs and the repository paths."""
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared'
+COCO128 = SHARED / 'datasets' / 'coco128'
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def tiny_cfg(name='yolov4-p5', depth=0.33, width=0.125, nc=None):
+    """A published config with small depth/width multiples, for fast tests."""
+    with open(ROOT / 'models' / f'{name}.yaml') as f:
+        d = yaml.safe_load(f)
+    d['depth_multiple'], d['width_multiple'] = depth, width
+    if nc is not None:
+        d['nc'] = nc
+    return copy.deepcopy(d)
+
+
+@pytest.fixture
+def tiny_p5():
+    return tiny_cfg('yolov4-p5')

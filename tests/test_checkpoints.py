@@ -1,0 +1,164 @@
+"""Loading weights: released-format pickles without mish_cuda, project checkpoints, refusing bad files."""
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import ROOT, tiny_cfg
+from models.activations import Mish
+from models.experimental import Ensemble, attempt_load
+from models.yolo import Model
+from utils.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
+
+
+def _released_checkpoint(path, spelling='mish_cuda.MishCuda', seed=0):
+    """Write a checkpoint the way the paper's release did: a whole float16 Model pickled, Mish as MishCuda."""
+    torch.manual_seed(seed)
+    module_name, cls_name = spelling.rsplit('.', 1)
+    mod = types.ModuleType(module_name)
+
+    class MishCuda(nn.Module):
+        def forward(self, x):
+            return x * F.softplus(x).tanh()
+
+    MishCuda.__module__, MishCuda.__qualname__, MishCuda.__name__ = module_name, cls_name, cls_name
+    setattr(mod, cls_name, MishCuda)
+    parts = module_name.split('.')
+    added = ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
+    for name in added:  # parent packages of a dotted spelling
+        sys.modules[name] = mod if name == module_name else types.ModuleType(name)
+    try:
+        model = Model(tiny_cfg('yolov4-p5', nc=4))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+
+        def swap(parent):
+            for name, child in parent.named_children():
+                if isinstance(child, Mish):
+                    setattr(parent, name, MishCuda())
+                else:
+                    swap(child)
+        swap(model)
+        model.names = ['cat', 'dog', 'bird', 'fish']
+        model.hyp, model.gr = {'giou': 0.05, 'cls': 0.5}, 1.0
+        model.half()
+        for p in model.parameters():
+            p.requires_grad = False
+        torch.save({'epoch': -1, 'best_fitness': np.array([0.49]), 'training_results': None, 'optimizer': None,
+                    'model': model}, path)
+    finally:
+        for name in added:
+            del sys.modules[name]
+    # reference: the same float16 weights as a project model, float32, fused
+    ref = Model(tiny_cfg('yolov4-p5', nc=4))
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    return ref.fuse().eval()
+
+
+LOADER = r'''
+import sys, torch
+try:
+    import mish_cuda  # noqa: F401
+    sys.exit("mish_cuda must not be importable here")
+except ImportError:
+    pass
+from models.experimental import attempt_load
+m = attempt_load(sys.argv[1])
+assert m.names == ['cat', 'dog', 'bird', 'fish'], m.names
+assert not m.training and all(p.dtype == torch.float32 for p in m.parameters())
+torch.manual_seed(1)
+with torch.no_grad():
+    y = m(torch.rand(1, 3, 96, 128))[0]
+torch.save(y, sys.argv[2])
+'''
+
+
+@pytest.mark.parametrize('spelling', ['mish_cuda.MishCuda', 'mc.build.lib.mish_mish.MishCuda'])
+def test_released_checkpoint_loads_without_mish_cuda(tmp_path, spelling):
+    ref = _released_checkpoint(tmp_path / 'yolov4-p5.pt', spelling)
+    r = subprocess.run([sys.executable, '-c', LOADER, str(tmp_path / 'yolov4-p5.pt'), str(tmp_path / 'y.pt')],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        y_ref = ref(torch.rand(1, 3, 96, 128))[0]
+    assert torch.equal(torch.load(tmp_path / 'y.pt'), y_ref)
+
+
+def test_project_checkpoint_round_trip(tmp_path):
+    model = Model(tiny_cfg('yolov4-csp', nc=2)).eval()
+    model.names = ['a', 'b']
+    save_checkpoint({'epoch': 3, 'model': model_payload(model)}, tmp_path / 'last.pt')
+    assert not list(tmp_path.glob('.*tmp'))  # no temporary left behind
+    torch.load(tmp_path / 'last.pt', weights_only=True)  # plain data: loads with no allow-list at all
+    loaded = attempt_load(tmp_path / 'last.pt')
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x)[0], model.fuse()(x)[0], atol=1e-5)
+    assert loaded.names == ['a', 'b']
+
+
+def test_ensemble_of_two(tmp_path):
+    for i in range(2):
+        m = Model(tiny_cfg('yolov4-p5', nc=2))
+        save_checkpoint({'model': model_payload(m)}, tmp_path / f'w{i}.pt')
+    ens = attempt_load([tmp_path / 'w0.pt', tmp_path / 'w1.pt'])
+    assert isinstance(ens, Ensemble) and ens.stride.tolist() == [8, 16, 32]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y = ens(x)[0]
+        assert torch.allclose(y, (ens[0](x)[0] + ens[1](x)[0]) / 2, atol=1e-6)
+
+
+class _Evil:
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_malicious_pickle_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    evil = _Evil()
+    _Evil.marker = marker
+    path = tmp_path / 'evil.pt'
+    torch.save({'model': evil}, path)
+    with pytest.raises(CheckpointError) as e:
+        attempt_load(path)
+    msg = str(e.value)
+    assert str(path) in msg and 'system' in msg and 'refused' in msg
+    assert not marker.exists()
+
+
+def test_unknown_class_refused(tmp_path):
+    path = tmp_path / 'other.pt'
+    torch.save({'model': {'state_dict': {}}, 'x': pickle.loads(pickle.dumps(ValueError('x')))}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load: it asks for 'builtins.ValueError'|ValueError"):
+        load_checkpoint(path)
+
+
+def test_missing_weights_message(tmp_path):
+    with pytest.raises(CheckpointError) as e:
+        attempt_load(tmp_path / 'yolov4-p5.pt')
+    msg = str(e.value)
+    assert 'yolov4-p5.pt not found' in msg and 'ScaledYOLOv4' in msg and 'train.py' in msg
+
+
+@pytest.mark.parametrize('content', [b'', b'not a checkpoint at all', None])
+def test_truncated_or_foreign_file(tmp_path, content):
+    path = tmp_path / 'bad.pt'
+    if content is None:  # a real checkpoint cut in half
+        save_checkpoint({'model': model_payload(Model(tiny_cfg('yolov4-p5')))}, path)
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match='not a readable PyTorch checkpoint'):
+        attempt_load(path)

@@ -1,0 +1,1 @@
+"""Helpers shared by train.py, test.py and detect.py."""

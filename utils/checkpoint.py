@@ -1,0 +1,170 @@
+"""Checkpoint reading and writing that never runs code from a file.
+
+Two formats are read:
+
+* released checkpoints (SPEC section 7): `torch.save` of a dict whose `model` is a whole pickled `Model`
+  in float16, naming `mish_cuda.MishCuda` (or a community rebuild's spelling) for the activation. They are
+  unpickled with `torch.load(weights_only=True)` and an explicit allow-list of the classes such a file
+  needs; the Mish spellings map onto `models.activations.Mish`, so no `mish_cuda` package is required.
+* the project's own checkpoints (written by `save_checkpoint`, i.e. train.py): plain data only. The
+  `model` (and `ema`) entries are `model_payload` dicts: {'yaml': config dict, 'state_dict': ...,
+  'names': [...], 'nc': int, 'hyp': dict or None}. Other keys (epoch, optimizer, scaler, RNG states,
+  results, options) belong to train.py.
+
+A file that asks for any other class is refused with `CheckpointError` naming the file and the class.
+"""
+import logging
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.activations import Mish
+
+LOGGER = logging.getLogger(__name__)
+
+FORMAT = 'scaled-yolov4-checkpoint'
+FORMAT_VERSION = 1
+RELEASE_PAGE = 'https://github.com/WongKinYiu/ScaledYOLOv4/tree/yolov4-large#pretrained-models'
+MISH_SPELLINGS = ('mish_cuda.MishCuda', 'mish_mish.MishCuda', 'mc.build.lib.mish_mish.MishCuda')
+
+
+class CheckpointError(RuntimeError):
+    """A weights file that cannot or must not be loaded; the message names the file and the reason."""
+
+
+def _numpy_globals():
+    """numpy classes and helpers a released `best_fitness` (a numpy array or scalar) needs, under both
+    numpy 1 (`numpy.core`) and numpy 2 (`numpy._core`) module paths."""
+    core = getattr(np, '_core', None) or np.core
+    multiarray = core.multiarray
+    out = [np.ndarray, np.dtype]
+    for mod in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        out += [(multiarray._reconstruct, f'{mod}._reconstruct'), (multiarray.scalar, f'{mod}.scalar')]
+    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25: dtype instances have classes of their own
+    if dtypes is not None:
+        for name in ('Float64DType', 'Float32DType', 'Float16DType', 'Int64DType', 'Int32DType', 'BoolDType'):
+            if hasattr(dtypes, name):
+                out.append(getattr(dtypes, name))
+    return out
+
+
+def safe_globals():
+    """The allow-list: every class a released or project checkpoint may name."""
+    from models import common
+    from models.yolo import Detect, Model
+    allowed = [Model, Detect, common.Conv, common.Bottleneck, common.BottleneckCSP, common.BottleneckCSP2,
+               common.SPPCSP, common.Concat, Mish,
+               nn.Conv2d, nn.BatchNorm2d, nn.Sequential, nn.ModuleList, nn.Upsample, nn.MaxPool2d, nn.Identity,
+               nn.LeakyReLU, nn.Hardswish, nn.SiLU]
+    allowed += [(Mish, name) for name in MISH_SPELLINGS]
+    allowed += _numpy_globals()
+    return allowed
+
+
+def missing_weights_message(path):
+    return (f"weights file {path} not found. The checkpoints released with the paper (yolov4-p5.pt, "
+            f"yolov4-p6.pt, yolov4-p7.pt) are published at {RELEASE_PAGE}; put them in weights/. "
+            f"Or train one: python train.py --cfg models/yolov4-p5.yaml --data data/coco.yaml --weights ''")
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """torch.load a checkpoint with weights_only=True and the allow-list; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(missing_weights_message(path))
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        m = re.search(r'GLOBAL (\S+)', msg) or re.search(r'unrecognized function (.+?)(?: which|$)', msg)
+        if m:
+            raise CheckpointError(f'{path}: refused to load: it asks for {m.group(1)!r}, which is not a class a '
+                                  f'checkpoint may contain; nothing from the file was run') from None
+        detail = re.search(r'WeightsUnpickler error:\s*(\S[^\n]*)', msg)
+        detail = detail.group(1) if detail else 'not a pickle'
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
+                              f'{detail[:200]}') from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
+                              f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}') from None
+    if not isinstance(ckpt, dict) or 'model' not in ckpt:
+        raise CheckpointError(f"{path}: not a Scaled-YOLOv4 checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def model_payload(model, half=False):
+    """Plain-data description of a Model: config, state_dict, class names, hyperparameters."""
+    sd = model.state_dict()
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    return {'yaml': model.yaml, 'state_dict': sd, 'names': list(model.names), 'nc': model.nc,
+            'hyp': getattr(model, 'hyp', None)}
+
+
+def model_from_payload(payload, path='checkpoint'):
+    """Rebuild a float32 Model from `model_payload` data."""
+    from models.yolo import Model
+    try:
+        model = Model(payload['yaml'], nc=payload.get('nc'))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in payload['state_dict'].items()})
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f'{path}: model does not match its config: {str(e).splitlines()[0][:300]}') from None
+    model.names = list(payload.get('names') or model.names)
+    if payload.get('hyp') is not None:
+        model.hyp = payload['hyp']
+    return model
+
+
+def _upgrade_released_model(model):
+    """Make a model unpickled from a release (PyTorch 1.6-era module state) run on today's PyTorch."""
+    from models.yolo import Detect
+    for m in model.modules():
+        if isinstance(m, nn.Upsample) and not hasattr(m, 'recompute_scale_factor'):
+            m.recompute_scale_factor = None
+        elif isinstance(m, nn.Conv2d) and not hasattr(m, 'padding_mode'):
+            m.padding_mode = 'zeros'
+        elif isinstance(m, Detect):
+            m.grid = [torch.zeros(1)] * m.nl
+    if not hasattr(model, 'names'):
+        model.names = [str(i) for i in range(model.yaml['nc'])]
+    if not hasattr(model, 'nc'):
+        model.nc = model.yaml['nc']
+    return model
+
+
+def model_from_checkpoint(ckpt, path='checkpoint', prefer_ema=True):
+    """The float32 Model of a loaded checkpoint of either format (the EMA when the file has one)."""
+    from models.yolo import Model
+    entry = (ckpt.get('ema') if prefer_ema else None) or ckpt['model']
+    if isinstance(entry, Model):
+        return _upgrade_released_model(entry).float()
+    if isinstance(entry, dict) and 'state_dict' in entry:
+        return model_from_payload(entry, path)
+    raise CheckpointError(f"{path}: 'model' entry is a {type(entry).__name__}, not a Scaled-YOLOv4 model")
+
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a temporary file in the same folder, fsync, then rename over the target.
+
+    A kill at any moment leaves the previous file whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
