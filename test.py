@@ -1,0 +1,285 @@
+"""Evaluate a detector on a dataset: P, R, mAP@0.5, mAP@0.5:0.95, and COCO AP through pycocotools.
+
+    python test.py --img 896 --conf 0.001 --batch 8 --data data/coco.yaml --weights weights/yolov4-p5.pt --save-json
+
+Every output goes to runs/test/exp* (or --project/--name); nothing outside it is written or deleted.
+"""
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.experimental import attempt_load
+from utils.data_config import load_data_config
+from utils.datasets import create_dataloader
+from utils.general import (check_img_size, clip_coords, coco80_to_coco91_class, increment_path,
+                           non_max_suppression, scale_coords, set_logging, xywh2xyxy, xyxy2xywh)
+from utils.loss import compute_loss
+from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
+from utils.plots import plot_images, plot_study
+from utils.torch_utils import select_device, time_synchronized
+
+LOGGER = logging.getLogger('test')
+
+
+def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thres=0.6, save_json=False,
+         single_cls=False, augment=False, verbose=False, model=None, dataloader=None, save_dir=Path(''),
+         merge=False, save_txt=False, plots=True, device='', task='val', workers=8, compute_val_loss=None):
+    """Evaluate `model` (from train.py) or `weights` on the data's `task` split.
+
+    Returns ((P, R, mAP@0.5, mAP@0.5:0.95, val box, obj, cls losses), per-class mAPs, (inference, NMS, total)
+    ms per image).
+    """
+    data = load_data_config(data) if not isinstance(data, dict) else data
+    training = model is not None
+    save_dir = Path(save_dir)
+    if training:
+        device = next(model.parameters()).device
+    else:
+        device = select_device(device, batch_size=batch_size)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if save_txt:
+            (save_dir / 'labels').mkdir(parents=True, exist_ok=True)
+        model = attempt_load(weights, map_location=device)
+        imgsz = check_img_size(imgsz, s=int(model.stride.max()))
+    half = device.type != 'cpu'  # float16 on CUDA only
+    model.half() if half else model.float()
+    model.eval()
+
+    nc = 1 if single_cls else int(data['nc'])
+    model_nc = int(getattr(model, 'nc', nc))
+    if model_nc != nc:
+        raise ValueError(f'the model has {model_nc} classes but {data.get("yaml_file", "the data")} has nc={nc}: '
+                         f'use weights trained for this dataset, or --single-cls for a one-class evaluation')
+    names = list(getattr(model, 'names', data.get('names') or range(nc)))
+    if single_cls:
+        names = ['item']
+    iouv = torch.linspace(0.5, 0.95, 10, device=device)
+    niou = iouv.numel()
+
+    if dataloader is None:
+        if task not in data:
+            raise KeyError(f'{data.get("yaml_file", "data yaml")} has no {task!r} entry')
+        if device.type != 'cpu':  # warm up
+            model(torch.zeros((1, 3, imgsz, imgsz), device=device).half())
+        dataloader = create_dataloader(data[task], imgsz, batch_size, int(model.stride.max()),
+                                       single_cls=single_cls, pad=0.5, rect=True, workers=workers,
+                                       prefix=f'{task}: ')[0]
+    compute_val_loss = training if compute_val_loss is None else compute_val_loss
+
+    confusion_matrix = ConfusionMatrix(nc=nc)
+    coco91class = coco80_to_coco91_class()
+    s = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Targets', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')
+    p, r, mp, mr, map50, map_ = 0., 0., 0., 0., 0., 0.
+    t0, t1 = 0., 0.
+    loss = torch.zeros(3, device=device)
+    jdict, stats, ap, ap_class = [], [], [], []
+    seen = 0
+    for batch_i, (img, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=s, leave=False)):
+        img = img.to(device, non_blocking=True)
+        img = (img.half() if half else img.float()) / 255.0
+        targets = targets.to(device)
+        nb, _, height, width = img.shape
+        whwh = torch.tensor([width, height, width, height], device=device)
+        with torch.no_grad():
+            t = time_synchronized()
+            inf_out, train_out = model(img, augment=augment)
+            t0 += time_synchronized() - t
+            if compute_val_loss and train_out is not None:
+                loss += compute_loss([x.float() for x in train_out], targets, model)[1][:3]
+            t = time_synchronized()
+            output = non_max_suppression(inf_out, conf_thres=conf_thres, iou_thres=iou_thres, merge=merge)
+            t1 += time_synchronized() - t
+
+        for si, pred in enumerate(output):
+            labels = targets[targets[:, 0] == si, 1:]
+            nl = len(labels)
+            tcls = labels[:, 0].tolist() if nl else []
+            seen += 1
+            path = Path(paths[si])
+            if not len(pred):
+                if nl:
+                    stats.append((torch.zeros(0, niou, dtype=torch.bool), torch.zeros(0), torch.zeros(0), tcls))
+                continue
+            clip_coords(pred, (height, width))
+            if save_txt or save_json:
+                box = scale_coords(img[si].shape[1:], pred[:, :4].clone(), shapes[si][0], shapes[si][1])
+            if save_txt:
+                gn = torch.tensor(shapes[si][0])[[1, 0, 1, 0]]  # original w, h, w, h
+                with open(save_dir / 'labels' / f'{path.stem}.txt', 'w') as f:
+                    for *xyxy, conf, cls in torch.cat((box, pred[:, 4:]), 1).tolist():
+                        xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
+                        f.write(('%g ' * 5 + '\n') % (cls, *xywh))
+            if save_json:
+                b = xyxy2xywh(box)
+                b[:, :2] -= b[:, 2:] / 2  # centre -> top-left corner
+                image_id = int(path.stem) if path.stem.isnumeric() else path.stem
+                for pi, bi in zip(pred.tolist(), b.tolist()):
+                    jdict.append({'image_id': image_id,
+                                  'category_id': coco91class[int(pi[5])] if nc == 80 else int(pi[5]),
+                                  'bbox': [round(x, 3) for x in bi], 'score': round(pi[4], 5)})
+            tbox = xywh2xyxy(labels[:, 1:5]) * whwh
+            labels_xyxy = torch.cat((labels[:, 0:1], tbox), 1)
+            correct = match_predictions(pred, labels_xyxy, iouv) if nl else \
+                torch.zeros(pred.shape[0], niou, dtype=torch.bool)
+            if plots and nl:
+                confusion_matrix.process_batch(pred, labels_xyxy)
+            stats.append((correct.cpu(), pred[:, 4].cpu(), pred[:, 5].cpu(), tcls))
+
+        if plots and batch_i < 3 and save_dir.is_dir():
+            plot_images(img, targets, paths, save_dir / f'test_batch{batch_i}_labels.jpg', names)
+            plot_images(img, _output_to_target(output), paths, save_dir / f'test_batch{batch_i}_pred.jpg', names)
+
+    stats = [np.concatenate(x, 0) for x in zip(*stats)] if stats else []
+    if len(stats) and stats[0].any():
+        p, r, ap, f1, ap_class = ap_per_class(*stats, plot=plots and save_dir.is_dir(), save_dir=save_dir,
+                                              names=names)
+        p, r, ap50, ap = p[:, 0], r[:, 0], ap[:, 0], ap.mean(1)
+        mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
+        nt = np.bincount(stats[3].astype(np.int64), minlength=nc)
+    else:
+        nt = np.bincount(stats[3].astype(np.int64), minlength=nc) if len(stats) else np.zeros(nc, dtype=int)
+    pf = '%20s' + '%12.3g' * 6
+    LOGGER.info(s)
+    LOGGER.info(pf, 'all', seen, nt.sum(), mp, mr, map50, map_)
+    if not nt.sum():
+        LOGGER.warning('WARNING: no labels in the %s set: metrics cannot be computed', task)
+    if verbose and nc > 1 and len(stats):
+        for i, c in enumerate(ap_class):
+            LOGGER.info(pf, names[c], seen, nt[c], p[i], r[i], ap50[i], ap[i])
+
+    times = tuple(x / max(seen, 1) * 1E3 for x in (t0, t1, t0 + t1))
+    if not training:
+        LOGGER.info('Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g',
+                    *times, imgsz, imgsz, batch_size)
+    if plots and save_dir.is_dir():
+        confusion_matrix.plot(save_dir=save_dir, names=names)
+
+    if save_json and len(jdict):
+        coco = _coco_evaluate(jdict, data, dataloader, weights, save_dir)
+        if coco is not None:
+            map_, map50 = coco[:2]
+    elif save_json:
+        LOGGER.info('No detections: nothing to write for pycocotools (AP 0)')
+
+    model.float()
+    maps = np.zeros(nc) + map_
+    for i, c in enumerate(ap_class):
+        maps[c] = ap[i]
+    return (mp, mr, map50, map_, *(loss.cpu() / max(len(dataloader), 1)).tolist()), maps, times
+
+
+def _output_to_target(output):
+    """NMS output per image -> (n, 7) [image, class, x, y, w, h, conf] for plot_images."""
+    rows = []
+    for i, o in enumerate(output):
+        for *box, conf, cls in o.cpu().tolist():
+            x, y, w, h = xyxy2xywh(torch.tensor([box]))[0].tolist()
+            rows.append([i, cls, x, y, w, h, conf])
+    return np.array(rows).reshape(-1, 7)
+
+
+def _coco_evaluate(jdict, data, dataloader, weights, save_dir):
+    """Write the detections JSON and score it with pycocotools; returns COCOeval stats or None."""
+    w = Path(weights[0] if isinstance(weights, (list, tuple)) else weights).stem if weights else ''
+    ann = data.get('val_annotations')
+    gt = None
+    if ann and Path(ann).is_file():
+        try:
+            with open(ann) as f:
+                gt = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            LOGGER.warning('WARNING: ground truth %s could not be read (%s)', ann, e)
+    if gt is not None and any(isinstance(d['image_id'], str) for d in jdict):  # ids from GT file names
+        ids = {Path(im['file_name']).stem: im['id'] for im in gt.get('images', [])}
+        jdict = [dict(d, image_id=ids.get(d['image_id'], d['image_id'])) for d in jdict]
+    file = save_dir / f'detections_val2017_{w}_results.json'
+    with open(file, 'w') as f:
+        json.dump(jdict, f)
+    LOGGER.info('COCO detections JSON saved to %s', file)
+    if gt is None:
+        LOGGER.warning('WARNING: no COCO ground truth (val_annotations: %s): pycocotools AP not computed; '
+                       'the mAP above is this project\'s own', ann)
+        return None
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        LOGGER.warning('WARNING: pycocotools unavailable (%s): the mAP above is this project\'s own', e)
+        return None
+    stems = {Path(x).stem for x in dataloader.dataset.img_files}
+    img_ids = [im['id'] for im in gt['images'] if Path(im['file_name']).stem in stems]
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    coco_gt.createIndex()
+    coco_dt = coco_gt.loadRes(str(file))
+    ev = COCOeval(coco_gt, coco_dt, 'bbox')
+    ev.params.imgIds = img_ids
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    LOGGER.info('pycocotools: AP %.4f, AP50 %.4f over %d images', ev.stats[0], ev.stats[1], len(img_ids))
+    return ev.stats
+
+
+def parse_opt(argv=None):
+    parser = argparse.ArgumentParser(prog='test.py', description='Evaluate Scaled-YOLOv4 on a dataset.')
+    parser.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt path(s)')
+    parser.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
+    parser.add_argument('--batch-size', '--batch', type=int, default=32, help='batch size')
+    parser.add_argument('--img-size', '--img', type=int, default=640, help='inference size (pixels)')
+    parser.add_argument('--conf-thres', '--conf', type=float, default=0.001, help='object confidence threshold')
+    parser.add_argument('--iou-thres', '--iou', type=float, default=0.65, help='IoU threshold for NMS')
+    parser.add_argument('--save-json', action='store_true', help='write a COCO JSON and score it with pycocotools')
+    parser.add_argument('--task', default='val', choices=['val', 'test', 'study', 'speed'], help='what to run')
+    parser.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    parser.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
+    parser.add_argument('--augment', action='store_true', help='augmented inference (TTA)')
+    parser.add_argument('--merge', action='store_true', help='use Merge NMS')
+    parser.add_argument('--verbose', action='store_true', help='report mAP by class')
+    parser.add_argument('--save-txt', action='store_true', help='save results to *.txt')
+    parser.add_argument('--workers', type=int, default=8, help='maximum dataloader workers')
+    parser.add_argument('--project', default='runs/test', help='save to project/name')
+    parser.add_argument('--name', default='exp', help='save to project/name')
+    parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    return parser.parse_args(argv)
+
+
+def run(opt):
+    """Run test.py's task with parsed options; returns the results of the last evaluation."""
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+    common = dict(batch_size=opt.batch_size, single_cls=opt.single_cls, augment=opt.augment, verbose=opt.verbose,
+                  merge=opt.merge, device=opt.device, workers=opt.workers)
+    if opt.task in ('val', 'test'):
+        return test(opt.data, opt.weights, imgsz=opt.img_size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
+                    save_json=opt.save_json, save_dir=save_dir, save_txt=opt.save_txt, task=opt.task, **common)
+    if opt.task == 'speed':
+        return test(opt.data, opt.weights, imgsz=opt.img_size, conf_thres=0.25, iou_thres=0.45, save_dir=save_dir,
+                    plots=False, **common)
+    # study: mAP and speed against image size
+    sizes = list(range(max(opt.img_size // 2, 128), opt.img_size * 3 // 2 + 1, 128))
+    rows = []
+    for size in sizes:
+        LOGGER.info('Study: image size %d', size)
+        res, _, times = test(opt.data, opt.weights, imgsz=size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
+                             save_dir=save_dir / f'size{size}', plots=False, **common)
+        rows.append(list(res) + [times[2]])
+    np.savetxt(save_dir / 'study.txt', np.array(rows), fmt='%10.4g')
+    plot_study(sizes, rows, save_dir / 'study.png')
+    LOGGER.info('Study written to %s', save_dir)
+    return rows
+
+
+def main(argv=None):
+    set_logging()
+    opt = parse_opt(argv)
+    opt.save_json |= Path(opt.data).name == 'coco.yaml' and opt.task in ('val', 'test')
+    return run(opt)
+
+
+if __name__ == '__main__':
+    main()

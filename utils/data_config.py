@@ -1,0 +1,52 @@
+"""Reading a data yaml (train/val/test sources, nc, names, val_annotations) with clear errors."""
+from pathlib import Path
+
+import yaml
+
+PATH_KEYS = ('train', 'val', 'test', 'val_annotations')
+
+
+class DataConfigError(ValueError):
+    """A data yaml that is missing, unreadable or lacks required keys; the message names the file."""
+
+
+def _resolve(p, base):
+    """Relative paths are taken from the working directory as published, else from the yaml's folder."""
+    if not isinstance(p, str) or Path(p).is_absolute() or Path(p).exists():
+        return p
+    alt = base / p
+    return str(alt) if alt.exists() else p
+
+
+def load_data_config(path, required=('nc', 'val')):
+    """The data yaml as a dict with paths resolved, `names` checked against `nc`, and `yaml_file` set."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataConfigError(f'data yaml {path} not found')
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise DataConfigError(f'data yaml {path} is not valid YAML: {e}') from None
+    if not isinstance(d, dict):
+        raise DataConfigError(f'data yaml {path} must be a mapping with keys {", ".join(required)}')
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise DataConfigError(f'data yaml {path} lacks required keys: {", ".join(missing)}')
+    if 'nc' in d:
+        try:
+            d['nc'] = int(d['nc'])
+        except (TypeError, ValueError):
+            raise DataConfigError(f'data yaml {path}: nc must be an integer, got {d["nc"]!r}') from None
+        names = d.get('names') or [str(i) for i in range(d['nc'])]
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names)]
+        if len(names) != d['nc']:
+            raise DataConfigError(f'data yaml {path}: {len(names)} names for nc={d["nc"]}')
+        d['names'] = [str(x) for x in names]
+    base = path.resolve().parent
+    for k in PATH_KEYS:
+        if k in d and d[k] is not None:
+            d[k] = [_resolve(x, base) for x in d[k]] if isinstance(d[k], list) else _resolve(d[k], base)
+    d['yaml_file'] = str(path)
+    return d

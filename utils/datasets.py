@@ -1,0 +1,306 @@
+"""Training/evaluation dataset and dataloader (SPEC section 10).
+
+Items are exactly the published ones: (uint8 CHW RGB tensor, labels (n, 6) [image_index, class, x, y, w, h]
+normalised, path, shapes), with `collate_fn` filling the image index. Inference sources (images, videos,
+streams, webcams) live in `utils.sources` and are re-exported here under their published names.
+"""
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, distributed
+
+from utils.augmentations import (augment_hsv, letterbox, mixup, mosaic_placements, perspective_matrix,
+                                 random_perspective, warp_image, warp_labels, xywhn2xyxy)
+from utils.general import xyxy2xywh
+from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
+from utils.sources import LoadImages, LoadStreams, LoadWebcam  # noqa: F401  (published import location)
+from utils.torch_utils import torch_distributed_zero_first
+
+__all__ = ['LoadImagesAndLabels', 'create_dataloader', 'letterbox', 'LoadImages', 'LoadStreams', 'LoadWebcam',
+           'img2label_paths', 'DatasetError']
+
+LOGGER = logging.getLogger(__name__)
+cv2.setNumThreads(0)  # OpenCV's own threads fight the dataloader workers
+
+
+class DatasetError(FileNotFoundError):
+    """A dataset path or list that yields no usable images; the message names it."""
+
+
+def list_image_files(path):
+    """Image paths from a folder, a .txt list (relative paths resolved against the list's folder), a glob,
+    or a list of those; sorted as published."""
+    files = []
+    for p in path if isinstance(path, (list, tuple)) else [path]:
+        p = Path(p)
+        if p.is_dir():
+            files += [str(x) for x in p.glob('*.*')]
+        elif p.is_file():
+            parent = p.parent
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line:
+                    x = Path(line)
+                    files.append(str(x if x.is_absolute() else (parent / x).resolve()))
+        elif any(c in str(p) for c in '*?['):
+            import glob
+            files += glob.glob(str(p), recursive=True)
+        else:
+            raise DatasetError(f'{p} does not exist (expected an image folder, a .txt list of images or a glob)')
+    files = sorted(os.path.normpath(x) for x in files if os.path.splitext(x)[-1].lower() in IMG_FORMATS)
+    if not files:
+        raise DatasetError(f'no images found in {path} (formats: {", ".join(IMG_FORMATS)})')
+    return files
+
+
+class LoadImagesAndLabels(Dataset):
+    """Images and YOLO labels with the published augmentations, rectangular batches and caching.
+
+    cache_images: False, True/'ram' (decoded, resized images in memory) or 'disk' (decoded, resized arrays
+    saved as .npy next to the images, for datasets larger than RAM).
+    """
+
+    def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
+                 image_weights=False, cache_images=False, single_cls=False, stride=32, pad=0.0, rank=-1,
+                 prefix=''):
+        self.img_size = img_size
+        self.augment = augment
+        self.hyp = hyp
+        self.image_weights = image_weights
+        self.rect = False if image_weights else rect
+        self.mosaic = self.augment and not self.rect  # load 4 images at a time into a mosaic (training)
+        self.mosaic_border = [-img_size // 2, -img_size // 2]
+        self.stride = stride
+        if augment and hyp is None:
+            raise ValueError('augment=True needs the hyperparameters (hyp) for the augmentations')
+
+        all_files = list_image_files(path)
+        all_labels = img2label_paths(all_files)
+        cache_path = Path(all_labels[0]).parent.with_suffix('.cache')
+        scan = cached_scan(all_files, all_labels, cache_path, prefix, write=rank in (-1, 0))
+        if not scan['files']:
+            raise DatasetError(f'{prefix}no usable images in {path}: every image was left out (see warnings)')
+        self.img_files = scan['files']
+        self.label_files = img2label_paths(self.img_files)
+        self.labels = [x.copy() for x in scan['labels']]
+        self.shapes = np.asarray(scan['shapes'], dtype=np.float64)  # (w, h) of each image
+        if single_cls:
+            for x in self.labels:
+                x[:, 0] = 0
+
+        n = len(self.img_files)
+        bi = np.floor(np.arange(n) / batch_size).astype(int)  # batch index of each image
+        nb = bi[-1] + 1
+        self.batch = bi
+        self.n = n
+        self.indices = range(n)
+
+        if self.rect:  # rectangular batches: images sorted by aspect ratio
+            s = self.shapes
+            ar = s[:, 1] / s[:, 0]  # h / w
+            irect = ar.argsort()
+            self.img_files = [self.img_files[i] for i in irect]
+            self.label_files = [self.label_files[i] for i in irect]
+            self.labels = [self.labels[i] for i in irect]
+            self.shapes = s[irect]
+            ar = ar[irect]
+            shapes = [[1, 1]] * nb
+            for i in range(nb):
+                ari = ar[bi == i]
+                mini, maxi = ari.min(), ari.max()
+                if maxi < 1:
+                    shapes[i] = [maxi, 1]
+                elif mini > 1:
+                    shapes[i] = [1, 1 / mini]
+            self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
+
+        # resized (h, w) each image will have, known without decoding it
+        r = img_size / self.shapes.max(1)
+        self.img_hw_pred = [(int(h * ri), int(w * ri)) if ri != 1 else (int(h), int(w))
+                            for (w, h), ri in zip(self.shapes, r)]
+
+        self.imgs = [None] * n
+        self.npy_files = [Path(f).with_suffix('.npy') for f in self.img_files]
+        self.img_hw0, self.img_hw = [None] * n, [None] * n
+        if cache_images:
+            self._cache_images('disk' if cache_images == 'disk' else 'ram', prefix)
+
+    def _cache_images(self, mode, prefix):
+        from tqdm import tqdm
+        gb = 0
+        pbar = tqdm(range(self.n), desc=f'{prefix}Caching images ({mode})', leave=False)
+        for i in pbar:
+            if mode == 'disk':
+                if not self.npy_files[i].exists():
+                    np.save(self.npy_files[i], self._read_resized(i)[0])
+                gb += self.npy_files[i].stat().st_size
+            else:
+                self.imgs[i], self.img_hw0[i], self.img_hw[i] = self._read_resized(i)
+                gb += self.imgs[i].nbytes
+        LOGGER.info('%sCached %d images (%.2f GB, %s)', prefix, self.n, gb / 1e9, mode)
+
+    def __len__(self):
+        return len(self.img_files)
+
+    def _read_resized(self, index):
+        """Decode image `index` and resize so its longer side is img_size (INTER_AREA when shrinking for
+        evaluation, else linear). Returns (BGR image, original (h, w), resized (h, w))."""
+        path = self.img_files[index]
+        img = cv2.imread(path)
+        if img is None:
+            raise OSError(f'image {path} could not be read (it was readable when the dataset was scanned)')
+        h0, w0 = img.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            interp = cv2.INTER_AREA if r < 1 and not self.augment else cv2.INTER_LINEAR
+            img = cv2.resize(img, (int(w0 * r), int(h0 * r)), interpolation=interp)
+        return img, (h0, w0), img.shape[:2]
+
+    def load_image(self, index):
+        """(BGR image, original (h, w), resized (h, w)), from the RAM or disk cache when there is one."""
+        if self.imgs[index] is not None:
+            return self.imgs[index], self.img_hw0[index], self.img_hw[index]
+        if self.npy_files[index].exists():
+            img = np.load(self.npy_files[index], allow_pickle=False)
+            w0, h0 = self.shapes[index]
+            return img, (int(h0), int(w0)), img.shape[:2]
+        return self._read_resized(index)
+
+    def __getitem__(self, index):
+        index = self.indices[index]  # linear, or drawn by image weights
+        hyp = self.hyp
+        if self.mosaic:
+            img, labels = self.load_mosaic(index)
+            shapes = None
+            if random.random() < hyp['mixup']:
+                img, labels = mixup(img, labels, *self.load_mosaic(random.randint(0, self.n - 1)))
+        else:
+            img, (h0, w0), (h, w) = self.load_image(index)
+            shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
+            img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+            shapes = (h0, w0), ((h / h0, w / w0), pad)  # for COCO mAP rescaling
+            x = self.labels[index]
+            labels = xywhn2xyxy(x, ratio[0] * w, ratio[1] * h, pad[0], pad[1]) if x.size else x.copy()
+            if self.augment:
+                img, labels = random_perspective(img, labels, degrees=hyp['degrees'], translate=hyp['translate'],
+                                                 scale=hyp['scale'], shear=hyp['shear'],
+                                                 perspective=hyp['perspective'])
+        if self.augment:
+            augment_hsv(img, hgain=hyp['hsv_h'], sgain=hyp['hsv_s'], vgain=hyp['hsv_v'])
+
+        nl = len(labels)
+        if nl:
+            labels[:, 1:5] = xyxy2xywh(labels[:, 1:5])
+            labels[:, [2, 4]] /= img.shape[0]
+            labels[:, [1, 3]] /= img.shape[1]
+        if self.augment:
+            if random.random() < hyp['flipud']:
+                img = np.flipud(img)
+                if nl:
+                    labels[:, 2] = 1 - labels[:, 2]
+            if random.random() < hyp['fliplr']:
+                img = np.fliplr(img)
+                if nl:
+                    labels[:, 1] = 1 - labels[:, 1]
+
+        labels_out = torch.zeros((nl, 6))
+        if nl:
+            labels_out[:, 1:] = torch.from_numpy(labels)
+        img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+        return torch.from_numpy(img), labels_out, self.img_files[index], shapes
+
+    def load_mosaic(self, index):
+        """The indexed image and 3 random ones on a 2s x 2s canvas centred at (s, s), warped to s x s.
+
+        The warp is drawn before any image is decoded: images whose quadrant the output never samples are
+        not decoded at all (their labels fall outside and are dropped), which gives the same result as
+        decoding them, faster.
+        """
+        s = self.img_size
+        xc = yc = s  # mosaic centre (SPEC 10)
+        indices = [index] + [random.randint(0, self.n - 1) for _ in range(3)]
+        hyp = self.hyp
+        out_size = (s * 2 + self.mosaic_border[0] * 2, s * 2 + self.mosaic_border[1] * 2)
+        M, scale = perspective_matrix((2 * s, 2 * s), out_size, hyp['degrees'], hyp['translate'], hyp['scale'],
+                                      hyp['shear'], hyp['perspective'])
+        region = _sampled_region(M, out_size, hyp['perspective'])
+
+        img4 = np.full((s * 2, s * 2, 3), 114, dtype=np.uint8)
+        sizes = [self.img_hw_pred[i] if self.imgs[i] is None else self.img_hw[i] for i in indices]
+        labels4 = []
+        for k, (i, ((x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b))) in enumerate(
+                zip(indices, mosaic_placements(s, xc, yc, sizes))):
+            if _overlaps((x1a, y1a, x2a, y2a), region):
+                img, _, (h, w) = self.load_image(i)
+                if (h, w) != sizes[k]:  # EXIF handling differed from the scan: place by the real size
+                    sizes[k] = (h, w)
+                    (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = mosaic_placements(s, xc, yc, sizes)[k]
+                img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
+            h, w = sizes[k]
+            x = self.labels[i]
+            labels4.append(xywhn2xyxy(x, w, h, x1a - x1b, y1a - y1b) if x.size else x.copy())
+        labels4 = np.concatenate(labels4, 0)
+        np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
+        img4 = warp_image(img4, M, out_size, hyp['perspective'])
+        return img4, warp_labels(labels4, M, scale, out_size, hyp['perspective'])
+
+    @staticmethod
+    def collate_fn(batch):
+        img, label, path, shapes = zip(*batch)
+        for i, lb in enumerate(label):
+            lb[:, 0] = i  # target image index for build_targets()
+        return torch.stack(img, 0), torch.cat(label, 0), path, shapes
+
+
+def _sampled_region(M, out_size, perspective, margin=2):
+    """Bounding box (x1, y1, x2, y2) of the source pixels that warping by M into out_size can read."""
+    h, w = out_size
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], dtype=np.float64)
+    src = corners @ np.linalg.inv(M).T
+    if perspective:
+        if (src[:, 2] <= 0).any():  # a corner maps through infinity: assume everything is sampled
+            return -math.inf, -math.inf, math.inf, math.inf
+        src = src[:, :2] / src[:, 2:3]
+    return src[:, 0].min() - margin, src[:, 1].min() - margin, src[:, 0].max() + margin, src[:, 1].max() + margin
+
+
+def _overlaps(a, b):
+    return a[2] > a[0] and a[3] > a[1] and a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+
+
+def seed_worker(worker_id):
+    """Seed numpy and random in each dataloader worker from its torch seed (reproducible augmentation)."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=False,
+                      pad=0.0, rect=False, rank=-1, world_size=1, workers=8, image_weights=False, prefix='',
+                      shuffle=False, seed=0):
+    """(DataLoader, dataset). batch_size is per process; under DDP a DistributedSampler splits the data.
+
+    Workers are capped by the cores per process; workers are seeded from `seed`, so two runs with the same
+    seed see the same batches.
+    """
+    with torch_distributed_zero_first(rank):  # rank 0 scans and writes the label cache first
+        dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+                                      cache_images=cache, single_cls=single_cls, stride=int(stride), pad=pad,
+                                      image_weights=image_weights, rank=rank, prefix=prefix)
+    batch_size = min(batch_size, len(dataset))
+    nw = min((os.cpu_count() or 1) // max(world_size, 1), batch_size if batch_size > 1 else 0, workers)
+    shuffle = shuffle and not rect and not image_weights
+    sampler = distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed) if rank != -1 else None
+    generator = torch.Generator()
+    generator.manual_seed(seed + max(rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
+                        sampler=sampler, pin_memory=torch.cuda.is_available(),
+                        collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker,
+                        generator=generator, persistent_workers=nw > 0)
+    return loader, dataset

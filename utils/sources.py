@@ -1,0 +1,212 @@
+"""Inference sources for detect.py: image files, folders, globs and videos; webcams and network streams.
+
+Each iteration yields (path, letterboxed RGB CHW uint8 image(s), original BGR image(s), video capture or
+None). Letterboxing is the published one (auto: padded only to a multiple of 128).
+"""
+import glob
+import logging
+import os
+import time
+from pathlib import Path
+from threading import Thread
+
+import cv2
+import numpy as np
+
+from utils.augmentations import letterbox
+from utils.label_cache import IMG_FORMATS, VID_FORMATS
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _to_chw_rgb(img):
+    return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
+
+
+class LoadImages:
+    """Images and videos from a file, a folder, a glob or a list of those; videos are read frame by frame.
+
+    An unreadable image is named in a warning and skipped.
+    """
+
+    def __init__(self, path, img_size=640, auto=True):
+        files = []
+        for p in path if isinstance(path, (list, tuple)) else [path]:
+            p = str(Path(p).resolve()) if '*' not in str(p) else str(p)
+            if '*' in p:
+                files.extend(sorted(glob.glob(p, recursive=True)))
+            elif os.path.isdir(p):
+                files.extend(sorted(glob.glob(os.path.join(p, '*.*'))))
+            elif os.path.isfile(p):
+                files.append(p)
+            else:
+                raise FileNotFoundError(f'source {p} does not exist')
+        images = [x for x in files if os.path.splitext(x)[-1].lower() in IMG_FORMATS]
+        videos = [x for x in files if os.path.splitext(x)[-1].lower() in VID_FORMATS]
+        self.img_size = img_size
+        self.auto = auto
+        self.files = images + videos
+        self.nf = len(self.files)
+        self.video_flag = [False] * len(images) + [True] * len(videos)
+        self.mode = 'image'
+        self.cap = None
+        self.frame = 0
+        self.nframes = 0
+        if not self.nf:
+            raise FileNotFoundError(f'no images or videos found in {path}. Supported formats: images '
+                                    f'{", ".join(IMG_FORMATS)}; videos {", ".join(VID_FORMATS)}')
+
+    def __iter__(self):
+        self.count = 0
+        return self
+
+    def __next__(self):
+        while True:
+            if self.count == self.nf:
+                raise StopIteration
+            path = self.files[self.count]
+            if self.video_flag[self.count]:
+                self.mode = 'video'
+                if self.cap is None:
+                    self.new_video(path)
+                ret, img0 = self.cap.read()
+                if not ret:
+                    self.cap.release()
+                    self.cap = None
+                    self.count += 1
+                    continue
+                self.frame += 1
+                LOGGER.debug('video %d/%d (%d/%d) %s', self.count + 1, self.nf, self.frame, self.nframes, path)
+            else:
+                self.mode = 'image'
+                self.count += 1
+                img0 = cv2.imread(path)
+                if img0 is None:
+                    LOGGER.warning('WARNING: image %s could not be read (corrupt or not an image), skipped', path)
+                    continue
+            img = letterbox(img0, new_shape=self.img_size, auto=self.auto)[0]
+            return path, _to_chw_rgb(img), img0, self.cap
+
+    def new_video(self, path):
+        self.frame = 0
+        self.cap = cv2.VideoCapture(path)
+        if not self.cap.isOpened():
+            raise OSError(f'video {path} could not be opened')
+        self.nframes = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+
+    def __len__(self):
+        return self.nf
+
+
+class LoadWebcam:
+    """One local camera (index, e.g. '0') read on demand; 'q' in a display window stops it."""
+
+    def __init__(self, pipe='0', img_size=640):
+        self.img_size = img_size
+        self.pipe = int(pipe) if str(pipe).isnumeric() else pipe
+        self.cap = cv2.VideoCapture(self.pipe)
+        if not self.cap.isOpened():
+            raise OSError(f'camera {pipe} could not be opened')
+        self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 3)
+        self.count = -1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.count += 1
+        ret, img0 = self.cap.read()
+        if not ret:
+            self.cap.release()
+            raise StopIteration
+        if isinstance(self.pipe, int):
+            img0 = cv2.flip(img0, 1)  # mirror a local camera
+        img = letterbox(img0, new_shape=self.img_size)[0]
+        return f'webcam{self.count}.jpg', _to_chw_rgb(img), img0, None
+
+    def __len__(self):
+        return 0
+
+
+class LoadStreams:
+    """Several streams (webcam indices, rtsp/http URLs, or a .txt listing them), one reader thread each.
+
+    A stream that drops is reopened up to `retries` times; then it ends, and iteration stops cleanly when
+    every stream has ended. Frames are letterboxed to a common shape when they share one.
+    """
+
+    def __init__(self, sources='streams.txt', img_size=640, retries=3, retry_wait=1.0):
+        self.img_size = img_size
+        self.retries = retries
+        self.retry_wait = retry_wait
+        if os.path.isfile(sources):
+            with open(sources) as f:
+                sources = [x.strip() for x in f.read().splitlines() if x.strip()]
+        else:
+            sources = [sources]
+        self.sources = sources
+        n = len(sources)
+        self.imgs = [None] * n
+        self.alive = [True] * n
+        self.threads = []
+        for i, s in enumerate(sources):
+            cap = self._open(s)
+            if cap is None:
+                raise OSError(f'stream {s} could not be opened')
+            ok, self.imgs[i] = cap.read()
+            if not ok:
+                raise OSError(f'stream {s} opened but gave no frame')
+            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            fps = cap.get(cv2.CAP_PROP_FPS) or 30
+            LOGGER.info('%d/%d: %s... success (%dx%d at %.2f FPS)', i + 1, n, s, w, h, fps)
+            t = Thread(target=self.update, args=(i, s, cap), daemon=True)
+            t.start()
+            self.threads.append(t)
+        shapes = {letterbox(x, new_shape=self.img_size)[0].shape for x in self.imgs}
+        self.rect = len(shapes) == 1
+        if not self.rect:
+            LOGGER.warning('WARNING: streams differ in shape; for best performance give streams of one shape')
+
+    @staticmethod
+    def _open(s):
+        cap = cv2.VideoCapture(int(s) if str(s).isnumeric() else s)
+        return cap if cap.isOpened() else None
+
+    def update(self, i, source, cap):
+        """Reader thread: keep the latest frame of stream i; reopen on drops, give up after retries."""
+        failures = 0
+        while True:
+            ok, frame = cap.read()
+            if ok:
+                self.imgs[i] = frame
+                failures = 0
+                time.sleep(0.001)
+                continue
+            cap.release()
+            failures += 1
+            if failures > self.retries:
+                LOGGER.warning('WARNING: stream %s dropped; %d reconnection attempts failed, it ends here',
+                               source, self.retries)
+                self.alive[i] = False
+                return
+            LOGGER.warning('WARNING: stream %s dropped, reconnecting (attempt %d/%d)', source, failures,
+                           self.retries)
+            time.sleep(self.retry_wait)
+            cap = self._open(source) or cv2.VideoCapture()
+
+    def __iter__(self):
+        self.count = -1
+        return self
+
+    def __next__(self):
+        self.count += 1
+        if not any(self.alive) or cv2.waitKey(1) == ord('q'):
+            cv2.destroyAllWindows()
+            raise StopIteration
+        img0 = [x.copy() for x in self.imgs]
+        img = [letterbox(x, new_shape=self.img_size, auto=self.rect)[0] for x in img0]
+        img = np.stack(img, 0)[:, :, :, ::-1].transpose(0, 3, 1, 2)  # BGR -> RGB, BHWC -> BCHW
+        return self.sources, np.ascontiguousarray(img), img0, None
+
+    def __len__(self):
+        return 0
