@@ -42,8 +42,8 @@ def bbox_iou(box1, box2, x1y1x2y2=True, GIoU=False, DIoU=False, CIoU=False, eps=
         if DIoU:  # https://arxiv.org/abs/1911.08287v1
             return iou - rho2 / c2
         v = (4 / math.pi ** 2) * torch.pow(torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps)), 2)
-        with torch.no_grad():
-            alpha = v / ((1 + eps) - iou + v)
+        with torch.no_grad():  # 1e-7 (not eps): 1 + 1e-9 == 1 in float32, and a perfect match gave 0/0
+            alpha = v / (v - iou + (1 + 1e-7))
         return iou - (rho2 / c2 + v * alpha)  # CIoU
     return iou
 

@@ -1,0 +1,215 @@
+"""Evaluation: NMS (and its fallback), AP, IoU variants, the loss, and test.py end to end."""
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import utils.general as general
+from conftest import ROOT, tiny_cfg
+from models.yolo import Model
+from utils.checkpoint import model_payload, save_checkpoint
+from utils.general import nms_exact, non_max_suppression
+from utils.loss import build_targets, compute_loss
+from utils.metrics import bbox_iou, compute_ap
+
+HYP = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
+
+
+def _pred(rows, nc):
+    """Decoded predictions (1, n, 5 + nc) from (xc, yc, w, h, obj, cls_index, cls_score)."""
+    p = torch.zeros(1, len(rows), 5 + nc)
+    for i, (x, y, w, h, obj, c, s) in enumerate(rows):
+        p[0, i, :5] = torch.tensor([x, y, w, h, obj])
+        p[0, i, 5 + c] = s
+    return p
+
+
+def test_nms_one_class_overlap():
+    p = _pred([(50, 50, 20, 20, 0.9, 0, 1.0), (52, 50, 20, 20, 0.8, 0, 1.0), (150, 50, 20, 20, 0.7, 0, 1.0)], 2)
+    out = non_max_suppression(p, 0.25, 0.5)[0]
+    assert out[:, 4].tolist() == pytest.approx([0.9, 0.7])
+    assert out[0, :4].tolist() == pytest.approx([40, 40, 60, 60])
+
+
+def test_nms_two_classes_and_agnostic_and_filter():
+    p = _pred([(50, 50, 20, 20, 0.9, 0, 1.0), (52, 50, 20, 20, 0.8, 1, 1.0)], 2)
+    out = non_max_suppression(p, 0.25, 0.5)[0]
+    assert sorted(out[:, 5].tolist()) == [0, 1]  # different classes do not suppress each other
+    out = non_max_suppression(p, 0.25, 0.5, agnostic=True)[0]
+    assert out[:, 5].tolist() == [0] and out[:, 4].tolist() == pytest.approx([0.9])
+    out = non_max_suppression(p, 0.25, 0.5, classes=[1])[0]
+    assert out[:, 5].tolist() == [1]
+
+
+def test_nms_multi_label_and_conf():
+    p = torch.zeros(1, 1, 8)
+    p[0, 0, :5] = torch.tensor([50, 50, 20, 20, 0.5])
+    p[0, 0, 5:] = torch.tensor([0.9, 0.6, 0.1])  # scores 0.45, 0.30, 0.05
+    out = non_max_suppression(p, 0.25, 0.5)[0]
+    assert out[:, 5].tolist() == [0, 1] and out[:, 4].tolist() == pytest.approx([0.45, 0.30])
+    assert non_max_suppression(p, 0.6, 0.5)[0].shape == (0, 6)  # objectness below threshold: nothing
+
+
+def test_nms_merge():
+    # boxes [40,40,60,60] (score .9) and [44,40,64,60] (score .6): IoU 16*20/(2*400-320) = 0.667
+    p = _pred([(50, 50, 20, 20, 0.9, 0, 1.0), (54, 50, 20, 20, 0.6, 0, 1.0), (150, 50, 20, 20, 0.7, 0, 1.0)], 1)
+    out = non_max_suppression(p, 0.25, 0.5, merge=True)[0]
+    x1 = (0.9 * 40 + 0.6 * 44) / 1.5
+    assert out.shape[0] == 1  # the isolated box has no overlap: dropped by the redundancy rule, as published
+    assert out[0, :4].tolist() == pytest.approx([x1, 40, x1 + 20, 60], abs=1e-4)
+
+
+def test_nms_max_det():
+    xs = torch.arange(400).float() * 30
+    p = torch.zeros(1, 400, 6)
+    p[0, :, 0], p[0, :, 1], p[0, :, 2:4], p[0, :, 4], p[0, :, 5] = xs, 10, 10, torch.linspace(0.3, 0.9, 400), 1
+    assert non_max_suppression(p, 0.25, 0.5)[0].shape[0] == 300
+
+
+def test_exact_nms_equals_torchvision():
+    tv = pytest.importorskip('torchvision')
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 50, 600):
+        xy = torch.rand(n, 2, generator=g) * 200
+        wh = torch.rand(n, 2, generator=g) * 60 + 1
+        boxes = torch.cat((xy, xy + wh), 1)
+        scores = torch.rand(n, generator=g)
+        for thr in (0.3, 0.5, 0.65):
+            assert torch.equal(nms_exact(boxes, scores, thr), tv.ops.nms(boxes, scores, thr))
+
+
+def test_broken_torchvision_falls_back_with_one_warning(monkeypatch, caplog):
+    import sys
+    monkeypatch.setitem(sys.modules, 'torchvision', None)  # import fails like a broken install
+    monkeypatch.setattr(general, '_TV_NMS', None)
+    p = _pred([(50, 50, 20, 20, 0.9, 0, 1.0), (52, 50, 20, 20, 0.8, 0, 1.0), (150, 50, 20, 20, 0.7, 1, 1.0)], 2)
+    with caplog.at_level(logging.WARNING):
+        a = non_max_suppression(p, 0.25, 0.5)[0]
+        non_max_suppression(p, 0.25, 0.5)
+    assert caplog.text.count('torchvision NMS unavailable') == 1
+    assert a[:, 4].tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_compute_ap_known_curve():
+    ap, _, _ = compute_ap(np.array([0.2, 0.4]), np.array([1.0, 0.5]))
+    # envelope 1 on [0, .2], 1 -> .5 on [.2, .4], then the 101-point trapezoid .5 -> 0 over [.40, .41]
+    assert ap == pytest.approx(0.2 + 0.2 * 0.75 + 0.01 * 0.25)
+    ap, _, _ = compute_ap(np.array([0.5, 1.0]), np.array([1.0, 1.0]))
+    assert ap == pytest.approx(0.995)  # published quirk: the sentinel at recall 1 drops the last 0.01 to 0
+
+
+def test_iou_variants_known_pairs():
+    t = lambda *b: torch.tensor(b, dtype=torch.float64)  # noqa: E731
+    same = bbox_iou(t(0, 0, 2, 2), t(0, 0, 2, 2)[None], CIoU=True)
+    assert same.item() == pytest.approx(1.0, abs=1e-6)
+    a, b = t(0, 0, 1, 1), t(2, 0, 3, 1)[None]  # disjoint: IoU 0, enclosing 3x1, centres 2 apart
+    assert bbox_iou(a, b).item() == pytest.approx(0)
+    assert bbox_iou(a, b, GIoU=True).item() == pytest.approx(-1 / 3)
+    assert bbox_iou(a, b, DIoU=True).item() == pytest.approx(-4 / 10)
+    assert bbox_iou(a, b, CIoU=True).item() == pytest.approx(-4 / 10)  # same aspect ratio: v = 0
+    a, b = t(0, 0, 2, 2), t(0, 0, 2, 1)[None]  # nested, aspect 1 vs 2
+    iou, diou = 0.5, 0.5 - 0.25 / 8
+    v = 4 / math.pi ** 2 * (math.atan(2 / 1) - math.atan(2 / 2)) ** 2
+    assert bbox_iou(a, b, DIoU=True).item() == pytest.approx(diou, abs=1e-7)
+    assert bbox_iou(a, b, CIoU=True).item() == pytest.approx(diou - v * v / (1 - iou + v), abs=1e-7)
+    xywh = bbox_iou(t(1, 1, 2, 2), t(1, 0.5, 2, 1)[None], x1y1x2y2=False, CIoU=True)
+    assert xywh.item() == pytest.approx(diou - v * v / (1 - iou + v), abs=1e-7)
+
+
+def _loss_model():
+    model = Model(tiny_cfg('yolov4-p5', nc=3))
+    model.hyp, model.gr = dict(HYP), 1.0
+    return model
+
+
+def test_loss_falls_when_prediction_moves_onto_target():
+    model = _loss_model()
+    targets = torch.tensor([[0, 1, 0.4, 0.55, 0.2, 0.3]])  # image 0, class 1
+    shapes = [(1, 4, 128 // s, 128 // s, 8) for s in (8, 16, 32)]
+    p0 = [torch.zeros(s) for s in shapes]
+    loss0, items0 = compute_loss(p0, targets, model)
+    assert torch.isfinite(loss0).all() and loss0.item() > 0 and items0.shape == (4,)
+    tcls, tbox, indices, anchors = build_targets(p0, targets, model)
+    assert sum(len(b) for b, *_ in indices) >= 3  # matched on several anchors / neighbour cells
+    p1 = [torch.full(s, -6.0) for s in shapes]  # confident background everywhere...
+    logit = lambda y: torch.log(y / (1 - y))  # noqa: E731
+    for i, (b, a, gj, gi) in enumerate(indices):  # ...and exact boxes, objectness, class at the targets
+        xy = logit((tbox[i][:, :2] + 0.5) / 2)
+        wh = logit((tbox[i][:, 2:] / anchors[i]).sqrt() / 2)
+        p1[i][b, a, gj, gi, :4] = torch.cat((xy, wh), 1)
+        p1[i][b, a, gj, gi, 4] = 6.0
+        p1[i][b, a, gj, gi, 5 + tcls[i]] = 6.0
+    loss1, items1 = compute_loss(p1, targets, model)
+    assert loss1.item() < 0.1 * loss0.item()
+    assert items1[0].item() < 1e-4  # box loss ~ 0: CIoU of identical boxes is 1
+    assert (items1 < items0).all()
+
+
+def test_loss_single_class_has_no_cls_term_and_batch_scaling():
+    model = Model(tiny_cfg('yolov4-p5', nc=1))
+    model.hyp, model.gr = dict(HYP), 1.0
+    torch.manual_seed(0)
+    p = [torch.randn(2, 4, 128 // s, 128 // s, 6) for s in (8, 16, 32)]
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.2, 0.2], [1, 0, 0.3, 0.3, 0.1, 0.2]])
+    loss, items = compute_loss(p, targets, model)
+    assert items[2].item() == 0
+    assert loss.item() == pytest.approx(2 * items[3].item(), rel=1e-6)
+
+
+def _ckpt(path, obj_bias=None):
+    torch.manual_seed(0)
+    model = Model(tiny_cfg('yolov4-p5', nc=80))
+    if obj_bias is not None:  # confident 'person' everywhere, so the evaluation has detections
+        det = model.model[-1]
+        for conv in det.m:
+            b = conv.bias.detach().view(det.na, -1)
+            b[:, 4] = obj_bias
+            b[:, 5:] = -12
+            b[:, 5] = 3
+    model.names = yaml.safe_load((ROOT / 'data' / 'coco8.yaml').read_text())['names']
+    save_checkpoint({'model': model_payload(model)}, path)
+
+
+def test_test_py_end_to_end_with_pycocotools(tmp_path, capsys):
+    import test as test_script
+    _ckpt(tmp_path / 'w.pt', obj_bias=2.0)
+    (mp, mr, map50, map_, *losses), maps, times = test_script.main(
+        ['--weights', str(tmp_path / 'w.pt'), '--data', str(ROOT / 'data' / 'coco8.yaml'), '--img', '256',
+         '--batch', '4', '--save-json', '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--name', 'e2e',
+         '--workers', '0'])
+    out = capsys.readouterr().out
+    run = tmp_path / 'runs' / 'e2e'
+    dets = json.loads(next(run.glob('detections_val2017_w_results.json')).read_text())
+    assert dets and {d['category_id'] for d in dets} == {1}
+    ids = {d['image_id'] for d in dets}
+    assert ids <= {9, 25, 30, 34, 36, 42, 149, 250}
+    assert all(len(d['bbox']) == 4 and d['bbox'][2] >= 0 and d['bbox'][3] >= 0 for d in dets)
+    assert 'Average Precision' in out  # pycocotools' 12 figures
+    assert 0 <= map_ <= 1 and 0 <= map50 <= 1 and map50 >= map_
+    assert (run / 'confusion_matrix.png').exists() and (run / 'test_batch0_pred.jpg').exists()
+    assert len(times) == 3 and maps.shape == (80,)
+
+
+def test_test_py_zero_detections_and_bad_input(tmp_path, caplog):
+    import test as test_script
+    _ckpt(tmp_path / 'w.pt', obj_bias=-20.0)
+    data = str(ROOT / 'data' / 'coco8.yaml')
+    res, maps, _ = test_script.test(data, str(tmp_path / 'w.pt'), batch_size=4, imgsz=128, save_json=True,
+                                    save_dir=tmp_path / 'run', device='cpu', workers=0)
+    assert res[:4] == (0., 0., 0., 0.) and (maps == 0).all()
+    from utils.checkpoint import CheckpointError
+    from utils.data_config import DataConfigError
+    with pytest.raises(CheckpointError, match='missing.pt not found'):
+        test_script.test(data, str(tmp_path / 'missing.pt'), save_dir=tmp_path / 'r2', device='cpu')
+    with pytest.raises(DataConfigError, match='nope.yaml not found'):
+        test_script.test(str(tmp_path / 'nope.yaml'), str(tmp_path / 'w.pt'), device='cpu')
+    (tmp_path / 'bad.yaml').write_text('train: x\n')
+    with pytest.raises(DataConfigError, match='lacks required keys: nc, val'):
+        test_script.test(str(tmp_path / 'bad.yaml'), str(tmp_path / 'w.pt'), device='cpu')
+    (tmp_path / 'nc3.yaml').write_text(f'val: {ROOT / "data" / "coco8" / "images"}\nnc: 3\n')
+    with pytest.raises(ValueError, match='80 classes but .*nc3.yaml has nc=3'):
+        test_script.test(str(tmp_path / 'nc3.yaml'), str(tmp_path / 'w.pt'), save_dir=tmp_path / 'r3', device='cpu')
