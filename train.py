@@ -158,6 +158,10 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                 if j == 1:
                     g['weight_decay'] = hyp['weight_decay']
         set_rng_state(ckpt.get('rng'), rank)
+        if main_proc:  # results.txt as of the checkpoint: a line written after it (killed in between) goes
+            tmp = results_file.with_suffix('.tmp')
+            tmp.write_text(''.join(line + '\n' for line in results_lines))
+            os.replace(tmp, results_file)
         LOGGER.info('Resuming %s from epoch %g to %g', save_dir, start_epoch, epochs)
         if start_epoch >= epochs:
             raise ValueError(f'{opt.weights} has already trained {start_epoch} epochs: give --epochs above that '
@@ -251,11 +255,11 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                 imgs = imgs.to(device, non_blocking=True).float() / 255.0
                 if ni <= nw:  # warm-up
                     xi = [0, nw]
-                    accumulate = max(1, np.interp(ni, xi, [1, NBS / total_batch_size]).round())
+                    accumulate = max(1, int(np.interp(ni, xi, [1, NBS / total_batch_size]).round()))
                     for j, x in enumerate(optimizer.param_groups):
-                        x['lr'] = np.interp(ni, xi, [0.1 if j == 2 else 0.0, x['initial_lr'] * lf(epoch)])
+                        x['lr'] = float(np.interp(ni, xi, [0.1 if j == 2 else 0.0, x['initial_lr'] * lf(epoch)]))
                         if 'momentum' in x:
-                            x['momentum'] = np.interp(ni, xi, [0.9, hyp['momentum']])
+                            x['momentum'] = float(np.interp(ni, xi, [0.9, hyp['momentum']]))
                 if opt.multi_scale:
                     sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs
                     sf = sz / max(imgs.shape[2:])
@@ -309,10 +313,7 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                     results, maps, _ = tester.test(data, batch_size=batch_size, imgsz=imgsz_test, model=ema.ema,
                                                    single_cls=opt.single_cls, dataloader=testloader,
                                                    save_dir=save_dir, plots=final_epoch)
-                line = s + '%10.4g' * 7 % tuple(results)
-                results_lines.append(line)
-                with open(results_file, 'a') as f:
-                    f.write(line + '\n')
+                results_lines.append(s + '%10.4g' * 7 % tuple(results))
                 fi = float(fitness(np.array(results).reshape(1, -1))[0])
                 if fi > best_fitness:
                     best_fitness = fi
@@ -322,12 +323,14 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                             'val/obj_loss', 'val/cls_loss', 'x/lr0', 'x/lr1', 'x/lr2']
                     for x, tag in zip(list(mloss[:-1].tolist()) + list(results) + lr, tags):
                         tb_writer.add_scalar(tag, x, epoch)
-                if not opt.nosave or final_epoch:
+                if not opt.nosave or final_epoch:  # checkpoint first: it carries the results lines
                     ck = checkpoint(epoch, fi)
                     save_checkpoint(ck, last)
                     if best_fitness == fi:
                         save_checkpoint(ck, best)
                     del ck
+                with open(results_file, 'a') as f:
+                    f.write(results_lines[-1] + '\n')
     finally:
         for s_, h in old_handlers.items():
             signal.signal(s_, h)

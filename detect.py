@@ -1,0 +1,155 @@
+"""Detect objects in images, folders, globs, videos, webcams and streams.
+
+    python detect.py --weights weights/yolov4-p5.pt --source data/coco8/images --img-size 896
+
+Outputs go to runs/detect/exp* (or --project/--name): annotated images under their own names, videos as
+videos (same frame count, size and rate), and with --save-txt YOLO-format labels/<stem>.txt (_<frame> for
+video frames). Nothing is deleted.
+"""
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+from models.experimental import attempt_load
+from utils.datasets import LoadImages, LoadStreams
+from utils.general import check_img_size, increment_path, non_max_suppression, scale_coords, set_logging, xyxy2xywh
+from utils.plots import color_list, plot_one_box
+from utils.torch_utils import select_device, time_synchronized
+
+LOGGER = logging.getLogger('detect')
+
+
+def _is_stream(source):
+    s = str(source)
+    return s.isnumeric() or s.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://')) or s.endswith('.txt')
+
+
+def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=640, conf_thres=0.4,
+           iou_thres=0.5, device='', view_img=False, save_txt=False, save_conf=False, nosave=False, classes=None,
+           agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False):
+    """Run detection; returns (save_dir, {path: detections tensor (n, 6) in original-image pixels})."""
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+    (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+    device = select_device(device)
+    half = device.type != 'cpu'
+    model = attempt_load(weights, map_location=device)
+    imgsz = check_img_size(img_size, s=int(model.stride.max()))
+    if half:
+        model.half()
+    names = list(model.names)
+    colors = color_list()
+
+    webcam = _is_stream(source)
+    if webcam:
+        dataset = LoadStreams(source, img_size=imgsz)
+    else:
+        dataset = LoadImages(source, img_size=imgsz)
+    vid_path, vid_writer = None, None
+    results = {}
+    t0 = time.time()
+    n_images = 0
+    for path, img, im0s, vid_cap in dataset:
+        img = torch.from_numpy(img).to(device)
+        img = (img.half() if half else img.float()) / 255.0
+        if img.ndimension() == 3:
+            img = img.unsqueeze(0)
+        t1 = time_synchronized()
+        with torch.no_grad():
+            pred = model(img, augment=augment)[0]
+        pred = non_max_suppression(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic_nms)
+        t2 = time_synchronized()
+
+        for i, det in enumerate(pred):
+            if webcam:
+                p, s, im0 = Path(path[i]), f'{i}: ', im0s[i].copy()
+                frame = dataset.count
+            else:
+                p, s, im0 = Path(path), '', im0s
+                frame = getattr(dataset, 'frame', 0)
+            n_images += 1
+            is_video = dataset.mode == 'video' if hasattr(dataset, 'mode') else True
+            save_path = str(save_dir / p.name) if not webcam else str(save_dir / f'stream{i}.mp4')
+            txt_path = save_dir / 'labels' / (p.stem + (f'_{frame}' if is_video else ''))
+            s += '%gx%g ' % img.shape[2:]
+            gn = torch.tensor(im0.shape)[[1, 0, 1, 0]]
+            if len(det):
+                det[:, :4] = scale_coords(img.shape[2:], det[:, :4], im0.shape).round()
+                for c in det[:, -1].unique():
+                    n = int((det[:, -1] == c).sum())
+                    s += f'{n} {names[int(c)]}{"s" * (n > 1)}, '
+                lines = []
+                for *xyxy, conf, cls in reversed(det.tolist()):
+                    if save_txt:
+                        xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
+                        lines.append(('%g ' * (6 if save_conf else 5)).rstrip() % (
+                            (cls, *xywh, conf) if save_conf else (cls, *xywh)) + '\n')
+                    if not nosave or view_img:
+                        plot_one_box(xyxy, im0, label=f'{names[int(cls)]} {conf:.2f}',
+                                     color=colors[int(cls) % len(colors)], line_thickness=3)
+                if save_txt:
+                    with open(f'{txt_path}.txt', 'a') as f:
+                        f.writelines(lines)
+            results[str(p) if not is_video else f'{p}:{frame}'] = det.cpu()
+            LOGGER.info('%s%sDone. (%.3fs)', s, '' if len(det) else '(no detections) ', t2 - t1)
+
+            if view_img:
+                cv2.imshow(str(p), im0)
+                if cv2.waitKey(1) == ord('q'):
+                    raise StopIteration
+            if nosave:
+                continue
+            if not is_video:
+                cv2.imwrite(save_path, im0)
+            else:
+                if vid_path != save_path:
+                    vid_path = save_path
+                    if vid_writer is not None:
+                        vid_writer.release()
+                    if vid_cap is not None:
+                        fps = vid_cap.get(cv2.CAP_PROP_FPS) or 30
+                        w, h = int(vid_cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(vid_cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                    else:
+                        fps, (h, w) = 30, im0.shape[:2]
+                    vid_writer = cv2.VideoWriter(save_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+                vid_writer.write(im0)
+    if vid_writer is not None:
+        vid_writer.release()
+    LOGGER.info('Results saved to %s (%d images/frames, %.3fs)', save_dir, n_images, time.time() - t0)
+    return save_dir, results
+
+
+def parse_opt(argv=None):
+    p = argparse.ArgumentParser(prog='detect.py', description='Run Scaled-YOLOv4 detection.')
+    p.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt path(s)')
+    p.add_argument('--source', type=str, default='data/coco8/images', help='file/folder/glob/video, 0 for webcam, '
+                   'rtsp/http URL, or a .txt of streams')
+    p.add_argument('--img-size', '--img', type=int, default=640, help='inference size (pixels)')
+    p.add_argument('--conf-thres', '--conf', type=float, default=0.4, help='object confidence threshold')
+    p.add_argument('--iou-thres', '--iou', type=float, default=0.5, help='IoU threshold for NMS')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--view-img', action='store_true', help='display results')
+    p.add_argument('--save-txt', action='store_true', help='save results to labels/*.txt')
+    p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
+    p.add_argument('--nosave', action='store_true', help='do not save images/videos')
+    p.add_argument('--classes', nargs='+', type=int, help='filter by class: --classes 0, or --classes 0 2 3')
+    p.add_argument('--agnostic-nms', action='store_true', help='class-agnostic NMS')
+    p.add_argument('--augment', action='store_true', help='augmented inference')
+    p.add_argument('--project', default='runs/detect', help='save results to project/name')
+    p.add_argument('--name', default='exp', help='save results to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    set_logging()
+    opt = parse_opt(argv)
+    weights = opt.weights[0] if len(opt.weights) == 1 else opt.weights
+    return detect(weights=weights, **{k: v for k, v in vars(opt).items() if k != 'weights'})
+
+
+if __name__ == '__main__':
+    main()
