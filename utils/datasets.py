@@ -5,7 +5,6 @@ normalised, path, shapes), with `collate_fn` filling the image index. Inference 
 streams, webcams) live in `utils.sources` and are re-exported here under their published names.
 """
 import logging
-import math
 import os
 import random
 from pathlib import Path
@@ -15,8 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, distributed
 
-from utils.augmentations import (augment_hsv, letterbox, mixup, mosaic_placements, perspective_matrix,
-                                 random_perspective, warp_image, warp_labels, xywhn2xyxy)
+from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placements, random_perspective, xywhn2xyxy
 from utils.general import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
 from utils.sources import LoadImages, LoadStreams, LoadWebcam  # noqa: F401  (published import location)
@@ -120,11 +118,6 @@ class LoadImagesAndLabels(Dataset):
                     shapes[i] = [1, 1 / mini]
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
 
-        # resized (h, w) each image will have, known without decoding it
-        r = img_size / self.shapes.max(1)
-        self.img_hw_pred = [(int(h * ri), int(w * ri)) if ri != 1 else (int(h), int(w))
-                            for (w, h), ri in zip(self.shapes, r)]
-
         self.imgs = [None] * n
         self.npy_files = [Path(f).with_suffix('.npy') for f in self.img_files]
         self.img_hw0, self.img_hw = [None] * n, [None] * n
@@ -216,39 +209,25 @@ class LoadImagesAndLabels(Dataset):
         return torch.from_numpy(img), labels_out, self.img_files[index], shapes
 
     def load_mosaic(self, index):
-        """The indexed image and 3 random ones on a 2s x 2s canvas centred at (s, s), warped to s x s.
-
-        The warp is drawn before any image is decoded: images whose quadrant the output never samples are
-        not decoded at all (their labels fall outside and are dropped), which gives the same result as
-        decoding them, faster.
-        """
+        """The indexed image and 3 random ones on a 2s x 2s canvas centred at (s, s) (SPEC 10), labels
+        clipped to the canvas, then random_perspective with border -s/2 to an s x s image."""
         s = self.img_size
-        xc = yc = s  # mosaic centre (SPEC 10)
+        xc = yc = s
         indices = [index] + [random.randint(0, self.n - 1) for _ in range(3)]
-        hyp = self.hyp
-        out_size = (s * 2 + self.mosaic_border[0] * 2, s * 2 + self.mosaic_border[1] * 2)
-        M, scale = perspective_matrix((2 * s, 2 * s), out_size, hyp['degrees'], hyp['translate'], hyp['scale'],
-                                      hyp['shear'], hyp['perspective'])
-        region = _sampled_region(M, out_size, hyp['perspective'])
-
+        imgs = [self.load_image(i) for i in indices]
         img4 = np.full((s * 2, s * 2, 3), 114, dtype=np.uint8)
-        sizes = [self.img_hw_pred[i] if self.imgs[i] is None else self.img_hw[i] for i in indices]
         labels4 = []
-        for k, (i, ((x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b))) in enumerate(
-                zip(indices, mosaic_placements(s, xc, yc, sizes))):
-            if _overlaps((x1a, y1a, x2a, y2a), region):
-                img, _, (h, w) = self.load_image(i)
-                if (h, w) != sizes[k]:  # EXIF handling differed from the scan: place by the real size
-                    sizes[k] = (h, w)
-                    (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = mosaic_placements(s, xc, yc, sizes)[k]
-                img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
-            h, w = sizes[k]
+        placements = mosaic_placements(s, xc, yc, [hw for _, _, hw in imgs])
+        for i, (img, _, (h, w)), ((x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b)) in zip(indices, imgs, placements):
+            img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
             x = self.labels[i]
             labels4.append(xywhn2xyxy(x, w, h, x1a - x1b, y1a - y1b) if x.size else x.copy())
         labels4 = np.concatenate(labels4, 0)
         np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
-        img4 = warp_image(img4, M, out_size, hyp['perspective'])
-        return img4, warp_labels(labels4, M, scale, out_size, hyp['perspective'])
+        hyp = self.hyp
+        return random_perspective(img4, labels4, degrees=hyp['degrees'], translate=hyp['translate'],
+                                  scale=hyp['scale'], shear=hyp['shear'], perspective=hyp['perspective'],
+                                  border=self.mosaic_border)
 
     @staticmethod
     def collate_fn(batch):
@@ -256,22 +235,6 @@ class LoadImagesAndLabels(Dataset):
         for i, lb in enumerate(label):
             lb[:, 0] = i  # target image index for build_targets()
         return torch.stack(img, 0), torch.cat(label, 0), path, shapes
-
-
-def _sampled_region(M, out_size, perspective, margin=2):
-    """Bounding box (x1, y1, x2, y2) of the source pixels that warping by M into out_size can read."""
-    h, w = out_size
-    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], dtype=np.float64)
-    src = corners @ np.linalg.inv(M).T
-    if perspective:
-        if (src[:, 2] <= 0).any():  # a corner maps through infinity: assume everything is sampled
-            return -math.inf, -math.inf, math.inf, math.inf
-        src = src[:, :2] / src[:, 2:3]
-    return src[:, 0].min() - margin, src[:, 1].min() - margin, src[:, 0].max() + margin, src[:, 1].max() + margin
-
-
-def _overlaps(a, b):
-    return a[2] > a[0] and a[3] > a[1] and a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
 
 def seed_worker(worker_id):

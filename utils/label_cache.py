@@ -187,7 +187,7 @@ def scan_dataset(img_files, label_files, prefix=''):
                 labels.append(lb)
                 shapes.append(shape)
             pbar.set_description(f"{desc}: {stats['found']} found, {stats['missing']} missing, "
-                                 f"{stats['empty']} empty, {stats['corrupt']} corrupt")
+                                 f"{stats['empty']} empty, {stats['corrupt']} corrupt", refresh=False)
     return {'files': files, 'labels': labels, 'shapes': np.array(shapes, dtype=np.float64).reshape(-1, 2),
             'stats': stats, 'messages': messages}
 
