@@ -52,10 +52,14 @@ class Detect(nn.Module):
             bs, _, ny, nx = x[i].shape  # x(bs,255,20,20) to x(bs,3,20,20,85)
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                if self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
-                    self.grid[i] = self._make_grid(nx, ny).to(x[i].device)
+                if self.export:  # computed in the graph, so exported models accept other sizes
+                    grid = self._make_grid(nx, ny).to(x[i].device)
+                else:
+                    if self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
+                        self.grid[i] = self._make_grid(nx, ny).to(x[i].device)
+                    grid = self.grid[i]
                 y = x[i].sigmoid()
-                xy = (y[..., 0:2] * 2. - 0.5 + self.grid[i].to(y.dtype)) * self.stride[i]
+                xy = (y[..., 0:2] * 2. - 0.5 + grid.to(y.dtype)) * self.stride[i]
                 wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i].to(y.dtype)
                 z.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))
         if self.training:

@@ -1,0 +1,105 @@
+"""Export a checkpoint to TorchScript (traced) and ONNX, next to the weights.
+
+    python models/export.py --weights weights/yolov4-p5.pt --img-size 896 896 --batch-size 1 [--dynamic]
+
+Both files output the decoded prediction tensor (batch, boxes, 5 + nc) that non_max_suppression takes. Mish is
+exported as standard ops (x * tanh(softplus(x))). When onnxruntime is installed, the ONNX file is run and its
+largest difference from PyTorch is printed.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+if __package__ in (None, ''):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.activations import Mish  # noqa: E402
+from models.experimental import attempt_load  # noqa: E402
+from models.yolo import Detect  # noqa: E402
+from utils.general import check_img_size  # noqa: E402
+
+LOGGER = logging.getLogger('export')
+
+
+class MishExport(nn.Module):
+    """Mish written with standard ops, so every exporter and runtime understands it."""
+
+    def forward(self, x):
+        return x * torch.tanh(F.softplus(x))
+
+
+def prepare_for_export(model):
+    """Swap every Mish for MishExport and make Detect return the decoded tensor only (in place)."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, Mish):
+                setattr(parent, name, MishExport())
+    for m in model.modules():
+        if isinstance(m, Detect):
+            m.export = True
+    return model
+
+
+def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, device='cpu'):
+    """Write <weights>.torchscript.pt and <weights>.onnx; returns (paths, max |onnx - torch| or None)."""
+    model = attempt_load(weights, map_location=device)
+    gs = int(model.stride.max())
+    img_size = [check_img_size(x, gs) for x in img_size]
+    model = prepare_for_export(model).eval()
+    img = torch.zeros(batch_size, 3, *img_size, device=device)
+    with torch.no_grad():
+        y = model(img)
+    stem = str(Path(weights).with_suffix(''))
+    ts_file, onnx_file = Path(stem + '.torchscript.pt'), Path(stem + '.onnx')
+
+    with torch.no_grad():
+        ts = torch.jit.trace(model, img, strict=False)
+    ts.save(str(ts_file))
+    LOGGER.info('TorchScript export success, saved as %s', ts_file)
+
+    dynamic_axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}, 'output': {0: 'batch', 1: 'boxes'}} \
+        if dynamic else None
+    torch.onnx.export(model, (img,), str(onnx_file), opset_version=opset, input_names=['images'],
+                      output_names=['output'], dynamic_axes=dynamic_axes, dynamo=False, do_constant_folding=True)
+    LOGGER.info('ONNX export success, saved as %s', onnx_file)
+
+    diff = None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        LOGGER.info('onnxruntime not installed: the ONNX file was not run')
+    else:
+        sess = ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
+        x = torch.rand(batch_size, 3, *img_size)
+        with torch.no_grad():
+            ref = model.float().cpu()(x)
+        out = sess.run(None, {'images': x.numpy()})[0]
+        diff = float((torch.from_numpy(out) - ref).abs().max())
+        LOGGER.info('onnxruntime output %s, largest difference from PyTorch %.3g', tuple(out.shape), diff)
+    LOGGER.info('Output shape %s: (batch, boxes, 5 + nc) for non_max_suppression', tuple(y.shape))
+    return (ts_file, onnx_file), diff
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog='models/export.py', description='Export to TorchScript and ONNX.')
+    p.add_argument('--weights', type=str, default='weights/yolov4-p5.pt', help='weights path')
+    p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='image size (h, w)')
+    p.add_argument('--batch-size', type=int, default=1, help='batch size')
+    p.add_argument('--dynamic', action='store_true', help='ONNX: dynamic batch and image size')
+    p.add_argument('--opset', type=int, default=12, help='ONNX opset (12 or later)')
+    opt = p.parse_args(argv)
+    opt.img_size *= 2 if len(opt.img_size) == 1 else 1
+    if opt.opset < 12:
+        p.error('--opset must be 12 or later')
+    logging.basicConfig(format='%(message)s', level=logging.INFO)
+    return export(opt.weights, opt.img_size, opt.batch_size, opt.dynamic, opt.opset)
+
+
+if __name__ == '__main__':
+    from models.export import main as _main  # classes as models.*, not __main__.*
+    _main()
