@@ -16,5 +16,9 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . /yolo
+# Build the Mish CUDA extension now (no GPU is visible during docker build, so name the architectures).
+# YOLO_MISH=auto uses it for CUDA tensors; the default (native) uses PyTorch's own mish.
+ENV TORCH_CUDA_ARCH_LIST="7.0;7.5;8.0;8.6;8.9;9.0+PTX" YOLO_MISH_BUILD_DIR=/yolo/.mish_build
+RUN python -m models.mish_cuda.build
 
 CMD ["bash"]

@@ -219,11 +219,11 @@ def main(argv=None):
     opt = parse_opt(argv)
     from utils.torch_utils import select_device
     device = select_device(opt.device)
-    torch.set_grad_enabled(opt.mode == 'train')
     fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data}[opt.mode]
     what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode != 'data' else opt.source
     name = torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
-    table = fn(opt, device)
+    with torch.set_grad_enabled(opt.mode == 'train'):
+        table = fn(opt, device)
     header = f'{opt.mode} benchmark: {what} on {name}, torch {torch.__version__}'
     print(header)
     print(table)

@@ -1,0 +1,116 @@
+"""Mish: the native path is exact, YOLO_MISH switches implementations, the extension steps aside without
+CUDA; GPU checks (extension parity, float16 vs CPU float32, AMP, SyncBN) run only where CUDA is present."""
+import logging
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models.mish_cuda as mish_cuda
+from conftest import tiny_cfg
+from models.activations import Mish, mish_mode
+
+CUDA = torch.cuda.is_available()
+
+
+def _formula(x):
+    return x * torch.tanh(torch.log1p(torch.exp(x)))
+
+
+@pytest.mark.parametrize('mode', ['native', 'auto', 'cuda'])
+def test_cpu_path_exact_values_and_gradients(monkeypatch, mode):
+    monkeypatch.setenv('YOLO_MISH', mode)
+    x = torch.linspace(-15, 15, 2001, dtype=torch.float64, requires_grad=True)
+    y = Mish()(x)
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    _formula(x2).sum().backward()
+    assert torch.allclose(y, _formula(x.detach()), atol=1e-12, rtol=1e-12)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-12, rtol=1e-10)
+    xf = x.detach().float()
+    assert torch.allclose(Mish()(xf), _formula(x.detach()).float(), atol=1e-6, rtol=1e-6)
+
+
+def test_environment_switch(monkeypatch):
+    monkeypatch.delenv('YOLO_MISH', raising=False)
+    assert mish_mode() == 'native'
+    for m in ('native', 'cuda', 'auto', ' AUTO '):
+        monkeypatch.setenv('YOLO_MISH', m)
+        assert mish_mode() == m.strip().lower()
+    monkeypatch.setenv('YOLO_MISH', 'fast')
+    with pytest.raises(ValueError, match="YOLO_MISH='fast'"):
+        Mish()(torch.zeros(2))
+
+
+@pytest.mark.skipif(CUDA, reason='checks the fallback of a machine without CUDA')
+def test_extension_steps_aside_without_cuda(monkeypatch, caplog):
+    monkeypatch.setattr(mish_cuda, '_STATE', {'tried': False, 'module': None})
+    with caplog.at_level(logging.WARNING):
+        assert mish_cuda.load_extension() is None
+        assert mish_cuda.load_extension() is None
+    assert caplog.text.count('Mish CUDA extension unavailable') == 1
+
+
+def test_build_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv('YOLO_MISH_BUILD_DIR', str(tmp_path / 'b'))
+    assert mish_cuda.build_dir() == str(tmp_path / 'b') and (tmp_path / 'b').is_dir()
+
+
+gpu = pytest.mark.skipif(not CUDA, reason='needs a CUDA GPU')
+
+
+@gpu
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-6), (torch.float16, 1e-3), (torch.bfloat16, 1e-2)])
+def test_extension_matches_native_on_gpu(monkeypatch, dtype, tol):
+    monkeypatch.setenv('YOLO_MISH', 'cuda')
+    assert mish_cuda.load_extension() is not None, 'the extension did not build'
+    x = (torch.randn(1 << 16, device='cuda') * 6).to(dtype).requires_grad_(True)
+    y = Mish()(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = F.mish(x2)
+    y2.backward(g)
+    assert torch.allclose(y.float(), y2.float(), atol=tol, rtol=tol)
+    assert torch.allclose(x.grad.float(), x2.grad.float(), atol=tol, rtol=tol)
+
+
+@gpu
+def test_float16_gpu_equals_cpu_float32():
+    from models.yolo import Model
+    torch.manual_seed(0)
+    model = Model(tiny_cfg('yolov4-p5', nc=80)).eval().fuse()
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        ref = model(x)[0]
+        out = model.cuda().half()(x.cuda().half())[0].float().cpu()
+    rel = (out - ref).abs() / ref.abs().clamp(min=1.0)
+    assert rel.max() < 1e-2
+
+
+@gpu
+def test_amp_step_and_syncbn_one_process(tmp_path):
+    import torch.distributed as dist
+    import yaml
+    from conftest import ROOT
+    from models.yolo import Model
+    from utils.loss import compute_loss
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    os.environ.setdefault('MASTER_PORT', '29533')
+    dist.init_process_group('nccl', rank=0, world_size=1)
+    try:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(Model(tiny_cfg('yolov4-p5', nc=3))).cuda()
+        model.hyp, model.gr = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text()), 1.0
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler('cuda')
+        targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3], [1, 2, 0.3, 0.4, 0.1, 0.1]], device='cuda')
+        with torch.autocast('cuda'):
+            loss, items = compute_loss(ddp(torch.rand(2, 3, 128, 128, device='cuda')), targets, model)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        assert torch.isfinite(items).all()
+    finally:
+        dist.destroy_process_group()
