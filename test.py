@@ -135,7 +135,7 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
             plot_images(img, _output_to_target(output), paths, save_dir / f'test_batch{batch_i}_pred.jpg', names)
 
     stats = [np.concatenate(x, 0) for x in zip(*stats)] if stats else []
-    if len(stats) and stats[0].any():
+    if len(stats) and len(stats[3]):  # no true positives gives zeros, as published, and per-class rows
         p, r, ap, f1, ap_class = ap_per_class(*stats, plot=plots and save_dir.is_dir(), save_dir=save_dir,
                                               names=names)
         p, r, ap50, ap = p[:, 0], r[:, 0], ap[:, 0], ap.mean(1)

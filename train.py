@@ -45,7 +45,11 @@ MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
 
 
 class TrainingStopped(RuntimeError):
-    """Training ended early (signal or non-finite losses) after saving last.pt."""
+    """Training ended early (signal or non-finite losses); exit_code is what train.py exits with."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _plain(v):
@@ -213,7 +217,7 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     stop = {'signal': None}
 
     def on_signal(signum, frame):
-        stop['signal'] = signal.Signals(signum).name
+        stop['signal'] = signum
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint(epoch, fi=None):
@@ -301,8 +305,8 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
             if stop['signal']:
                 if main_proc:  # the interrupted epoch is redone on resume
                     save_checkpoint(checkpoint(epoch - 1), last)
-                raise TrainingStopped(f'{stop["signal"]} received: {last} saved; continue with '
-                                      f'python train.py --resume {last}')
+                raise TrainingStopped(f'{signal.Signals(stop["signal"]).name} received: {last} saved; continue '
+                                      f'with python train.py --resume {last}', exit_code=128 + stop['signal'])
 
             lr = [x['lr'] for x in optimizer.param_groups]
             scheduler.step()
@@ -468,7 +472,7 @@ def main(argv=None):
         return train(hyp, opt, device, tb_writer, ckpt)
     except TrainingStopped as e:
         LOGGER.error('%s', e)
-        sys.exit(130 if 'received' in str(e) else 1)
+        sys.exit(e.exit_code)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         LOGGER.error('error: %s', e)
         sys.exit(1)

@@ -257,3 +257,34 @@ def test_txt_list_relative_paths(tmp_path):
     (tmp_path / 'list.txt').write_text(''.join(f'./images/{n}\n' for n in names))
     ds = LoadImagesAndLabels(str(tmp_path / 'list.txt'), img_size=128)
     assert [Path(f).name for f in ds.img_files] == names
+
+
+@pytest.mark.parametrize('mode', ['ram', 'disk'])
+def test_cached_images_equal_uncached(tmp_path, mode):
+    images = _copy_coco8(tmp_path)
+    plain = LoadImagesAndLabels(str(images), img_size=160, rect=True, batch_size=4)
+    cached = LoadImagesAndLabels(str(images), img_size=160, rect=True, batch_size=4, cache_images=mode)
+    if mode == 'disk':
+        assert len(list(images.glob('*.npy'))) == 8
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[3] == b[3]
+
+
+def test_stream_that_ends_stops_cleanly(tmp_path, caplog):
+    from utils.sources import LoadStreams
+    path = tmp_path / 'cam.mp4'
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 30, (64, 48))
+    for i in range(6):
+        vw.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    vw.release()
+    import time
+    streams = LoadStreams(str(path), img_size=64, retries=1, retry_wait=0.01)
+    path.unlink()  # the open capture reads on; reconnecting fails, as for a camera that went away
+    deadline = time.time() + 60
+    for sources, img, img0, _ in streams:
+        assert img.shape[0] == 1 and img.shape[1] == 3 and img0[0].shape == (48, 64, 3)
+        assert time.time() < deadline
+        time.sleep(0.001)
+    assert not any(streams.alive)
+    assert 'reconnecting (attempt 1/1)' in caplog.text and 'it ends here' in caplog.text

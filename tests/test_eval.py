@@ -213,3 +213,19 @@ def test_test_py_zero_detections_and_bad_input(tmp_path, caplog):
     (tmp_path / 'nc3.yaml').write_text(f'val: {ROOT / "data" / "coco8" / "images"}\nnc: 3\n')
     with pytest.raises(ValueError, match='80 classes but .*nc3.yaml has nc=3'):
         test_script.test(str(tmp_path / 'nc3.yaml'), str(tmp_path / 'w.pt'), save_dir=tmp_path / 'r3', device='cpu')
+
+
+def test_test_py_tasks_and_options(tmp_path, capsys):
+    import test as test_script
+    _ckpt(tmp_path / 'w.pt', obj_bias=2.0)
+    common = ['--weights', str(tmp_path / 'w.pt'), '--data', str(ROOT / 'data' / 'coco8.yaml'), '--img', '128',
+              '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--workers', '0']
+    test_script.main(common + ['--name', 'v', '--verbose', '--save-txt'])
+    assert '              person' in capsys.readouterr().err  # per-class row (logging to stderr)
+    labels = list((tmp_path / 'runs' / 'v' / 'labels').glob('*.txt'))
+    assert labels and all(len(ln.split()) == 5 for f in labels for ln in f.read_text().splitlines())
+    rows = test_script.main(common + ['--name', 's', '--task', 'study'])
+    assert len(rows) == 1 and (tmp_path / 'runs' / 's' / 'study.png').exists()
+    res, _, times = test_script.main(common + ['--name', 'sp', '--task', 'speed'])
+    assert len(res) == 7 and len(times) == 3
+    assert sorted(p.name for p in (tmp_path / 'runs').iterdir()) == ['s', 'sp', 'v']

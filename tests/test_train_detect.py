@@ -134,3 +134,49 @@ def test_detect_video_and_filters(trained_run, tmp_path):
     assert labels and all(len(ln.split()) == 6 for f in labels for ln in f.read_text().splitlines())
     with pytest.raises(FileNotFoundError, match='missing.jpg'):
         detect_script.detect(w, str(tmp_path / 'missing.jpg'), device='cpu', project=str(tmp_path))
+
+
+def test_training_options_together(tiny_yaml, tmp_path):
+    args = ['--cfg', str(tiny_yaml), '--epochs', '1', '--project', str(tmp_path), '--name', 'opts', '--adam',
+            '--multi-scale', '--image-weights', '--cache-images', '--freeze', '3', '--single-cls', '--seed', '7',
+            *TINY_ARGS]
+    r = _train(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = torch.load(tmp_path / 'opts' / 'weights' / 'last.pt', weights_only=True)
+    assert ck['model']['nc'] == 1 and ck['opt']['adam'] and ck['opt']['freeze'] == 3
+    assert type(ck['optimizer']['param_groups'][0]['betas']) in (tuple, list)  # Adam
+    from models.yolo import Model
+    torch.manual_seed(7 + 1)  # train.py seeds seed + 1 + rank before building the model
+    init = Model(str(tiny_yaml), nc=1).state_dict()
+    sd = ck['model']['state_dict']
+    assert torch.equal(sd['model.0.conv.weight'], init['model.0.conv.weight'])  # frozen (layers 0-2)
+    assert torch.equal(sd['model.2.cv1.conv.weight'], init['model.2.cv1.conv.weight'])
+    assert not torch.equal(sd['model.3.conv.weight'], init['model.3.conv.weight'])  # trained
+
+
+def test_rect_training_and_evolve(tiny_yaml, tmp_path):
+    r = _train(['--cfg', str(tiny_yaml), '--epochs', '1', '--project', str(tmp_path), '--name', 'rect', '--rect',
+                *TINY_ARGS])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _train(['--cfg', str(tiny_yaml), '--epochs', '1', '--project', str(tmp_path), '--name', 'evo',
+                '--evolve', '2', *TINY_ARGS])
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = (tmp_path / 'evo' / 'evolve.txt').read_text().splitlines()
+    assert len(rows) == 2 and all(len(x.split()) == 7 + 22 for x in rows)
+
+
+def test_sigterm_saves_last_and_exits_cleanly(tiny_yaml, tmp_path):
+    args = ['--cfg', str(tiny_yaml), '--epochs', '50', '--project', str(tmp_path), '--name', 's', *TINY_ARGS]
+    p = subprocess.Popen([sys.executable, 'train.py', *args], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    results = tmp_path / 's' / 'results.txt'
+    deadline = time.time() + 300
+    while time.time() < deadline and not (results.exists() and results.read_text().count('\n') >= 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert 'SIGTERM received' in err and 'Traceback' not in err
+    ck = torch.load(tmp_path / 's' / 'weights' / 'last.pt', weights_only=True)
+    n = results.read_text().count('\n')
+    assert ck['epoch'] == n - 1 and len(ck['results']) == n  # resume continues right after the last line

@@ -89,7 +89,7 @@ def plot_pr_curve(px, py, ap, save_dir='.', names=(), classes=()):
     py = np.stack(py, 1)
     ap50 = ap[:, 0]
     if 0 < len(classes) < 21:
-        for i, c in enumerate(classes[:py.shape[1]]):
+        for i, c in enumerate(int(c) for c in classes[:py.shape[1]]):
             name = names[c] if names and c < len(names) else str(c)
             ax.plot(px, py[:, i], linewidth=1, label=f'{name} {ap50[i]:.3f}')
     else:

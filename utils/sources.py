@@ -139,7 +139,7 @@ class LoadStreams:
         self.img_size = img_size
         self.retries = retries
         self.retry_wait = retry_wait
-        if os.path.isfile(sources):
+        if str(sources).endswith('.txt') and os.path.isfile(sources):  # a list of sources
             with open(sources) as f:
                 sources = [x.strip() for x in f.read().splitlines() if x.strip()]
         else:
@@ -200,8 +200,7 @@ class LoadStreams:
 
     def __next__(self):
         self.count += 1
-        if not any(self.alive) or cv2.waitKey(1) == ord('q'):
-            cv2.destroyAllWindows()
+        if not any(self.alive):
             raise StopIteration
         img0 = [x.copy() for x in self.imgs]
         img = [letterbox(x, new_shape=self.img_size, auto=self.rect)[0] for x in img0]
