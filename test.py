@@ -7,6 +7,7 @@ Every output goes to runs/test/exp* (or --project/--name); nothing outside it is
 import argparse
 import json
 import logging
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
         model = attempt_load(weights, map_location=device)
         imgsz = check_img_size(imgsz, s=int(model.stride.max()))
     half = device.type != 'cpu'  # float16 on CUDA only
+    if training and half:  # evaluate a float16 copy: converting train.py's EMA in place would round it
+        model = deepcopy(model)
     model.half() if half else model.float()
     model.eval()
 

@@ -44,8 +44,7 @@ def list_image_files(path):
             for line in p.read_text().splitlines():
                 line = line.strip()
                 if line:
-                    x = Path(line)
-                    files.append(str(x if x.is_absolute() else (parent / x).resolve()))
+                    files.append(line if os.path.isabs(line) else os.path.join(parent, line))  # symlinks kept
         elif any(c in str(p) for c in '*?['):
             import glob
             files += glob.glob(str(p), recursive=True)
