@@ -252,8 +252,15 @@ def parse_opt(argv=None):
     return parser.parse_args(argv)
 
 
-def run(opt):
-    """Run test.py's task with parsed options; returns the results of the last evaluation."""
+def run(opt=None, **kwargs):
+    """Run test.py's task: run(weights=..., data=..., img_size=896, task='val', ...) (keyword names are the
+    command-line flags with underscores) or run(parsed_options). Returns the results of the last evaluation."""
+    if opt is None:
+        opt = parse_opt([])
+        unknown = set(kwargs) - set(vars(opt))
+        if unknown:
+            raise TypeError(f'test.run: unknown options {sorted(unknown)}')
+        vars(opt).update(kwargs)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
     common = dict(batch_size=opt.batch_size, single_cls=opt.single_cls, augment=opt.augment, verbose=opt.verbose,
                   merge=opt.merge, device=opt.device, workers=opt.workers)

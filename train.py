@@ -405,8 +405,21 @@ def _latest_last(project):
     return runs[-1]
 
 
-def main(argv=None):
-    opt = parse_opt(argv)
+def run(**kwargs):
+    """train.py from Python: run(cfg='models/yolov4-p5.yaml', data='data/coco.yaml', epochs=300, ...).
+
+    Keyword names are the command-line flags with underscores (img_size=[896, 896], batch_size=64, ...).
+    """
+    opt = parse_opt([])
+    unknown = set(kwargs) - set(vars(opt))
+    if unknown:
+        raise TypeError(f'train.run: unknown options {sorted(unknown)}')
+    vars(opt).update(kwargs)
+    return main(opt=opt)
+
+
+def main(argv=None, opt=None):
+    opt = opt or parse_opt(argv)
     opt.local_rank = int(os.environ.get('LOCAL_RANK', opt.local_rank))
     opt.world_size = int(os.environ.get('WORLD_SIZE', 1))
     opt.global_rank = int(os.environ.get('RANK', -1)) if opt.world_size > 1 or 'RANK' in os.environ else -1

@@ -85,11 +85,13 @@ def test_sigkill_after_first_epoch_then_resume(tiny_yaml, tmp_path):
 
 
 def test_torchrun_two_processes_only_rank0_writes(tiny_yaml, tmp_path):
-    args = ['--cfg', str(tiny_yaml), '--epochs', '1', '--project', str(tmp_path), '--name', 'ddp', *TINY_ARGS]
+    args = ['--cfg', str(tiny_yaml), '--epochs', '1', '--project', str(tmp_path), '--name', 'ddp', '--sync-bn',
+            *TINY_ARGS]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
                         '29517', 'train.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert '--sync-bn needs CUDA; ignored on CPU' in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ddp']  # no second run folder from rank 1
     assert len((tmp_path / 'ddp' / 'results.txt').read_text().splitlines()) == 1
     assert (tmp_path / 'ddp' / 'weights' / 'last.pt').exists()
@@ -180,3 +182,24 @@ def test_sigterm_saves_last_and_exits_cleanly(tiny_yaml, tmp_path):
     ck = torch.load(tmp_path / 's' / 'weights' / 'last.pt', weights_only=True)
     n = results.read_text().count('\n')
     assert ck['epoch'] == n - 1 and len(ck['results']) == n  # resume continues right after the last line
+
+
+def test_non_finite_losses_skip_then_stop(tiny_yaml, tmp_path, monkeypatch, capsys):
+    import train as train_script
+    calls = {'n': 0}
+    real = train_script.compute_loss
+
+    def nan_after_first_epoch(p, targets, model):
+        calls['n'] += 1
+        loss, items = real(p, targets, model)
+        return (loss * float('nan'), items * float('nan')) if calls['n'] > 2 else (loss, items)
+    monkeypatch.setattr(train_script, 'compute_loss', nan_after_first_epoch)
+    with pytest.raises(SystemExit) as e:
+        train_script.run(cfg=str(tiny_yaml), data=str(ROOT / 'data' / 'coco8.yaml'), epochs=20, batch_size=4,
+                         img_size=[64, 64], device='cpu', workers=0, noautoanchor=True, project=str(tmp_path),
+                         name='nan', notest=True)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert 'non-finite loss' in err and '10 non-finite losses in a row: training stopped' in err
+    ck = torch.load(tmp_path / 'nan' / 'weights' / 'last.pt', weights_only=True)  # the last good checkpoint
+    assert all(torch.isfinite(v).all() for v in ck['model']['state_dict'].values() if v.is_floating_point())
