@@ -171,6 +171,9 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
             raise ValueError(f'{opt.weights} has already trained {start_epoch} epochs: give --epochs above that '
                              f'to extend the run (e.g. the paper\'s fine-tune to 450)')
     scheduler.last_epoch = start_epoch - 1
+    if ckpt is not None:  # the resumed epoch's rate on the (possibly extended) schedule
+        for g in optimizer.param_groups:
+            g['lr'] = g['initial_lr'] * lf(start_epoch)
 
     gs = int(model.stride.max())
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
@@ -275,7 +278,14 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                     loss, loss_items = compute_loss(pred, targets.to(device), model)
                     if rank != -1:
                         loss *= world_size  # gradients are averaged across ranks
-                if not torch.isfinite(loss).all():
+                finite = bool(torch.isfinite(loss).all())
+                if rank != -1:  # all ranks agree on skipping and stopping, or they would wait on each other
+                    flags = torch.tensor([0. if finite else 1., float(stop['signal'] or 0)], device=device)
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                    finite, stop['signal'] = flags[0].item() == 0, int(flags[1].item()) or None
+                if stop['signal']:
+                    break
+                if not finite:
                     bad_steps += 1
                     LOGGER.warning('WARNING: non-finite loss %s at epoch %g batch %g: step skipped',
                                    loss_items.tolist(), epoch, i)
@@ -300,13 +310,13 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                     pbar.set_description(s)
                     if ni < 3 and ckpt is None:
                         plot_images(imgs, targets, paths, save_dir / f'train_batch{ni}.jpg', names)
-                if stop['signal']:
-                    break
             if stop['signal']:
                 if main_proc:  # the interrupted epoch is redone on resume
                     save_checkpoint(checkpoint(epoch - 1), last)
-                raise TrainingStopped(f'{signal.Signals(stop["signal"]).name} received: {last} saved; continue '
-                                      f'with python train.py --resume {last}', exit_code=128 + stop['signal'])
+                what = f'{last} saved; continue with python train.py --resume {last}' if main_proc else \
+                    f'rank {rank} stopping (rank 0 saves {last})'
+                raise TrainingStopped(f'{signal.Signals(stop["signal"]).name} received: {what}',
+                                      exit_code=128 + stop['signal'])
 
             lr = [x['lr'] for x in optimizer.param_groups]
             scheduler.step()

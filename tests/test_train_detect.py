@@ -203,3 +203,21 @@ def test_non_finite_losses_skip_then_stop(tiny_yaml, tmp_path, monkeypatch, caps
     assert 'non-finite loss' in err and '10 non-finite losses in a row: training stopped' in err
     ck = torch.load(tmp_path / 'nan' / 'weights' / 'last.pt', weights_only=True)  # the last good checkpoint
     assert all(torch.isfinite(v).all() for v in ck['model']['state_dict'].values() if v.is_floating_point())
+
+
+def test_sigterm_under_torchrun_stops_every_rank(tiny_yaml, tmp_path):
+    args = ['--cfg', str(tiny_yaml), '--epochs', '50', '--project', str(tmp_path), '--name', 'ds', *TINY_ARGS]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                          '29519', 'train.py', *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    results = tmp_path / 'ds' / 'results.txt'
+    deadline = time.time() + 300
+    while time.time() < deadline and not (results.exists() and results.read_text().count('\n') >= 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)  # no rank is left waiting
+    assert p.returncode != 0
+    assert 'weights/last.pt saved; continue with' in err and 'rank 1 stopping' in err
+    ck = torch.load(tmp_path / 'ds' / 'weights' / 'last.pt', weights_only=True)
+    assert ck['epoch'] == results.read_text().count('\n') - 1
