@@ -48,11 +48,15 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
         dataset = LoadStreams(source, img_size=imgsz)
     else:
         dataset = LoadImages(source, img_size=imgsz)
-    vid_path, vid_writer = None, None
+    writers = {}  # save path -> cv2.VideoWriter
     results = {}
     t0 = time.time()
     n_images = 0
+    quit_requested = False
     for path, img, im0s, vid_cap in dataset:
+        if quit_requested:  # 'q' in a display window
+            cv2.destroyAllWindows()
+            break
         img = torch.from_numpy(img).to(device)
         img = (img.half() if half else img.float()) / 255.0
         if img.ndimension() == 3:
@@ -98,26 +102,24 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
 
             if view_img:
                 cv2.imshow(str(p), im0)
-                if cv2.waitKey(1) == ord('q'):
-                    raise StopIteration
+                quit_requested = cv2.waitKey(1) == ord('q')
             if nosave:
                 continue
             if not is_video:
                 cv2.imwrite(save_path, im0)
-            else:
-                if vid_path != save_path:
-                    vid_path = save_path
-                    if vid_writer is not None:
-                        vid_writer.release()
-                    if vid_cap is not None:
-                        fps = vid_cap.get(cv2.CAP_PROP_FPS) or 30
-                        w, h = int(vid_cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(vid_cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-                    else:
-                        fps, (h, w) = 30, im0.shape[:2]
-                    vid_writer = cv2.VideoWriter(save_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
-                vid_writer.write(im0)
-    if vid_writer is not None:
-        vid_writer.release()
+                continue
+            if save_path not in writers:  # one writer per video or stream, same size and frame rate
+                if vid_cap is not None:
+                    fps = vid_cap.get(cv2.CAP_PROP_FPS) or 30
+                    w, h = int(vid_cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(vid_cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                else:
+                    fps, (h, w) = 30, im0.shape[:2]
+                for done in [k for k in writers if not webcam]:  # a file video is finished when the next starts
+                    writers.pop(done).release()
+                writers[save_path] = cv2.VideoWriter(save_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+            writers[save_path].write(im0)
+    for writer in writers.values():
+        writer.release()
     LOGGER.info('Results saved to %s (%d images/frames, %.3fs)', save_dir, n_images, time.time() - t0)
     return save_dir, results
 
