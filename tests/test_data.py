@@ -265,7 +265,9 @@ def test_cached_images_equal_uncached(tmp_path, mode):
     plain = LoadImagesAndLabels(str(images), img_size=160, rect=True, batch_size=4)
     cached = LoadImagesAndLabels(str(images), img_size=160, rect=True, batch_size=4, cache_images=mode)
     if mode == 'disk':
-        assert len(list(images.glob('*.npy'))) == 8
+        assert len(list(images.glob('*.160a.npy'))) == 8
+        other = LoadImagesAndLabels(str(images), img_size=96, rect=True, batch_size=4, cache_images=mode)
+        assert len(list(images.glob('*.96a.npy'))) == 8 and max(other.load_image(0)[0].shape) == 96
     for i in range(len(plain)):
         a, b = plain[i], cached[i]
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[3] == b[3]

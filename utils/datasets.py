@@ -60,7 +60,8 @@ class LoadImagesAndLabels(Dataset):
     """Images and YOLO labels with the published augmentations, rectangular batches and caching.
 
     cache_images: False, True/'ram' (decoded, resized images in memory) or 'disk' (decoded, resized arrays
-    saved as .npy next to the images, for datasets larger than RAM).
+    saved next to the images as <name>.<size><a|l>.npy, refreshed when the image is newer; for datasets
+    larger than RAM).
     """
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
@@ -118,7 +119,10 @@ class LoadImagesAndLabels(Dataset):
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
 
         self.imgs = [None] * n
-        self.npy_files = [Path(f).with_suffix('.npy') for f in self.img_files]
+        # disk cache: one array per image, size and interpolation (AREA when shrinking for evaluation)
+        tag = f'{img_size}{"l" if augment else "a"}'
+        self.npy_files = [Path(f).with_suffix(f'.{tag}.npy') for f in self.img_files] \
+            if cache_images == 'disk' else [None] * n
         self.img_hw0, self.img_hw = [None] * n, [None] * n
         if cache_images:
             self._cache_images('disk' if cache_images == 'disk' else 'ram', prefix)
@@ -129,8 +133,11 @@ class LoadImagesAndLabels(Dataset):
         pbar = tqdm(range(self.n), desc=f'{prefix}Caching images ({mode})', leave=False)
         for i in pbar:
             if mode == 'disk':
-                if not self.npy_files[i].exists():
-                    np.save(self.npy_files[i], self._read_resized(i)[0])
+                npy = self.npy_files[i]
+                if not npy.exists() or npy.stat().st_mtime < os.stat(self.img_files[i]).st_mtime:
+                    tmp = npy.with_suffix(f'.{os.getpid()}.tmp.npy')
+                    np.save(tmp, self._read_resized(i)[0])
+                    os.replace(tmp, npy)
                 gb += self.npy_files[i].stat().st_size
             else:
                 self.imgs[i], self.img_hw0[i], self.img_hw[i] = self._read_resized(i)
@@ -158,7 +165,7 @@ class LoadImagesAndLabels(Dataset):
         """(BGR image, original (h, w), resized (h, w)), from the RAM or disk cache when there is one."""
         if self.imgs[index] is not None:
             return self.imgs[index], self.img_hw0[index], self.img_hw[index]
-        if self.npy_files[index].exists():
+        if self.npy_files[index] is not None:
             img = np.load(self.npy_files[index], allow_pickle=False)
             w0, h0 = self.shapes[index]
             return img, (int(h0), int(w0)), img.shape[:2]
