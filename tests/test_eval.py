@@ -229,3 +229,16 @@ def test_test_py_tasks_and_options(tmp_path, capsys):
     res, _, times = test_script.main(common + ['--name', 'sp', '--task', 'speed'])
     assert len(res) == 7 and len(times) == 3
     assert sorted(p.name for p in (tmp_path / 'runs').iterdir()) == ['s', 'sp', 'v']
+
+
+def test_save_json_without_ground_truth_still_reports(tmp_path, caplog):
+    import test as test_script
+    _ckpt(tmp_path / 'w.pt', obj_bias=2.0)
+    (tmp_path / 'd.yaml').write_text(f'val: {ROOT / "data" / "coco8" / "images"}\nnc: 80\n'
+                                     f'val_annotations: {tmp_path / "missing.json"}\n')
+    with caplog.at_level(logging.INFO):
+        res, _, _ = test_script.test(str(tmp_path / 'd.yaml'), str(tmp_path / 'w.pt'), batch_size=4, imgsz=128,
+                                     save_json=True, save_dir=tmp_path / 'run', device='cpu', workers=0)
+    lines = [ln for ln in caplog.text.splitlines() if 'no COCO ground truth' in ln]
+    assert len(lines) == 1 and 'missing.json' in lines[0]
+    assert list((tmp_path / 'run').glob('detections_val2017_w_results.json')) and len(res) == 7

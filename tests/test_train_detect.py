@@ -25,6 +25,13 @@ def tiny_yaml(tmp_path_factory):
     return path
 
 
+def _free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return str(sock.getsockname()[1])
+
+
 def _train(args, cwd=ROOT, env=None, **kw):
     return subprocess.run([sys.executable, 'train.py', *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env=env, **kw)
@@ -89,7 +96,7 @@ def test_torchrun_two_processes_only_rank0_writes(tiny_yaml, tmp_path):
             *TINY_ARGS]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-                        '29517', 'train.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                        _free_port(), 'train.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert '--sync-bn needs CUDA; ignored on CPU' in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ddp']  # no second run folder from rank 1
@@ -209,7 +216,7 @@ def test_sigterm_under_torchrun_stops_every_rank(tiny_yaml, tmp_path):
     args = ['--cfg', str(tiny_yaml), '--epochs', '50', '--project', str(tmp_path), '--name', 'ds', *TINY_ARGS]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-                          '29519', 'train.py', *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          _free_port(), 'train.py', *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env)
     results = tmp_path / 'ds' / 'results.txt'
     deadline = time.time() + 300
