@@ -86,9 +86,9 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
                     n = int((det[:, -1] == c).sum())
                     s += f'{n} {names[int(c)]}{"s" * (n > 1)}, '
                 lines = []
-                for *xyxy, conf, cls in reversed(det.tolist()):
+                xywhn = (xyxy2xywh(det[:, :4]) / gn.to(det.device)).tolist()
+                for (*xyxy, conf, cls), xywh in zip(reversed(det.tolist()), reversed(xywhn)):
                     if save_txt:
-                        xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
                         lines.append(('%g ' * (6 if save_conf else 5)).rstrip() % (
                             (cls, *xywh, conf) if save_conf else (cls, *xywh)) + '\n')
                     if not nosave or view_img:

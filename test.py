@@ -18,7 +18,8 @@ from models.experimental import attempt_load
 from utils.data_config import load_data_config
 from utils.datasets import create_dataloader
 from utils.general import (check_img_size, clip_coords, coco80_to_coco91_class, increment_path,
-                           non_max_suppression, scale_coords, set_logging, xywh2xyxy, xyxy2xywh)
+                           non_max_suppression, options_from_kwargs, scale_coords, set_logging, xywh2xyxy,
+                           xyxy2xywh)
 from utils.loss import compute_loss
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.plots import plot_images, plot_study
@@ -112,10 +113,10 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
             if save_txt or save_json:
                 box = scale_coords(img[si].shape[1:], pred[:, :4].clone(), shapes[si][0], shapes[si][1])
             if save_txt:
-                gn = torch.tensor(shapes[si][0])[[1, 0, 1, 0]]  # original w, h, w, h
+                gn = torch.tensor(shapes[si][0], device=box.device)[[1, 0, 1, 0]]  # original w, h, w, h
+                xywhn = xyxy2xywh(box) / gn
                 with open(save_dir / 'labels' / f'{path.stem}.txt', 'w') as f:
-                    for *xyxy, conf, cls in torch.cat((box, pred[:, 4:]), 1).tolist():
-                        xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
+                    for cls, xywh in zip(pred[:, 5].tolist(), xywhn.tolist()):
                         f.write(('%g ' * 5 + '\n') % (cls, *xywh))
             if save_json:
                 b = xyxy2xywh(box)
@@ -178,12 +179,9 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
 
 def _output_to_target(output):
     """NMS output per image -> (n, 7) [image, class, x, y, w, h, conf] for plot_images."""
-    rows = []
-    for i, o in enumerate(output):
-        for *box, conf, cls in o.cpu().tolist():
-            x, y, w, h = xyxy2xywh(torch.tensor([box]))[0].tolist()
-            rows.append([i, cls, x, y, w, h, conf])
-    return np.array(rows).reshape(-1, 7)
+    rows = [torch.cat((torch.full((len(o), 1), i), o[:, 5:6].cpu(), xyxy2xywh(o[:, :4].cpu()), o[:, 4:5].cpu()), 1)
+            for i, o in enumerate(output)]
+    return torch.cat(rows, 0).numpy() if rows else np.zeros((0, 7))
 
 
 def _coco_evaluate(jdict, data, dataloader, weights, save_dir):
@@ -255,12 +253,7 @@ def parse_opt(argv=None):
 def run(opt=None, **kwargs):
     """Run test.py's task: run(weights=..., data=..., img_size=896, task='val', ...) (keyword names are the
     command-line flags with underscores) or run(parsed_options). Returns the results of the last evaluation."""
-    if opt is None:
-        opt = parse_opt([])
-        unknown = set(kwargs) - set(vars(opt))
-        if unknown:
-            raise TypeError(f'test.run: unknown options {sorted(unknown)}')
-        vars(opt).update(kwargs)
+    opt = opt or options_from_kwargs(parse_opt, kwargs, 'test.run')
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
     common = dict(batch_size=opt.batch_size, single_cls=opt.single_cls, augment=opt.augment, verbose=opt.verbose,
                   merge=opt.merge, device=opt.device, workers=opt.workers)

@@ -31,7 +31,7 @@ from utils.checkpoint import (CheckpointError, load_checkpoint, model_from_check
                               save_checkpoint, FORMAT, FORMAT_VERSION)
 from utils.data_config import load_data_config
 from utils.datasets import create_dataloader
-from utils.general import check_img_size, increment_path, set_logging
+from utils.general import check_img_size, increment_path, options_from_kwargs, set_logging
 from utils.loss import compute_loss
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
@@ -420,12 +420,7 @@ def run(**kwargs):
 
     Keyword names are the command-line flags with underscores (img_size=[896, 896], batch_size=64, ...).
     """
-    opt = parse_opt([])
-    unknown = set(kwargs) - set(vars(opt))
-    if unknown:
-        raise TypeError(f'train.run: unknown options {sorted(unknown)}')
-    vars(opt).update(kwargs)
-    return main(opt=opt)
+    return main(opt=options_from_kwargs(parse_opt, kwargs, 'train.run'))
 
 
 def main(argv=None, opt=None):

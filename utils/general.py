@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.metrics import box_iou  # noqa: F401  (published import location)
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -15,6 +17,16 @@ def set_logging(rank=-1, verbose=True):
     """Plain-message logging on rank -1/0, warnings only on the other DDP ranks."""
     logging.basicConfig(format='%(message)s',
                         level=logging.INFO if (verbose and rank in (-1, 0)) else logging.WARNING, force=True)
+
+
+def options_from_kwargs(parse_opt, kwargs, prog):
+    """A script's parsed defaults updated with keyword arguments named like its flags (underscores)."""
+    opt = parse_opt([])
+    unknown = set(kwargs) - set(vars(opt))
+    if unknown:
+        raise TypeError(f'{prog}: unknown options {sorted(unknown)}')
+    vars(opt).update(kwargs)
+    return opt
 
 
 def make_divisible(x, divisor):
@@ -95,12 +107,6 @@ def coco80_to_coco91_class():
     return [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
             33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
             60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90]
-
-
-def box_iou(box1, box2):
-    """IoU matrix (n, m) of xyxy boxes (n, 4) and (m, 4)."""
-    from utils.metrics import box_iou as _box_iou
-    return _box_iou(box1, box2)
 
 
 # --- NMS: torchvision's batched NMS, or an exact NMS of our own when torchvision cannot be used ---------

@@ -50,8 +50,8 @@ def exif_size(img):
 def _check_image(im_file):
     """(width, height) of a valid image, else raise ValueError with the reason."""
     try:
-        with Image.open(im_file) as im:
-            im.verify()
+        with Image.open(im_file) as im:  # PIL: verify() must come directly after open(), and leaves the
+            im.verify()                  # image unusable, so size and EXIF need a second open
         with Image.open(im_file) as im:
             shape = exif_size(im)
             fmt = im.format
