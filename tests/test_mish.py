@@ -2,6 +2,7 @@
 CUDA; GPU checks (extension parity, float16 vs CPU float32, AMP, SyncBN) run only where CUDA is present."""
 import logging
 import os
+import shutil
 
 import pytest
 import torch
@@ -55,6 +56,43 @@ def test_extension_steps_aside_without_cuda(monkeypatch, caplog):
 def test_build_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv('YOLO_MISH_BUILD_DIR', str(tmp_path / 'b'))
     assert mish_cuda.build_dir() == str(tmp_path / 'b') and (tmp_path / 'b').is_dir()
+
+
+def test_cuda_home_found_behind_an_nvcc_wrapper(monkeypatch, tmp_path):
+    monkeypatch.delenv('CUDA_HOME', raising=False)
+    monkeypatch.delenv('CUDA_PATH', raising=False)
+    wrapper = tmp_path / 'bin' / 'nvcc'  # like /usr/local/bin/nvcc: a script, with no toolkit beside it
+    wrapper.parent.mkdir()
+    wrapper.write_text('#!/bin/sh\nexec /somewhere/bin/nvcc "$@"\n')
+    for version in ('cuda-9.2', 'cuda-12.4', 'cuda-11.8'):
+        (tmp_path / version / 'include').mkdir(parents=True)
+        (tmp_path / version / 'include' / 'cuda_runtime.h').touch()
+    search = (str(tmp_path / 'cuda'), str(tmp_path / 'cuda-*'))
+    assert mish_cuda.find_cuda_home(str(wrapper), search) == str(tmp_path / 'cuda-12.4')  # newest, not 9.2
+    (tmp_path / 'cuda').symlink_to(tmp_path / 'cuda-11.8')
+    assert mish_cuda.find_cuda_home(str(wrapper), search) == str(tmp_path / 'cuda')
+    real = tmp_path / 'cuda-9.2' / 'bin' / 'nvcc'  # an nvcc inside a toolkit wins: it is the one on PATH
+    real.parent.mkdir()
+    real.touch()
+    assert mish_cuda.find_cuda_home(str(real), search) == str(tmp_path / 'cuda-9.2')
+    assert mish_cuda.find_cuda_home(str(wrapper), (str(tmp_path / 'none'),)) is None
+    monkeypatch.setenv('CUDA_HOME', '/opt/mine')  # the user's choice is left alone
+    assert mish_cuda.find_cuda_home(str(wrapper), search) is None
+
+
+@pytest.mark.skipif(not (shutil.which('nvcc') and torch.version.cuda and mish_cuda.find_cuda_home()),
+                    reason='needs nvcc, a CUDA toolkit and a CUDA build of PyTorch')
+def test_extension_builds_and_imports_without_a_gpu(monkeypatch, tmp_path):
+    """The ahead-of-time build (as in `docker build`): compiles, links and imports; refuses CPU tensors."""
+    monkeypatch.delenv('CUDA_HOME', raising=False)  # load_extension may set it; restored afterwards
+    monkeypatch.setenv('YOLO_MISH_BUILD_DIR', str(tmp_path / 'build'))
+    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '9.0')
+    monkeypatch.setattr(mish_cuda, '_STATE', {'tried': False, 'module': None})
+    ext = mish_cuda.load_extension(require_gpu=False)
+    assert ext is not None, 'the extension did not build (see the warning above)'
+    assert (tmp_path / 'build' / 'yolo_mish_cuda.so').is_file()
+    with pytest.raises(RuntimeError, match='mish_cuda: input must be a CUDA tensor'):
+        ext.forward(torch.zeros(3))
 
 
 gpu = pytest.mark.skipif(not CUDA, reason='needs a CUDA GPU')

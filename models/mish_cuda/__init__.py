@@ -8,6 +8,8 @@ Dockerfile does) with:
 """
 import logging
 import os
+import re
+import shutil
 from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
@@ -20,6 +22,25 @@ def build_dir():
     d = os.environ.get('YOLO_MISH_BUILD_DIR') or str(Path.home() / '.cache' / 'scaled-yolov4' / 'mish_cuda')
     Path(d).mkdir(parents=True, exist_ok=True)
     return d
+
+
+def find_cuda_home(nvcc=None, search=('/usr/local/cuda', '/usr/local/cuda-*', '/opt/cuda')):
+    """The CUDA toolkit to build with when neither CUDA_HOME nor CUDA_PATH is set, or None to leave it to PyTorch.
+
+    PyTorch takes the folder above the `nvcc` on PATH; a wrapper script (e.g. /usr/local/bin/nvcc calling
+    /usr/local/cuda-X/bin/nvcc) then points it at a folder without headers or libcudart and the link fails.
+    This returns the first folder that has `include/cuda_runtime.h`: the resolved nvcc's, then `search`
+    (newest version first where a pattern matches several).
+    """
+    if os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH'):
+        return None
+    nvcc = nvcc or shutil.which('nvcc')
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    for pattern in search:
+        matches = sorted(Path(pattern).parent.glob(Path(pattern).name),
+                         key=lambda p: [int(v) for v in re.findall(r'\d+', p.name)], reverse=True)
+        candidates += matches
+    return next((str(c) for c in candidates if (c / 'include' / 'cuda_runtime.h').is_file()), None)
 
 
 def load_extension(verbose=False, require_gpu=True):
@@ -35,6 +56,9 @@ def load_extension(verbose=False, require_gpu=True):
         import torch
         if require_gpu and not torch.cuda.is_available():
             raise RuntimeError('CUDA is not available')
+        cuda_home = find_cuda_home()
+        if cuda_home:  # read once, when torch.utils.cpp_extension is first imported
+            os.environ['CUDA_HOME'] = cuda_home
         from torch.utils.cpp_extension import load
         _STATE['module'] = load(name='yolo_mish_cuda', sources=SOURCES, build_directory=build_dir(),
                                 extra_cuda_cflags=['-O3'],  # no fast-math: values must match PyTorch's
