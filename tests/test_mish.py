@@ -80,11 +80,15 @@ def test_cuda_home_found_behind_an_nvcc_wrapper(monkeypatch, tmp_path):
     assert mish_cuda.find_cuda_home(str(wrapper), search) is None
 
 
-@pytest.mark.skipif(not (shutil.which('nvcc') and torch.version.cuda and mish_cuda.find_cuda_home()),
+def _toolkit():
+    return os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH') or mish_cuda.find_cuda_home()
+
+
+@pytest.mark.skipif(not (shutil.which('nvcc') and torch.version.cuda and _toolkit()),
                     reason='needs nvcc, a CUDA toolkit and a CUDA build of PyTorch')
 def test_extension_builds_and_imports_without_a_gpu(monkeypatch, tmp_path):
     """The ahead-of-time build (as in `docker build`): compiles, links and imports; refuses CPU tensors."""
-    monkeypatch.delenv('CUDA_HOME', raising=False)  # load_extension may set it; restored afterwards
+    monkeypatch.setenv('CUDA_HOME', _toolkit())  # restored afterwards
     monkeypatch.setenv('YOLO_MISH_BUILD_DIR', str(tmp_path / 'build'))
     monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '9.0')
     monkeypatch.setattr(mish_cuda, '_STATE', {'tried': False, 'module': None})
