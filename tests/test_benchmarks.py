@@ -1,26 +1,61 @@
-"""The benchmark script's quick mode prints its tables (speed figures are reported, not asserted)."""
+"""The benchmark script: quick mode prints its tables, options that need CUDA are refused on CPU by name,
+JSON lines round-trip, peaks are looked up by GPU name (speed figures are reported, not asserted)."""
+import json
 import re
 
 import pytest
 
 from conftest import ROOT
-from utils.benchmarks import main
+from utils.benchmarks import fp16_peak_tflops, main
+
+INFER_ROW = r'\n\s+{bs}\s+float32\s+contiguous\s+{runner}\s+native\s+{nms}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+-'
 
 
-def test_infer_quick_prints_table(capsys):
-    main(['--cfg', 'models/yolov4-csp.yaml', '--img', '64', '--batch-size', '1', '--device', 'cpu', '--quick'])
+def test_infer_quick_prints_table(capsys, tmp_path):
+    log = tmp_path / 'bench.jsonl'
+    for _ in range(2):  # --json appends one line per run
+        main(['--cfg', 'models/yolov4-csp.yaml', '--img', '64', '--batch-size', '1', '--device', 'cpu', '--quick',
+              '--json', str(log)])
     out = capsys.readouterr().out
     assert out.startswith('infer benchmark: models/yolov4-csp.yaml on CPU')
-    assert re.search(r'batch\s+dtype\s+memory format\s+NMS\s+ms/batch\s+images/s', out)
-    assert re.search(r'\n\s+1\s+float32\s+contiguous\s+no\s+[\d.]+\s+[\d.]+', out)
-    assert re.search(r'\n\s+1\s+float32\s+contiguous\s+yes\s+[\d.]+\s+[\d.]+', out)
+    assert re.search(r'\n[\d.]+ GFLOPs per image at 64\n', out)
+    assert re.search(r'batch\s+dtype\s+memory format\s+runner\s+mish\s+NMS\s+ms/batch\s+images/s\s+TFLOP/s\s+'
+                     r'% fp16 peak', out)
+    assert re.search(INFER_ROW.format(bs=1, runner='eager', nms='no'), out)
+    assert re.search(INFER_ROW.format(bs=1, runner='eager', nms='yes'), out)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == 2 and lines[0]['columns'][0] == 'batch' and len(lines[0]['rows']) == 2
+    assert lines[0]['rows'][0][:6] == [1, 'float32', 'contiguous', 'eager', 'native', 'no']
+
+
+def test_infer_compile_runner_on_cpu(capsys):
+    main(['--cfg', 'models/yolov4-p5-tiny.yaml', '--img', '64', '--batch-size', '2', '--quick', '--runner', 'compile',
+          '--mish', 'native', 'cuda'])
+    out = capsys.readouterr().out
+    assert re.search(INFER_ROW.format(bs=2, runner='compile', nms='yes'), out)
+    assert len(re.findall(r'\n\s+2\s+float32', out)) == 2  # --mish cuda adds no CPU row: it would run native
+
+
+@pytest.mark.parametrize('args,message', [(['--runner', 'graph'], '--runner graph needs a CUDA device'),
+                                          (['--dtype', 'float16'], '--dtype float16 needs a CUDA device')])
+def test_cuda_only_options_refused_on_cpu(args, message):
+    with pytest.raises(SystemExit, match=message):
+        main(['--quick', '--img', '64'] + args)
+
+
+def test_fp16_peak_by_device_name():
+    assert fp16_peak_tflops('NVIDIA H100 80GB HBM3') == 989.4
+    assert fp16_peak_tflops('NVIDIA H100 PCIe') == 756.0
+    assert fp16_peak_tflops('NVIDIA A100-SXM4-80GB') == 312.0
+    assert fp16_peak_tflops('Some Future GPU') is None
 
 
 def test_train_quick_prints_table(capsys):
     main(['--mode', 'train', '--img', '64', '--batch-size', '2', '--quick'])
     out = capsys.readouterr().out
     assert 'train benchmark: models/yolov4-p5-tiny.yaml' in out
-    assert re.search(r'\n\s+2\s+64\s+float32\s+[\d.]+\s+[\d.]+\s+\d+', out)
+    assert re.search(r'batch\s+img\s+precision\s+mish\s+ms/step\s+images/s\s+peak MiB', out)
+    assert re.search(r'\n\s+2\s+64\s+float32\s+native\s+[\d.]+\s+[\d.]+\s+\d+', out)
 
 
 def test_data_quick_prints_table(capsys):

@@ -1,19 +1,27 @@
 """Benchmarks: inference latency/throughput, training-step throughput and memory, data-pipeline speed.
 
-    python -m utils.benchmarks --mode infer --cfg models/yolov4-p5.yaml --img 896 --batch-size 1 32 --device 0
-    python -m utils.benchmarks --mode train --cfg models/yolov4-p5.yaml --img 896 --batch-size 16 --device 0
+    python -m utils.benchmarks --mode infer --cfg models/yolov4-p5.yaml --img 896 --batch-size 1 32 --device 0 \
+        --dtype float16 --memory-format channels_last --runner eager graph
+    python -m utils.benchmarks --mode train --cfg models/yolov4-p5.yaml --img 896 --batch-size 16 --device 0 \
+        --mish native cuda
     python -m utils.benchmarks --mode data --img 640 896 --source ../shared/datasets/coco128
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
 
-Timings are synchronised (CUDA), after warm-up, and reported as a table.
+Every combination of the listed options is one row (infer: each with and without NMS). Timings are taken
+after warm-up and synchronised on CUDA. TFLOP/s counts the model's multiply-adds x 2 per image
+(utils.torch_utils.count_flops) and is set against the GPU's dense float16 peak for float16/bfloat16 rows.
 """
 import argparse
+import copy
+import itertools
 import json
 import logging
+import os
 import resource
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,44 +58,119 @@ def _model(opt, device):
     return Model(opt.cfg).to(device)
 
 
+# Dense float16 tensor-core peaks (TFLOP/s, no sparsity) for the "% peak" column; --peak-tflops overrides.
+# More specific names first: the first substring found in the device name wins.
+FP16_PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.4), ('H200', 989.4), ('GH200', 989.4),
+                    ('A100', 312.0), ('A10G', 70.0), ('L40S', 362.0), ('L4', 121.0), ('V100', 125.0),
+                    ('RTX 4090', 165.2), ('RTX 3090', 71.0), ('T4', 65.0))
+
+
+def fp16_peak_tflops(device_name):
+    """The dense float16 tensor-core peak of a GPU by name, or None when it is not in FP16_PEAK_TFLOPS."""
+    return next((peak for key, peak in FP16_PEAK_TFLOPS if key in device_name), None)
+
+
+@contextmanager
+def mish_implementation(mode):
+    """YOLO_MISH=mode inside the block (models.activations reads it per call)."""
+    old = os.environ.get('YOLO_MISH')
+    os.environ['YOLO_MISH'] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop('YOLO_MISH', None)
+        else:
+            os.environ['YOLO_MISH'] = old
+
+
+def _mish_used(mode, device):
+    """The Mish implementation a forward pass really runs under YOLO_MISH=mode (the extension may step aside)."""
+    if mode == 'native' or device.type != 'cuda':
+        return 'native'
+    from models.mish_cuda import load_extension
+    return 'cuda' if load_extension() is not None else 'native (no extension)'
+
+
+def _cuda_graph(model, x, warmup):
+    """A function replaying one CUDA graph of model(x)[0]: one launch instead of hundreds at small batch."""
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up on a side stream, as CUDA graph capture requires
+        for _ in range(max(warmup, 2)):
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = model(static_x)[0]
+
+    def run(inp):
+        static_x.copy_(inp)
+        graph.replay()
+        return static_y
+    return run
+
+
+def _runner(kind, model, x, warmup):
+    """model(x)[0] as eager PyTorch, one replayed CUDA graph, or torch.compile (with CUDA graphs on CUDA)."""
+    if kind == 'eager':
+        return lambda inp: model(inp)[0]
+    if kind == 'graph':
+        return _cuda_graph(model, x, warmup)
+    compiled = torch.compile(model, mode='reduce-overhead' if x.is_cuda else 'default', dynamic=False)
+    return lambda inp: compiled(inp)[0]
+
+
 def bench_infer(opt, device):
-    """Latency and throughput per batch size, precision, memory format, with and without NMS."""
+    """Latency and throughput per batch size, precision, memory format, runner and Mish, with and without NMS."""
     from utils.general import non_max_suppression
-    model = _model(opt, device).eval()
+    from utils.torch_utils import count_flops
+    model = _model(opt, device).float().eval()
     if not opt.weights:
         model.fuse()
+    gflops = count_flops(model, opt.img)  # per image, multiply-adds x 2
+    peak = opt.peak_tflops or (fp16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == 'cuda'
+                               else None)
     rows = []
-    dtypes = ['float32'] + (['float16'] if device.type == 'cuda' else [])
-    formats = ['contiguous', 'channels_last'] if not opt.quick else ['contiguous']
-    for bs in opt.batch_size:
-        for dt in dtypes:
-            for fmt in formats:
-                m = model.half() if dt == 'float16' else model.float()
-                mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
-                m = m.to(memory_format=mf)
-                x = torch.rand(bs, 3, opt.img, opt.img, device=device, dtype=torch.float16 if dt == 'float16'
-                               else torch.float32).contiguous(memory_format=mf)
-                with torch.inference_mode():
-                    for _ in range(opt.warmup):
-                        m(x)
-                    for nms in (False, True):
-                        _sync(device)
-                        t = time.perf_counter()
-                        for _ in range(opt.iters):
-                            y = m(x)[0]
-                            if nms:
-                                non_max_suppression(y, 0.001, 0.65)
-                        _sync(device)
-                        dt_ms = (time.perf_counter() - t) / opt.iters * 1000
-                        rows.append([bs, dt, fmt, 'yes' if nms else 'no', f'{dt_ms:.2f}', f'{bs * 1000 / dt_ms:.1f}'])
-    model.float()
-    return _table(rows, ['batch', 'dtype', 'memory format', 'NMS', 'ms/batch', 'images/s'])
+    for bs, dt, fmt, runner, mish in itertools.product(opt.batch_size, opt.dtype, opt.memory_format, opt.runner,
+                                                       opt.mish):
+        dtype = getattr(torch, dt)
+        mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
+        m = copy.deepcopy(model).to(dtype=dtype, memory_format=mf)
+        x = torch.rand(bs, 3, opt.img, opt.img, device=device).to(dtype).contiguous(memory_format=mf)
+        with mish_implementation(mish), torch.inference_mode():
+            run = _runner(runner, m, x, opt.warmup)
+            for _ in range(opt.warmup):
+                run(x)
+            for nms in (False, True):
+                _sync(device)
+                t = time.perf_counter()
+                for _ in range(opt.iters):
+                    y = run(x)
+                    if nms:
+                        non_max_suppression(y, 0.001, 0.65)
+                _sync(device)
+                ms = (time.perf_counter() - t) / opt.iters * 1000
+                tflops = gflops * bs / ms  # GFLOP per ms = TFLOP/s
+                rows.append([bs, dt, fmt, runner, _mish_used(mish, device), 'yes' if nms else 'no', f'{ms:.2f}',
+                             f'{bs * 1000 / ms:.1f}', f'{tflops:.1f}' if tflops >= 10 else f'{tflops:.3f}',
+                             f'{100 * tflops / peak:.1f}' if peak and dt != 'float32' else '-'])
+        del run, m, x
+        if runner == 'compile':
+            torch._dynamo.reset()
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+    columns = ['batch', 'dtype', 'memory format', 'runner', 'mish', 'NMS', 'ms/batch', 'images/s', 'TFLOP/s',
+               '% fp16 peak']
+    note = f'{gflops:.1f} GFLOPs per image at {opt.img}' + (f'; fp16 peak {peak:g} TFLOP/s' if peak else '')
+    return rows, columns, note
 
 
 def bench_train(opt, device):
-    """Training-step throughput (forward, loss, backward, SGD step; AMP on CUDA) and peak memory."""
+    """Training-step throughput (forward, loss, backward, SGD step; AMP on CUDA) and peak memory, per Mish."""
     from utils.loss import compute_loss
-    model = _model(opt, device).train()
+    model = _model(opt, device).float().train()
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
         model.hyp = yaml.safe_load(f)
     model.gr = 1.0
@@ -95,7 +178,7 @@ def bench_train(opt, device):
     opt_ = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     scaler = torch.amp.GradScaler('cuda', enabled=cuda)
     rows = []
-    for bs in opt.batch_size:
+    for bs, mish in itertools.product(opt.batch_size, opt.mish):
         g = torch.Generator().manual_seed(0)
         x = torch.rand(bs, 3, opt.img, opt.img, generator=g).to(device)
         n = 8 * bs  # 8 boxes per image
@@ -103,8 +186,6 @@ def bench_train(opt, device):
                              torch.randint(0, model.nc, (n, 1), generator=g).float(),
                              torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05),
                             1).to(device)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
 
         def step():
             with torch.autocast(device_type='cuda', enabled=cuda):
@@ -113,17 +194,21 @@ def bench_train(opt, device):
             scaler.step(opt_)
             scaler.update()
             opt_.zero_grad(set_to_none=True)
-        for _ in range(opt.warmup):
-            step()
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(opt.iters):
-            step()
-        _sync(device)
+        with mish_implementation(mish):
+            for _ in range(opt.warmup):
+                step()
+            _sync(device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()  # after warm-up: the steady state, optimizer buffers included
+            t = time.perf_counter()
+            for _ in range(opt.iters):
+                step()
+            _sync(device)
         dt = (time.perf_counter() - t) / opt.iters
-        rows.append([bs, opt.img, 'AMP' if cuda else 'float32', f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
-                     f'{_peak_memory_mb(device):.0f}'])
-    return _table(rows, ['batch', 'img', 'precision', 'ms/step', 'images/s', 'peak MiB'])
+        rows.append([bs, opt.img, 'AMP' if cuda else 'float32', _mish_used(mish, device), f'{dt * 1000:.1f}',
+                     f'{bs / dt:.2f}', f'{_peak_memory_mb(device):.0f}'])
+    memory = 'peak MiB: torch.cuda.max_memory_allocated' if cuda else 'peak MiB: the process\'s peak RSS so far'
+    return rows, ['batch', 'img', 'precision', 'mish', 'ms/step', 'images/s', 'peak MiB'], memory
 
 
 def _coco_labels(source, tmp):
@@ -173,7 +258,8 @@ def bench_data(opt, device=None):
                 finally:
                     ds_mod.augment_hsv = real_hsv
                 rows.append([size, variant, n, f'{n / dt:.1f}'])
-    return _table(rows, ['img', 'pipeline', 'samples', 'mosaics/s per worker'])
+    return rows, ['img', 'pipeline', 'samples', 'mosaics/s per worker'], 'one process, no loader workers'
+
 
 
 def _published_augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5):
@@ -197,12 +283,23 @@ def parse_opt(argv=None):
     p.add_argument('--img', '--img-size', type=int, nargs='+', default=None, help='image size(s)')
     p.add_argument('--batch-size', type=int, nargs='+', default=None, help='batch size(s)')
     p.add_argument('--device', default='', help='cuda device, i.e. 0, or cpu')
+    p.add_argument('--dtype', nargs='+', choices=['float32', 'float16', 'bfloat16'], default=None,
+                   help='infer: precisions (default float32, and float16 on CUDA)')
+    p.add_argument('--memory-format', nargs='+', choices=['contiguous', 'channels_last'], default=None,
+                   help='infer: memory formats (default both)')
+    p.add_argument('--runner', nargs='+', choices=['eager', 'graph', 'compile'], default=None,
+                   help='infer: eager PyTorch, one replayed CUDA graph (CUDA only), torch.compile '
+                        '(default eager, and graph on CUDA)')
+    p.add_argument('--mish', nargs='+', choices=['native', 'cuda', 'auto'], default=None,
+                   help='Mish implementations to compare (default: $YOLO_MISH, else native)')
+    p.add_argument('--peak-tflops', type=float, default=None,
+                   help='infer: the GPU\'s dense float16 peak, for the %% column (default: looked up by name)')
     p.add_argument('--iters', type=int, default=20, help='timed iterations')
     p.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
     p.add_argument('--source', default=str(ROOT.parent / 'shared' / 'datasets' / 'coco128'),
                    help='data mode: a COCO folder (images/, annotations/) or a YOLO images folder')
     p.add_argument('--quick', action='store_true', help='a tiny CPU run (tests)')
-    p.add_argument('--json', default='', help='also write the table rows as JSON here')
+    p.add_argument('--json', default='', help='also append the table as one JSON line to this file')
     opt = p.parse_args(argv)
     if opt.quick:
         opt.device, opt.iters, opt.warmup = 'cpu', 2, 1
@@ -211,7 +308,26 @@ def parse_opt(argv=None):
     opt.img_sizes = opt.img or ([640, 896] if opt.mode == 'data' else [640])
     opt.img = opt.img_sizes[0]
     opt.batch_size = opt.batch_size or ([1, 32] if opt.mode == 'infer' else [16])
+    opt.mish = opt.mish or [os.environ.get('YOLO_MISH', 'native').strip().lower() or 'native']
+    opt.memory_format = opt.memory_format or (['contiguous'] if opt.quick else ['contiguous', 'channels_last'])
     return opt
+
+
+def _check_cuda_options(opt, device):
+    """Fill the device-dependent defaults; refuse what needs CUDA on a CPU, naming the option."""
+    cuda = device.type == 'cuda'
+    opt.dtype = opt.dtype or (['float32', 'float16'] if cuda else ['float32'])
+    opt.runner = opt.runner or (['eager', 'graph'] if cuda else ['eager'])
+    if not cuda and opt.mish != ['native']:
+        LOGGER.warning('benchmarks: on CPU every Mish is PyTorch\'s (the extension is for CUDA tensors): '
+                       'one row per setting, mish native')
+        opt.mish = ['native']
+    if not cuda and opt.mode == 'infer':
+        if 'graph' in opt.runner:
+            raise SystemExit('benchmarks: --runner graph needs a CUDA device (--device 0)')
+        if 'float16' in opt.dtype:
+            raise SystemExit('benchmarks: --dtype float16 needs a CUDA device (float16 convolutions are slow or '
+                             'missing on CPU); use float32 or bfloat16')
 
 
 def main(argv=None):
@@ -219,16 +335,18 @@ def main(argv=None):
     opt = parse_opt(argv)
     from utils.torch_utils import select_device
     device = select_device(opt.device)
+    _check_cuda_options(opt, device)
     fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data}[opt.mode]
     what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode != 'data' else opt.source
     name = torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     with torch.set_grad_enabled(opt.mode == 'train'):
-        table = fn(opt, device)
+        rows, columns, note = fn(opt, device)
     header = f'{opt.mode} benchmark: {what} on {name}, torch {torch.__version__}'
-    print(header)
-    print(table)
+    table = _table(rows, columns)
+    print(f'{header}\n{note}\n{table}')
     if opt.json:
-        Path(opt.json).write_text(json.dumps({'header': header, 'table': table}))
+        with open(opt.json, 'a') as f:
+            f.write(json.dumps({'header': header, 'note': note, 'columns': columns, 'rows': rows}) + '\n')
     return table
 
 
