@@ -6,10 +6,12 @@ spelling) are loaded onto this class by `utils.checkpoint`.
 
 Implementation, chosen per call by the environment variable YOLO_MISH:
 - `native` (default): PyTorch's own `F.mish` (a fused kernel on CUDA and CPU);
-- `cuda`: the project's CUDA extension (`models/mish_cuda`, built on first use) for CUDA tensors;
-- `auto`: the extension when it is built (or builds) and the tensor is on CUDA, else `F.mish`.
-A failed build logs one line and falls back to `F.mish`. Tracing, scripting and export always use `F.mish`
-(models/export.py further writes it as standard ops).
+- `auto`: the project's CUDA extension (`models/mish_cuda`, built on first use) for CUDA tensors when it is
+  built or builds; a failed build logs one line and `F.mish` is used;
+- `cuda`: the extension for CUDA tensors, and an error naming the cause when it cannot be built (for
+  measurements that must not silently fall back).
+CPU tensors always use `F.mish`. Tracing, scripting and export always use `F.mish` (models/export.py further
+writes it as standard ops).
 
 `Mish.forward` must not depend on attributes set in `__init__`: an unpickled released module carries only
 the plain `nn.Module` state of the original `MishCuda` object.
@@ -46,21 +48,24 @@ class _MishCudaFunction(torch.autograd.Function):
         return ctx.ext.backward(grad.contiguous(), x), None
 
 
-def _extension():
+def extension_for(mode, is_cuda):
+    """The extension module to run Mish with under YOLO_MISH=mode, or None for `F.mish`."""
+    if mode == 'native' or not is_cuda:
+        return None
     from models.mish_cuda import load_extension
-    return load_extension()
+    ext = load_extension()
+    if ext is None and mode == 'cuda':
+        raise RuntimeError('YOLO_MISH=cuda, but the Mish CUDA extension could not be built (the warning above '
+                           'says why); set YOLO_MISH=auto to fall back to PyTorch\'s mish, or native')
+    return ext
 
 
 def mish(x):
     """Mish of x with the implementation chosen by YOLO_MISH (see the module docstring)."""
-    mode = mish_mode()
-    if mode == 'native' or not x.is_cuda or torch.jit.is_tracing() or torch.jit.is_scripting() \
-            or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return F.mish(x)
-    ext = _extension()
-    if ext is None:
-        return F.mish(x)
-    return _MishCudaFunction.apply(x, ext)
+    ext = extension_for(mish_mode(), x.is_cuda)
+    return F.mish(x) if ext is None else _MishCudaFunction.apply(x, ext)
 
 
 class Mish(nn.Module):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import models.mish_cuda as mish_cuda
 from conftest import tiny_cfg
-from models.activations import Mish, mish_mode
+from models.activations import Mish, extension_for, mish_mode
 
 CUDA = torch.cuda.is_available()
 
@@ -42,6 +42,18 @@ def test_environment_switch(monkeypatch):
     monkeypatch.setenv('YOLO_MISH', 'fast')
     with pytest.raises(ValueError, match="YOLO_MISH='fast'"):
         Mish()(torch.zeros(2))
+
+
+def test_auto_falls_back_and_cuda_refuses_when_the_extension_cannot_build(monkeypatch):
+    monkeypatch.setattr(mish_cuda, '_STATE', {'tried': True, 'module': None})  # a build that failed
+    assert extension_for('auto', True) is None and extension_for('native', True) is None
+    assert extension_for('cuda', False) is None  # CPU tensors: PyTorch's op in every mode
+    with pytest.raises(RuntimeError, match='YOLO_MISH=cuda, but the Mish CUDA extension could not be built'):
+        extension_for('cuda', True)
+    built = object()
+    monkeypatch.setattr(mish_cuda, '_STATE', {'tried': True, 'module': built})
+    assert extension_for('auto', True) is built and extension_for('cuda', True) is built
+    assert extension_for('native', True) is None
 
 
 @pytest.mark.skipif(CUDA, reason='checks the fallback of a machine without CUDA')

@@ -3,7 +3,7 @@
     python -m utils.benchmarks --mode infer --cfg models/yolov4-p5.yaml --img 896 --batch-size 1 32 --device 0 \
         --dtype float16 --memory-format channels_last --runner eager graph
     python -m utils.benchmarks --mode train --cfg models/yolov4-p5.yaml --img 896 --batch-size 16 --device 0 \
-        --mish native cuda
+        --mish native auto
     python -m utils.benchmarks --mode data --img 640 896 --source ../shared/datasets/coco128
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
 
@@ -85,11 +85,9 @@ def mish_implementation(mode):
 
 
 def _mish_used(mode, device):
-    """The Mish implementation a forward pass really runs under YOLO_MISH=mode (the extension may step aside)."""
-    if mode == 'native' or device.type != 'cuda':
-        return 'native'
-    from models.mish_cuda import load_extension
-    return 'cuda' if load_extension() is not None else 'native (no extension)'
+    """The Mish implementation a forward pass really runs under YOLO_MISH=mode (`auto` may fall back)."""
+    from models.activations import extension_for
+    return 'native' if extension_for(mode, device.type == 'cuda') is None else 'cuda'
 
 
 def _cuda_graph(model, x, warmup):
