@@ -35,6 +35,17 @@ def test_nms_one_class_overlap():
     assert out[0, :4].tolist() == pytest.approx([40, 40, 60, 60])
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_nms_reduced_precision_input_gives_float32(dtype):
+    # centre 812, width 22: exact in both dtypes; the corners 801 and 823 are not in bfloat16 (steps of 4 above
+    # 512), so computing them in the input's dtype would move the box by a pixel
+    p = _pred([(812.0, 50, 22, 20, 0.9, 0, 1.0), (150, 50, 20, 20, 0.7, 0, 1.0)], 2).to(dtype)
+    out = non_max_suppression(p, 0.25, 0.5)[0]
+    assert out.dtype == torch.float32
+    assert torch.equal(out, non_max_suppression(p.float(), 0.25, 0.5)[0])
+    assert out[0, :4].tolist() == [801, 40, 823, 60]
+
+
 def test_nms_two_classes_and_agnostic_and_filter():
     p = _pred([(50, 50, 20, 20, 0.9, 0, 1.0), (52, 50, 20, 20, 0.8, 1, 1.0)], 2)
     out = non_max_suppression(p, 0.25, 0.5)[0]

@@ -170,7 +170,7 @@ def non_max_suppression(prediction, conf_thres=0.1, iou_thres=0.6, merge=False, 
     published). No time limit: every image is processed. Returns per image an (n, 6) tensor
     [x1, y1, x2, y2, score, class] (empty when nothing is detected).
     """
-    if prediction.dtype is torch.float16:
+    if prediction.dtype in (torch.float16, torch.bfloat16):  # boxes in pixels need float32's precision
         prediction = prediction.float()
     nc = prediction.shape[2] - 5
     xc = prediction[..., 4] > conf_thres
