@@ -58,7 +58,7 @@ class Detect(nn.Module):
                     if self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
                         self.grid[i] = self._make_grid(nx, ny).to(x[i].device)
                     grid = self.grid[i]
-                y = x[i].sigmoid()
+                y = x[i].float().sigmoid()  # decoded in float32: float16 steps are 1 px above 1024
                 xy = (y[..., 0:2] * 2. - 0.5 + grid.to(y.dtype)) * self.stride[i]
                 wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i].to(y.dtype)
                 z.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))

@@ -92,6 +92,22 @@ def test_fuse_parity():
     assert torch.allclose(y0, y1, rtol=1e-4, atol=1e-4 * y0.abs().max().item())
 
 
+def test_float16_model_decodes_boxes_in_float32():
+    """Half-precision logits, decoded without float16's 1-pixel steps above 1024 (P7 at 1536)."""
+    from models.yolo import Detect
+    torch.manual_seed(0)
+    head = Detect(nc=1, anchors=([10, 13, 16, 30, 33, 23],), ch=(8,)).eval().half()
+    head.stride = torch.tensor([32.])
+    with torch.no_grad():
+        out, (raw,) = head([torch.randn(1, 8, 48, 48).half()])  # 48 x 32 = 1536 px
+    assert out.dtype == torch.float32 and raw.dtype == torch.float16
+    y = raw.double().sigmoid()
+    gy, gx = torch.meshgrid(torch.arange(48.), torch.arange(48.), indexing='ij')
+    xy = (y[..., :2] * 2 - 0.5 + torch.stack((gx, gy), -1).double()) * 32
+    assert xy.max() > 1400
+    assert (out[..., :2] - xy.view(1, -1, 2)).abs().max() < 1e-3
+
+
 def test_tta_output():
     model = Model(tiny_cfg('yolov4-p5', nc=2)).eval()
     x = torch.rand(1, 3, 128, 128)
