@@ -177,7 +177,9 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
 
     gs = int(model.stride.max())
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
-    if opt.sync_bn and rank != -1:
+    if opt.sync_bn and rank == -1:
+        LOGGER.info('--sync-bn: one process, so plain BatchNorm (the same statistics) is used')
+    elif opt.sync_bn:
         if cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
             LOGGER.info('Using SyncBatchNorm')
