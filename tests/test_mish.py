@@ -3,6 +3,7 @@ CUDA; GPU checks (extension parity, float16 vs CPU float32, AMP, SyncBN) run onl
 import logging
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -90,6 +91,18 @@ def test_cuda_home_found_behind_an_nvcc_wrapper(monkeypatch, tmp_path):
     assert mish_cuda.find_cuda_home(str(wrapper), (str(tmp_path / 'none'),)) is None
     monkeypatch.setenv('CUDA_HOME', '/opt/mine')  # the user's choice is left alone
     assert mish_cuda.find_cuda_home(str(wrapper), search) is None
+
+
+def test_toolkit_reaches_an_already_imported_cpp_extension(monkeypatch, tmp_path):
+    """torch.compile imports torch.utils.cpp_extension early, which reads CUDA_HOME once (a wrong guess here)."""
+    import types
+    stale = types.SimpleNamespace(CUDA_HOME='/usr/local')
+    monkeypatch.setitem(sys.modules, 'torch.utils.cpp_extension', stale)
+    monkeypatch.setenv('CUDA_HOME', '/opt/user-choice')
+    mish_cuda._use_toolkit(None)
+    assert stale.CUDA_HOME == '/opt/user-choice'
+    mish_cuda._use_toolkit(str(tmp_path))  # found by find_cuda_home (only called when CUDA_HOME is unset)
+    assert stale.CUDA_HOME == str(tmp_path) and os.environ['CUDA_HOME'] == str(tmp_path)
 
 
 def _toolkit():

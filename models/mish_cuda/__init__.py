@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
@@ -43,6 +44,17 @@ def find_cuda_home(nvcc=None, search=('/usr/local/cuda', '/usr/local/cuda-*', '/
     return next((str(c) for c in candidates if (c / 'include' / 'cuda_runtime.h').is_file()), None)
 
 
+def _use_toolkit(found):
+    """Build with `found` (or the user's CUDA_HOME/CUDA_PATH), also where torch.utils.cpp_extension was
+    imported earlier (torch.compile does) and read its CUDA_HOME then."""
+    if found:
+        os.environ['CUDA_HOME'] = found
+    home = os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH')
+    cpp_extension = sys.modules.get('torch.utils.cpp_extension')
+    if home and cpp_extension is not None and cpp_extension.CUDA_HOME != home:
+        cpp_extension.CUDA_HOME = home
+
+
 def load_extension(verbose=False, require_gpu=True):
     """The compiled extension module, building it if needed; None (logged once) if that is not possible.
 
@@ -56,9 +68,7 @@ def load_extension(verbose=False, require_gpu=True):
         import torch
         if require_gpu and not torch.cuda.is_available():
             raise RuntimeError('CUDA is not available')
-        cuda_home = find_cuda_home()
-        if cuda_home:  # read once, when torch.utils.cpp_extension is first imported
-            os.environ['CUDA_HOME'] = cuda_home
+        _use_toolkit(find_cuda_home())
         from torch.utils.cpp_extension import load
         _STATE['module'] = load(name='yolo_mish_cuda', sources=SOURCES, build_directory=build_dir(),
                                 extra_cuda_cflags=['-O3'],  # no fast-math: values must match PyTorch's
