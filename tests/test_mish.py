@@ -109,8 +109,8 @@ def _toolkit():
     return os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH') or mish_cuda.find_cuda_home()
 
 
-@pytest.mark.skipif(not (shutil.which('nvcc') and torch.version.cuda and _toolkit()),
-                    reason='needs nvcc, a CUDA toolkit and a CUDA build of PyTorch')
+@pytest.mark.skipif(not (all(map(shutil.which, ('nvcc', 'ninja', 'c++'))) and torch.version.cuda and _toolkit()),
+                    reason='needs nvcc, ninja, a C++ compiler, a CUDA toolkit and a CUDA build of PyTorch')
 def test_extension_builds_and_imports_without_a_gpu(monkeypatch, tmp_path):
     """The ahead-of-time build (as in `docker build`): compiles, links and imports; refuses CPU tensors."""
     monkeypatch.setenv('CUDA_HOME', _toolkit())  # restored afterwards
