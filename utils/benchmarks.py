@@ -273,6 +273,7 @@ def _published_augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5):
 
 
 def parse_opt(argv=None):
+    from models.activations import mish_mode
     p = argparse.ArgumentParser(prog='python -m utils.benchmarks', description=__doc__.split('\n\n')[0])
     p.add_argument('--mode', choices=['infer', 'train', 'data'], default='infer')
     p.add_argument('--cfg', default='models/yolov4-p5.yaml', help='model config (when no --weights)')
@@ -305,7 +306,7 @@ def parse_opt(argv=None):
     opt.img_sizes = opt.img or ([640, 896] if opt.mode == 'data' else [640])
     opt.img = opt.img_sizes[0]
     opt.batch_size = opt.batch_size or ([1, 32] if opt.mode == 'infer' else [16])
-    opt.mish = opt.mish or [os.environ.get('YOLO_MISH', 'native').strip().lower() or 'native']
+    opt.mish = opt.mish or [mish_mode()]
     opt.memory_format = opt.memory_format or (['contiguous'] if opt.quick else ['contiguous', 'channels_last'])
     return opt
 
