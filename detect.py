@@ -6,7 +6,6 @@ Outputs go to runs/detect/exp* (or --project/--name): annotated images under the
 videos (same frame count, size and rate), and with --save-txt YOLO-format labels/<stem>.txt (_<frame> for
 video frames). Nothing is deleted.
 """
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from models.experimental import attempt_load
 from utils.datasets import LoadImages, LoadStreams
+from utils.errors import ArgumentParser, check_at_least, check_fraction, run_cli
 from utils.general import check_img_size, increment_path, non_max_suppression, scale_coords, set_logging, xyxy2xywh
 from utils.plots import color_list, plot_one_box
 from utils.torch_utils import select_device, time_synchronized
@@ -32,8 +32,9 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
            iou_thres=0.5, device='', view_img=False, save_txt=False, save_conf=False, nosave=False, classes=None,
            agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False):
     """Run detection; returns (save_dir, {path: detections tensor (n, 6) in original-image pixels})."""
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-    (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+    check_at_least('--img-size', img_size, 1)
+    check_fraction('--conf-thres', conf_thres)
+    check_fraction('--iou-thres', iou_thres, allow_zero=False)
     device = select_device(device)
     half = device.type != 'cpu'
     model = attempt_load(weights, map_location=device)
@@ -48,6 +49,8 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
         dataset = LoadStreams(source, img_size=imgsz)
     else:
         dataset = LoadImages(source, img_size=imgsz)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # made once weights and source are good
+    (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     writers = {}  # save path -> cv2.VideoWriter
     results = {}
     t0 = time.time()
@@ -125,7 +128,7 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
 
 
 def parse_opt(argv=None):
-    p = argparse.ArgumentParser(prog='detect.py', description='Run Scaled-YOLOv4 detection.')
+    p = ArgumentParser(prog='detect.py', description='Run Scaled-YOLOv4 detection.')
     p.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt path(s)')
     p.add_argument('--source', type=str, default='data/coco8/images', help='file/folder/glob/video, 0 for webcam, '
                    'rtsp/http URL, or a .txt of streams')
@@ -154,4 +157,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, 'detect.py')

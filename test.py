@@ -4,7 +4,6 @@
 
 Every output goes to runs/test/exp* (or --project/--name); nothing outside it is written or deleted.
 """
-import argparse
 import json
 import logging
 from copy import deepcopy
@@ -15,8 +14,9 @@ import torch
 from tqdm import tqdm
 
 from models.experimental import attempt_load
-from utils.data_config import load_data_config
-from utils.datasets import create_dataloader
+from utils.data_config import DataConfigError, load_data_config
+from utils.datasets import check_label_classes, create_dataloader
+from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fraction, run_cli
 from utils.general import (check_img_size, clip_coords, coco80_to_coco91_class, increment_path,
                            non_max_suppression, options_from_kwargs, scale_coords, set_logging, xywh2xyxy,
                            xyxy2xywh)
@@ -29,7 +29,7 @@ LOGGER = logging.getLogger('test')
 
 
 def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thres=0.6, save_json=False,
-         single_cls=False, augment=False, verbose=False, model=None, dataloader=None, save_dir=Path(''),
+         single_cls=False, augment=False, verbose=False, model=None, dataloader=None, save_dir=None,
          merge=False, save_txt=False, plots=True, device='', task='val', workers=8, compute_val_loss=None):
     """Evaluate `model` (from train.py) or `weights` on the data's `task` split.
 
@@ -38,16 +38,18 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     """
     data = load_data_config(data) if not isinstance(data, dict) else data
     training = model is not None
-    save_dir = Path(save_dir)
+    save_dir = Path(save_dir) if save_dir else None  # None: nothing is written (no plots, JSON or txt)
+    if save_dir is None and (save_json or save_txt):
+        raise ArgumentError('save_json and save_txt need a save_dir to write into')
+    plots = plots and save_dir is not None
     if training:
         device = next(model.parameters()).device
     else:
         device = select_device(device, batch_size=batch_size)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        if save_txt:
-            (save_dir / 'labels').mkdir(parents=True, exist_ok=True)
         model = attempt_load(weights, map_location=device)
         imgsz = check_img_size(imgsz, s=int(model.stride.max()))
+        if save_dir is not None:
+            (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     half = device.type != 'cpu'  # float16 on CUDA only
     if training and half:  # evaluate a float16 copy: converting train.py's EMA in place would round it
         model = deepcopy(model)
@@ -57,8 +59,11 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     nc = 1 if single_cls else int(data['nc'])
     model_nc = int(getattr(model, 'nc', nc))
     if model_nc != nc:
-        raise ValueError(f'the model has {model_nc} classes but {data.get("yaml_file", "the data")} has nc={nc}: '
-                         f'use weights trained for this dataset, or --single-cls for a one-class evaluation')
+        raise DataConfigError(
+            f'the model has {model_nc} classes but {data.get("yaml_file", "the data")} has nc={nc}'
+            f'{" (--single-cls)" if single_cls else ""}: evaluate weights trained for this data (python train.py '
+            f'--data {data.get("yaml_file", "DATA")} --weights WEIGHTS fine-tunes them), or a data yaml with '
+            f'nc: {model_nc}')
     names = list(getattr(model, 'names', data.get('names') or range(nc)))
     if single_cls:
         names = ['item']
@@ -66,13 +71,15 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     niou = iouv.numel()
 
     if dataloader is None:
-        if task not in data:
-            raise KeyError(f'{data.get("yaml_file", "data yaml")} has no {task!r} entry')
+        if not data.get(task):
+            raise DataConfigError(f'{data.get("yaml_file", "data yaml")} has no {task!r} entry: add the images to '
+                                  f'evaluate as {task}: PATH')
         if device.type != 'cpu':  # warm up
             model(torch.zeros((1, 3, imgsz, imgsz), device=device).half())
         dataloader = create_dataloader(data[task], imgsz, batch_size, int(model.stride.max()),
                                        single_cls=single_cls, pad=0.5, rect=True, workers=workers,
                                        prefix=f'{task}: ')[0]
+        check_label_classes(dataloader.dataset, nc)  # before hours of inference, not after
     compute_val_loss = training if compute_val_loss is None else compute_val_loss
 
     confusion_matrix = ConfusionMatrix(nc=nc)
@@ -121,9 +128,8 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
             if save_json:
                 b = xyxy2xywh(box)
                 b[:, :2] -= b[:, 2:] / 2  # centre -> top-left corner
-                image_id = int(path.stem) if path.stem.isnumeric() else path.stem
-                for pi, bi in zip(pred.tolist(), b.tolist()):
-                    jdict.append({'image_id': image_id,
+                for pi, bi in zip(pred.tolist(), b.tolist()):  # image_id: the file name until it is mapped
+                    jdict.append({'image_id': path.name,
                                   'category_id': coco91class[int(pi[5])] if nc == 80 else int(pi[5]),
                                   'bbox': [round(x, 3) for x in bi], 'score': round(pi[4], 5)})
             tbox = xywh2xyxy(labels[:, 1:5]) * whwh
@@ -134,13 +140,13 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
                 confusion_matrix.process_batch(pred, labels_xyxy)
             stats.append((correct.cpu(), pred[:, 4].cpu(), pred[:, 5].cpu(), tcls))
 
-        if plots and batch_i < 3 and save_dir.is_dir():
+        if plots and batch_i < 3:
             plot_images(img, targets, paths, save_dir / f'test_batch{batch_i}_labels.jpg', names)
             plot_images(img, _output_to_target(output), paths, save_dir / f'test_batch{batch_i}_pred.jpg', names)
 
     stats = [np.concatenate(x, 0) for x in zip(*stats)] if stats else []
     if len(stats) and len(stats[3]):  # no true positives gives zeros, as published, and per-class rows
-        p, r, ap, f1, ap_class = ap_per_class(*stats, plot=plots and save_dir.is_dir(), save_dir=save_dir,
+        p, r, ap, f1, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir,
                                               names=names)
         p, r, ap50, ap = p[:, 0], r[:, 0], ap[:, 0], ap.mean(1)
         mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
@@ -160,7 +166,7 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     if not training:
         LOGGER.info('Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g',
                     *times, imgsz, imgsz, batch_size)
-    if plots and save_dir.is_dir():
+    if plots:
         confusion_matrix.plot(save_dir=save_dir, names=names)
 
     if save_json and len(jdict):
@@ -184,20 +190,50 @@ def _output_to_target(output):
     return torch.cat(rows, 0).numpy() if rows else np.zeros((0, 7))
 
 
+def coco_image_ids(img_files, gt=None, ann_path=''):
+    """{file name: COCO image id} of the evaluated images.
+
+    With ground truth that has file names, ids come from its `file_name` (basename) -> `id` map; without
+    file names (or without ground truth) from the numeric file stem, as published. Every evaluated image
+    must be in the ground truth: scoring a subset would print a wrong AP, so that is an error naming counts.
+    """
+    names = [Path(f).name for f in img_files]
+    images = gt.get('images', []) if isinstance(gt, dict) else []
+    if any('file_name' in im for im in images):
+        by_name = {Path(im['file_name']).name: im['id'] for im in images if 'file_name' in im}
+        ids = {n: by_name.get(n) for n in names}
+    else:
+        ids = {n: int(Path(n).stem) if Path(n).stem.isnumeric() else Path(n).stem for n in names}
+        if gt is not None:
+            known = {im.get('id') for im in images}
+            ids = {n: i if i in known else None for n, i in ids.items()}
+    missing = sorted(n for n, i in ids.items() if i is None)
+    if gt is not None and missing:
+        raise DataConfigError(f'{len(missing)} of {len(names)} evaluated images are not in the ground truth '
+                              f'{ann_path} (e.g. {missing[0]}): COCO AP would score only a subset; give the '
+                              f'val_annotations that belong to these images')
+    return ids
+
+
+def _read_ground_truth(ann):
+    """The COCO ground-truth dict of val_annotations, or None (with a warning) when it cannot be read."""
+    if not ann or not Path(ann).is_file():
+        return None
+    try:
+        with open(ann) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        LOGGER.warning('WARNING: ground truth %s could not be read (%s)', ann, e)
+        return None
+
+
 def _coco_evaluate(jdict, data, dataloader, weights, save_dir):
     """Write the detections JSON and score it with pycocotools; returns COCOeval stats or None."""
     w = Path(weights[0] if isinstance(weights, (list, tuple)) else weights).stem if weights else ''
     ann = data.get('val_annotations')
-    gt = None
-    if ann and Path(ann).is_file():
-        try:
-            with open(ann) as f:
-                gt = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            LOGGER.warning('WARNING: ground truth %s could not be read (%s)', ann, e)
-    if gt is not None and any(isinstance(d['image_id'], str) for d in jdict):  # ids from GT file names
-        ids = {Path(im['file_name']).stem: im['id'] for im in gt.get('images', [])}
-        jdict = [dict(d, image_id=ids.get(d['image_id'], d['image_id'])) for d in jdict]
+    gt = _read_ground_truth(ann)
+    ids = coco_image_ids(dataloader.dataset.img_files, gt, ann)
+    jdict = [dict(d, image_id=ids[d['image_id']]) for d in jdict]
     file = save_dir / f'detections_val2017_{w}_results.json'
     with open(file, 'w') as f:
         json.dump(jdict, f)
@@ -212,8 +248,7 @@ def _coco_evaluate(jdict, data, dataloader, weights, save_dir):
     except ImportError as e:
         LOGGER.warning('WARNING: pycocotools unavailable (%s): the mAP above is this project\'s own', e)
         return None
-    stems = {Path(x).stem for x in dataloader.dataset.img_files}
-    img_ids = [im['id'] for im in gt['images'] if Path(im['file_name']).stem in stems]
+    img_ids = sorted(set(ids.values()))
     coco_gt = COCO()
     coco_gt.dataset = gt
     coco_gt.createIndex()
@@ -228,7 +263,7 @@ def _coco_evaluate(jdict, data, dataloader, weights, save_dir):
 
 
 def parse_opt(argv=None):
-    parser = argparse.ArgumentParser(prog='test.py', description='Evaluate Scaled-YOLOv4 on a dataset.')
+    parser = ArgumentParser(prog='test.py', description='Evaluate Scaled-YOLOv4 on a dataset.')
     parser.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt path(s)')
     parser.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
     parser.add_argument('--batch-size', '--batch', type=int, default=32, help='batch size')
@@ -250,10 +285,20 @@ def parse_opt(argv=None):
     return parser.parse_args(argv)
 
 
+def check_options(opt):
+    """Refuse flag values that make no sense, naming the flag (before anything is written)."""
+    check_at_least('--batch-size', opt.batch_size, 1)
+    check_at_least('--img-size', opt.img_size, 1)
+    check_at_least('--workers', opt.workers, 0)
+    check_fraction('--conf-thres', opt.conf_thres)
+    check_fraction('--iou-thres', opt.iou_thres, allow_zero=False)
+
+
 def run(opt=None, **kwargs):
     """Run test.py's task: run(weights=..., data=..., img_size=896, task='val', ...) (keyword names are the
     command-line flags with underscores) or run(parsed_options). Returns the results of the last evaluation."""
     opt = opt or options_from_kwargs(parse_opt, kwargs, 'test.run')
+    check_options(opt)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
     common = dict(batch_size=opt.batch_size, single_cls=opt.single_cls, augment=opt.augment, verbose=opt.verbose,
                   merge=opt.merge, device=opt.device, workers=opt.workers)
@@ -285,4 +330,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, 'test.py')

@@ -28,9 +28,10 @@ import test as tester  # test.py
 from models.yolo import Model
 from utils.autoanchor import check_anchors
 from utils.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, model_payload,
-                              save_checkpoint, FORMAT, FORMAT_VERSION)
+                              remove_stale_temp_files, save_checkpoint, FORMAT, FORMAT_VERSION)
 from utils.data_config import load_data_config
-from utils.datasets import create_dataloader
+from utils.datasets import check_label_classes, create_dataloader
+from utils.errors import ArgumentError, ArgumentParser, UserError, check_at_least, run_cli
 from utils.general import check_img_size, increment_path, options_from_kwargs, set_logging
 from utils.loss import compute_loss
 from utils.metrics import fitness
@@ -59,15 +60,6 @@ def _plain(v):
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
-
-
-def check_label_classes(dataset, nc):
-    """Every label class must be < nc: name the files and ids that are not."""
-    bad = [(f, int(c)) for f, lb in zip(dataset.label_files, dataset.labels) for c in np.unique(lb[:, 0]) if c >= nc]
-    if bad:
-        listing = '; '.join(f'{f}: class {c}' for f, c in bad[:10])
-        raise ValueError(f'label class id out of range for nc={nc} (possible classes 0-{nc - 1}): {listing}'
-                         + (f' (and {len(bad) - 10} more)' if len(bad) > 10 else ''))
 
 
 def build_optimizer(model, hyp, adam=False):
@@ -105,6 +97,7 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     hyp_given, hyp = dict(hyp), dict(hyp)  # checkpoints keep the hyperparameters as given, unscaled
     if main_proc:
         wdir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(wdir)  # a run killed while saving leaves .last.pt.<pid>.tmp behind
         with open(save_dir / 'hyp.yaml', 'w') as f:
             yaml.safe_dump(hyp, f, sort_keys=False)
         with open(save_dir / 'opt.yaml', 'w') as f:
@@ -136,6 +129,19 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     for i, (k, v) in enumerate(model.named_parameters()):
         v.requires_grad = not any(k.startswith(f'model.{j}.') for j in range(opt.freeze))
 
+    gs = int(model.stride.max())
+    imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
+    dataloader, dataset = create_dataloader(data['train'], imgsz, batch_size, gs, single_cls=opt.single_cls,
+                                            hyp=hyp, augment=True, cache=opt.cache_images, rect=opt.rect,
+                                            rank=rank, world_size=world_size, workers=opt.workers,
+                                            image_weights=opt.image_weights, prefix='train: ', shuffle=True,
+                                            seed=opt.seed)
+    check_label_classes(dataset, nc)
+    if dataloader.batch_size * world_size != total_batch_size:  # fewer images than the batch asked for
+        LOGGER.warning('WARNING: --batch-size %d is more than the %d training images: batches of %d are used, '
+                       'and weight decay and accumulation follow that', total_batch_size, len(dataset),
+                       dataloader.batch_size * world_size)
+        total_batch_size = dataloader.batch_size * world_size
     accumulate = max(round(NBS / total_batch_size), 1)
     hyp['weight_decay'] *= total_batch_size * accumulate / NBS
     optimizer = build_optimizer(model, hyp, opt.adam)
@@ -168,15 +174,13 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
             os.replace(tmp, results_file)
         LOGGER.info('Resuming %s from epoch %g to %g', save_dir, start_epoch, epochs)
         if start_epoch >= epochs:
-            raise ValueError(f'{opt.weights} has already trained {start_epoch} epochs: give --epochs above that '
-                             f'to extend the run (e.g. the paper\'s fine-tune to 450)')
+            raise ArgumentError(f'{opt.weights} has already trained {start_epoch} epochs: give --epochs above '
+                                f'that to extend the run (e.g. the paper\'s fine-tune to 450)')
     scheduler.last_epoch = start_epoch - 1
     if ckpt is not None:  # the resumed epoch's rate on the (possibly extended) schedule
         for g in optimizer.param_groups:
             g['lr'] = g['initial_lr'] * lf(start_epoch)
 
-    gs = int(model.stride.max())
-    imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
     if opt.sync_bn and rank == -1:
         LOGGER.info('--sync-bn: one process, so plain BatchNorm (the same statistics) is used')
     elif opt.sync_bn:
@@ -186,12 +190,6 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
         else:
             LOGGER.warning('WARNING: --sync-bn needs CUDA; ignored on CPU')
 
-    dataloader, dataset = create_dataloader(data['train'], imgsz, batch_size, gs, single_cls=opt.single_cls,
-                                            hyp=hyp, augment=True, cache=opt.cache_images, rect=opt.rect,
-                                            rank=rank, world_size=world_size, workers=opt.workers,
-                                            image_weights=opt.image_weights, prefix='train: ', shuffle=True,
-                                            seed=opt.seed)
-    check_label_classes(dataset, nc)
     nb = len(dataloader)
     testloader = None
     if main_proc:
@@ -375,7 +373,7 @@ def strip_optimizer(src, dst):
 
 
 def parse_opt(argv=None):
-    p = argparse.ArgumentParser(prog='train.py', description='Train Scaled-YOLOv4.')
+    p = ArgumentParser(prog='train.py', description='Train Scaled-YOLOv4.')
     p.add_argument('--weights', type=str, default='', help='initial weights path ("" to train from scratch)')
     p.add_argument('--cfg', type=str, default='', help='model.yaml path')
     p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
@@ -410,11 +408,39 @@ def parse_opt(argv=None):
     return opt
 
 
-def _latest_last(project):
-    runs = sorted(Path(project).glob('**/last.pt'), key=lambda x: x.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f'--resume: no last.pt found under {project}')
-    return runs[-1]
+def check_options(opt):
+    """Refuse flag values that make no sense, naming the flag (before anything is written)."""
+    check_at_least('--epochs', opt.epochs, 1)
+    check_at_least('--batch-size', opt.batch_size, 1)
+    check_at_least('--img-size', opt.img_size, 1)
+    check_at_least('--workers', opt.workers, 0)
+    check_at_least('--freeze', opt.freeze, 0)
+    check_at_least('--evolve', opt.evolve, 0)
+    check_at_least('--ddp-timeout', opt.ddp_timeout, 1)
+
+
+def resume_path(resume, project):
+    """The last.pt to resume: the newest under --project for a bare --resume, a run folder's weights/last.pt,
+    or the given file."""
+    if resume is True:
+        runs = sorted(Path(project).glob('**/last.pt'), key=lambda x: x.stat().st_mtime)
+        if not runs:
+            raise ArgumentError(f'--resume: no last.pt found under {project}: name the run folder or its '
+                                f'weights/last.pt')
+        return runs[-1]
+    path = Path(resume)
+    if path.is_dir():
+        candidates = [path / 'weights' / 'last.pt', path / 'last.pt']
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ArgumentError(f'--resume {path}: a folder without weights/last.pt (looked for '
+                                f'{candidates[0]}); was the run started with --nosave, or is this the project '
+                                f'folder rather than a run folder?')
+        return found
+    if not path.is_file():
+        raise ArgumentError(f'--resume {path}: no such file; give a run folder (runs/train/exp) or its '
+                            f'weights/last.pt')
+    return path
 
 
 def run(**kwargs):
@@ -433,13 +459,14 @@ def main(argv=None, opt=None):
     if opt.world_size == 1:
         opt.global_rank = opt.local_rank = -1
     set_logging(opt.global_rank)
+    check_options(opt)
     if opt.batch_size % opt.world_size:
-        sys.exit(f'error: --batch-size {opt.batch_size} must be a multiple of the number of processes '
-                 f'{opt.world_size}')
+        raise ArgumentError(f'--batch-size {opt.batch_size} must be a multiple of the number of processes '
+                            f'{opt.world_size}')
 
     ckpt = None
     if opt.resume:
-        path = Path(opt.resume) if isinstance(opt.resume, str) else _latest_last(opt.project)
+        path = resume_path(opt.resume, opt.project)
         ckpt = load_checkpoint(path)
         if 'optimizer' not in ckpt or ckpt.get('optimizer') is None:
             raise CheckpointError(f'{path} holds no training state (a stripped or released file): use --weights')
@@ -461,13 +488,13 @@ def main(argv=None, opt=None):
                 hyp = yaml.safe_load(f)
     else:
         opt.hyp_changed = False
-        opt.epochs = opt.epochs or 300
+        opt.epochs = 300 if opt.epochs is None else opt.epochs
         opt.hyp = opt.hyp or 'data/hyp.scratch.yaml'
         if not opt.cfg and not opt.weights:
-            sys.exit('error: give --cfg (train from scratch) or --weights (fine-tune)')
+            raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
         for f, what in ((opt.cfg, 'model cfg'), (opt.data, 'data yaml'), (opt.hyp, 'hyp yaml')):
             if f and not Path(f).exists() and not (what == 'model cfg' and (Path('models') / Path(f).name).exists()):
-                sys.exit(f'error: {what} {f} not found')
+                raise ArgumentError(f'{what} {f} not found')
         with open(opt.hyp) as f:
             hyp = yaml.safe_load(f)
         opt.total_batch_size = opt.batch_size
@@ -493,9 +520,8 @@ def main(argv=None, opt=None):
     except TrainingStopped as e:
         LOGGER.error('%s', e)
         sys.exit(e.exit_code)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        LOGGER.error('error: %s', e)
-        sys.exit(1)
+    except UserError:
+        raise
     except (RuntimeError, dist.DistBackendError) as e:
         if opt.global_rank == -1:
             raise
@@ -510,7 +536,7 @@ def main(argv=None, opt=None):
 def evolve(hyp, opt, device):
     """Hyperparameter evolution: mutate the best earlier results, train, append to evolve.txt."""
     if opt.global_rank != -1:
-        sys.exit('error: --evolve runs in a single process')
+        raise ArgumentError('--evolve runs in a single process (not under torchrun)')
     opt.notest, opt.nosave = True, True
     evolve_file = Path(opt.save_dir) / 'evolve.txt'
     keys = list(EVOLVE_META)
@@ -528,4 +554,4 @@ def evolve(hyp, opt, device):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, 'train.py')

@@ -22,14 +22,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.errors import UserError
+
 MODES = ('native', 'cuda', 'auto')
+
+
+class MishModeError(UserError, ValueError):
+    """YOLO_MISH names no implementation."""
 
 
 def mish_mode():
     """The implementation YOLO_MISH asks for; an unknown value is an error that names it."""
     mode = os.environ.get('YOLO_MISH', 'native').strip().lower() or 'native'
     if mode not in MODES:
-        raise ValueError(f'YOLO_MISH={mode!r}: expected one of {", ".join(MODES)}')
+        raise MishModeError(f'YOLO_MISH={mode!r}: expected one of {", ".join(MODES)}')
     return mode
 
 

@@ -6,7 +6,7 @@ Both files output the decoded prediction tensor (batch, boxes, 5 + nc) that non_
 exported as standard ops (x * tanh(softplus(x))). When onnxruntime is installed, the ONNX file is run and its
 largest difference from PyTorch is printed.
 """
-import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -21,6 +21,7 @@ if __package__ in (None, ''):
 from models.activations import Mish  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect  # noqa: E402
+from utils.errors import ArgumentParser, check_at_least, run_cli  # noqa: E402
 from utils.general import check_img_size  # noqa: E402
 
 LOGGER = logging.getLogger('export')
@@ -62,6 +63,10 @@ def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, 
     ts.save(str(ts_file))
     LOGGER.info('TorchScript export success, saved as %s', ts_file)
 
+    if importlib.util.find_spec('onnx') is None:
+        LOGGER.warning('ONNX not written: the onnx package is not installed (pip install onnx onnxruntime, or '
+                       'pip install -r requirements-test.txt); the TorchScript file above is complete')
+        return (ts_file, None), None
     dynamic_axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}, 'output': {0: 'batch', 1: 'boxes'}} \
         if dynamic else None
     torch.onnx.export(model, (img,), str(onnx_file), opset_version=opset, input_names=['images'],
@@ -86,7 +91,7 @@ def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog='models/export.py', description='Export to TorchScript and ONNX.')
+    p = ArgumentParser(prog='models/export.py', description='Export to TorchScript and ONNX.')
     p.add_argument('--weights', type=str, default='weights/yolov4-p5.pt', help='weights path')
     p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='image size (h, w)')
     p.add_argument('--batch-size', type=int, default=1, help='batch size')
@@ -94,12 +99,13 @@ def main(argv=None):
     p.add_argument('--opset', type=int, default=12, help='ONNX opset (12 or later)')
     opt = p.parse_args(argv)
     opt.img_size *= 2 if len(opt.img_size) == 1 else 1
-    if opt.opset < 12:
-        p.error('--opset must be 12 or later')
+    check_at_least('--img-size', opt.img_size, 1)
+    check_at_least('--batch-size', opt.batch_size, 1)
+    check_at_least('--opset', opt.opset, 12)
     logging.basicConfig(format='%(message)s', level=logging.INFO)
     return export(opt.weights, opt.img_size, opt.batch_size, opt.dynamic, opt.opset)
 
 
 if __name__ == '__main__':
     from models.export import main as _main  # classes as models.*, not __main__.*
-    _main()
+    run_cli(_main, 'models/export.py')

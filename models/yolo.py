@@ -17,6 +17,7 @@ if __package__ in (None, ''):  # `python models/yolo.py`: make the repository ro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, SPPCSP  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.general import make_divisible  # noqa: E402
 from utils.torch_utils import (fuse_conv_and_bn, initialize_weights, model_info, scale_img,  # noqa: E402
                                select_device)
@@ -186,8 +187,12 @@ CSP_MODULES = (BottleneckCSP, BottleneckCSP2, SPPCSP)  # take the repeat count n
 STRING_LITERALS = {'nearest', 'bilinear', 'bicubic', 'trilinear', 'linear', 'area', 'nearest-exact'}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A model YAML that cannot be built; the message names the row and what is wrong."""
+
+
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """A model yaml that does not exist."""
 
 
 def load_config(cfg):
@@ -197,7 +202,8 @@ def load_config(cfg):
     if not path.exists() and (CONFIG_DIR / path.name).exists():
         path = CONFIG_DIR / path.name
     if not path.exists():
-        raise FileNotFoundError(f'model config {cfg} not found (looked in . and {CONFIG_DIR})')
+        raise ConfigNotFoundError(f'model config {cfg} not found (looked in . and {CONFIG_DIR}): give a path to a '
+                                  f'model yaml, or one of the names in models/')
     with open(path) as f:
         d = yaml.safe_load(f)
     if not isinstance(d, dict):

@@ -13,6 +13,7 @@ Two formats are read:
 
 A file that asks for any other class is refused with `CheckpointError` naming the file and the class.
 """
+import _compat_pickle
 import logging
 import os
 import pickle
@@ -25,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from models.activations import Mish
+from utils.errors import UserError, write_error_reason
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ RELEASE_PAGE = 'https://github.com/WongKinYiu/ScaledYOLOv4/tree/yolov4-large#pre
 MISH_SPELLINGS = ('mish_cuda.MishCuda', 'mish_mish.MishCuda', 'mc.build.lib.mish_mish.MishCuda')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A weights file that cannot or must not be loaded; the message names the file and the reason."""
 
 
@@ -73,6 +75,13 @@ def missing_weights_message(path):
             f"Or train one: python train.py --cfg models/yolov4-p5.yaml --data data/coco.yaml --weights ''")
 
 
+def _python3_name(qualified):
+    """'commands.Popen' -> 'subprocess.Popen': torch.save's pickle protocol 2 writes Python 2 module names."""
+    module, _, name = qualified.rpartition('.')
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f'{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}'
+
+
 def load_checkpoint(path, map_location='cpu'):
     """torch.load a checkpoint with weights_only=True and the allow-list; clear errors for bad files."""
     path = Path(path)
@@ -85,8 +94,8 @@ def load_checkpoint(path, map_location='cpu'):
         msg = str(e)
         m = re.search(r'GLOBAL (\S+)', msg) or re.search(r'unrecognized function (.+?)(?: which|$)', msg)
         if m:
-            raise CheckpointError(f'{path}: refused to load: it asks for {m.group(1)!r}, which is not a class a '
-                                  f'checkpoint may contain; nothing from the file was run') from None
+            raise CheckpointError(f'{path}: refused to load: it asks for {_python3_name(m.group(1))!r}, which is not '
+                                  f'a class a checkpoint may contain; nothing from the file was run') from None
         detail = re.search(r'WeightsUnpickler error:\s*(\S[^\n]*)', msg)
         detail = detail.group(1) if detail else 'not a pickle'
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another kind of file): '
@@ -151,20 +160,78 @@ def model_from_checkpoint(ckpt, path='checkpoint', prefer_ema=True):
     raise CheckpointError(f"{path}: 'model' entry is a {type(entry).__name__}, not a Scaled-YOLOv4 model")
 
 
+def _temp_path(path, pid):
+    return path.with_name(f'.{path.name}.{pid}.tmp')
+
+
 def save_checkpoint(ckpt, path):
     """Write atomically: a temporary file in the same folder, fsync, then rename over the target.
 
-    A kill at any moment leaves the previous file whole.
+    A kill at any moment leaves the previous file whole. A full disk or a read-only folder raises
+    CheckpointError naming the file (the previous file is kept).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp = _temp_path(path, os.getpid())
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, 'wb') as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        reason = write_error_reason(e)
+        if reason is None:
+            raise
+        kept = f'; the previous {path.name} is kept' if path.exists() else ''
+        raise CheckpointError(f'{reason} on {_device_of(path.parent)} writing {path}{kept}: free space and '
+                              f'continue with --resume') from None
     finally:
-        if tmp.exists():
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _device_of(folder):
+    """The mount point that holds folder (for messages about full or read-only disks)."""
+    p = Path(folder).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+def remove_stale_temp_files(folder):
+    """Remove temporary checkpoint files (.NAME.PID.tmp) that killed processes left in folder.
+
+    A file whose process is still alive (another run writing into the same folder) is left alone.
+    Returns the removed paths.
+    """
+    removed = []
+    for tmp in Path(folder).glob('.*.tmp'):
+        parts = tmp.name.rsplit('.', 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
             tmp.unlink()
+            removed.append(tmp)
+        except OSError as e:
+            LOGGER.warning('WARNING: stale temporary file %s not removed: %s', tmp, e)
+    if removed:
+        LOGGER.info('Removed %d temporary checkpoint file(s) left by an interrupted run in %s', len(removed), folder)
+    return removed
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True

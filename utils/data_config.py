@@ -3,10 +3,12 @@ from pathlib import Path
 
 import yaml
 
+from utils.errors import UserError
+
 PATH_KEYS = ('train', 'val', 'test', 'val_annotations')
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError, ValueError):
     """A data yaml that is missing, unreadable or lacks required keys; the message names the file."""
 
 

@@ -15,20 +15,31 @@ import torch
 from torch.utils.data import DataLoader, Dataset, distributed
 
 from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placements, random_perspective, xywhn2xyxy
+from utils.errors import UserError
 from utils.general import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
 from utils.sources import LoadImages, LoadStreams, LoadWebcam  # noqa: F401  (published import location)
 from utils.torch_utils import torch_distributed_zero_first
 
-__all__ = ['LoadImagesAndLabels', 'create_dataloader', 'letterbox', 'LoadImages', 'LoadStreams', 'LoadWebcam',
+__all__ = ['LoadImagesAndLabels', 'create_dataloader', 'check_label_classes', 'letterbox', 'LoadImages', 'LoadStreams', 'LoadWebcam',
            'img2label_paths', 'DatasetError']
 
 LOGGER = logging.getLogger(__name__)
 cv2.setNumThreads(0)  # OpenCV's own threads fight the dataloader workers
 
 
-class DatasetError(FileNotFoundError):
+class DatasetError(UserError, FileNotFoundError):
     """A dataset path or list that yields no usable images; the message names it."""
+
+
+def check_label_classes(dataset, nc):
+    """Every label class must be < nc: raise DatasetError naming the files and ids that are not."""
+    bad = [(f, int(c)) for f, lb in zip(dataset.label_files, dataset.labels) for c in np.unique(lb[:, 0]) if c >= nc]
+    if bad:
+        listing = '; '.join(f'{f}: class {c}' for f, c in bad[:10])
+        raise DatasetError(f'label class id out of range for nc={nc} (possible classes 0-{nc - 1}): {listing}'
+                           + (f' (and {len(bad) - 10} more)' if len(bad) > 10 else '')
+                           + ': fix the labels, or set nc (and names) in the data yaml to cover them')
 
 
 def list_image_files(path):
@@ -136,8 +147,18 @@ class LoadImagesAndLabels(Dataset):
                 npy = self.npy_files[i]
                 if not npy.exists() or npy.stat().st_mtime < os.stat(self.img_files[i]).st_mtime:
                     tmp = npy.with_suffix(f'.{os.getpid()}.tmp.npy')
-                    np.save(tmp, self._read_resized(i)[0])
-                    os.replace(tmp, npy)
+                    try:
+                        np.save(tmp, self._read_resized(i)[0])
+                        os.replace(tmp, npy)
+                    except OSError as e:  # e.g. a read-only dataset: read the images instead
+                        try:
+                            tmp.unlink(missing_ok=True)
+                        except OSError:
+                            pass
+                        LOGGER.warning('%sWARNING: disk image cache not written (%s: %s): images are read from '
+                                       'their files instead', prefix, tmp, e.strerror or e)
+                        self.npy_files = [None] * self.n
+                        return
                 gb += self.npy_files[i].stat().st_size
             else:
                 self.imgs[i], self.img_hw0[i], self.img_hw[i] = self._read_resized(i)

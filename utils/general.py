@@ -161,13 +161,32 @@ def nms(boxes, scores, iou_thres):
     return tv(boxes, scores, iou_thres) if tv is not None else nms_exact(boxes, scores, iou_thres)
 
 
+MAX_NMS_CANDIDATES = 30000  # class candidates per image kept for NMS (highest scores), as in the yolov5 lineage
+_cap_warned = False
+
+
+def _cap_candidates(x, max_nms):
+    """The max_nms highest-scoring rows of x (n, 6) when there are more; warns once per process."""
+    global _cap_warned
+    if x.shape[0] <= max_nms:
+        return x
+    if not _cap_warned:
+        LOGGER.warning('WARNING: NMS: %d candidates in one image above the confidence threshold; only the %d '
+                       'highest-scoring are kept (usual for an untrained model at conf 0.001; a trained one stays '
+                       'far below the cap)', x.shape[0], max_nms)
+        _cap_warned = True
+    return x[x[:, 4].argsort(descending=True, stable=True)[:max_nms]]
+
+
 def non_max_suppression(prediction, conf_thres=0.1, iou_thres=0.6, merge=False, classes=None, agnostic=False,
-                        max_det=300):
+                        max_det=300, max_nms=MAX_NMS_CANDIDATES):
     """NMS on decoded predictions (bs, N, 5 + nc) as published (SPEC 9).
 
     Multi-label when nc > 1, class filter, class-offset (or agnostic) NMS, at most max_det per image, merge
     mode (score-weighted mean of the boxes overlapping each kept box, keeping only boxes with overlaps, as
-    published). No time limit: every image is processed. Returns per image an (n, 6) tensor
+    published). No time limit: every image is processed. Where the published code stopped after 10 s per
+    batch and silently dropped the remaining images, here at most `max_nms` candidates per image (the
+    highest-scoring) go into NMS, which bounds its cost. Returns per image an (n, 6) tensor
     [x1, y1, x2, y2, score, class] (empty when nothing is detected).
     """
     if prediction.dtype in (torch.float16, torch.bfloat16):  # boxes in pixels need float32's precision
@@ -191,6 +210,7 @@ def non_max_suppression(prediction, conf_thres=0.1, iou_thres=0.6, merge=False, 
             x = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
         if classes is not None and len(classes):
             x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device, dtype=x.dtype)).any(1)]
+        x = _cap_candidates(x, max_nms)
         n = x.shape[0]
         if not n:
             continue

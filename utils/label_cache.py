@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import os
+import zipfile
+import zlib
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def exif_size(img):
     s = img.size
     try:
         rotation = img.getexif().get(_ORIENTATION)
-        if rotation in (6, 8):  # rotated 270 or 90 degrees
+        if rotation in (5, 6, 7, 8):  # transposed, rotated 270, transversed, rotated 90: width <-> height
             s = (s[1], s[0])
     except (AttributeError, KeyError, IndexError, TypeError, ValueError, OSError):
         pass
@@ -145,8 +147,8 @@ def load_cache(path, expected_hash):
             return {'files': [str(x) for x in z['files']], 'shapes': z['shapes'],
                     'labels': [labels[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)],
                     'stats': meta['stats'], 'messages': meta['messages']}
-    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError):
-        return None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # damaged (truncated, flipped bits), foreign or stale: rebuilt by the caller
 
 
 def save_cache(path, scan, file_hash):
@@ -165,8 +167,12 @@ def save_cache(path, scan, file_hash):
         os.replace(tmp, path)
         LOGGER.info('New label cache written: %s', path)
     except OSError as e:
-        LOGGER.warning('WARNING: label cache not written, the dataset folder is not writeable (%s): %s', path, e)
-        tmp.unlink(missing_ok=True)
+        LOGGER.warning('WARNING: label cache not written to %s (%s): the dataset is used without it',
+                       path, e.strerror or e)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even removing a file that is not there
+            pass
 
 
 def scan_dataset(img_files, label_files, prefix=''):

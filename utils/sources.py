@@ -14,9 +14,14 @@ import cv2
 import numpy as np
 
 from utils.augmentations import letterbox
+from utils.errors import UserError
 from utils.label_cache import IMG_FORMATS, VID_FORMATS
 
 LOGGER = logging.getLogger(__name__)
+
+
+class SourceError(UserError, FileNotFoundError):
+    """A detection source that does not exist or cannot be opened; the message names it."""
 
 
 def _to_chw_rgb(img):
@@ -26,7 +31,7 @@ def _to_chw_rgb(img):
 class LoadImages:
     """Images and videos from a file, a folder, a glob or a list of those; videos are read frame by frame.
 
-    An unreadable image is named in a warning and skipped.
+    An unreadable image or video is named in a warning and skipped; the other files are still processed.
     """
 
     def __init__(self, path, img_size=640, auto=True):
@@ -40,7 +45,8 @@ class LoadImages:
             elif os.path.isfile(p):
                 files.append(p)
             else:
-                raise FileNotFoundError(f'source {p} does not exist')
+                raise SourceError(f'source {p} does not exist: give an image, video, folder, glob, webcam index or '
+                                  f'stream URL')
         images = [x for x in files if os.path.splitext(x)[-1].lower() in IMG_FORMATS]
         videos = [x for x in files if os.path.splitext(x)[-1].lower() in VID_FORMATS]
         self.img_size = img_size
@@ -53,7 +59,7 @@ class LoadImages:
         self.frame = 0
         self.nframes = 0
         if not self.nf:
-            raise FileNotFoundError(f'no images or videos found in {path}. Supported formats: images '
+            raise SourceError(f'no images or videos found in {path}. Supported formats: images '
                                     f'{", ".join(IMG_FORMATS)}; videos {", ".join(VID_FORMATS)}')
 
     def __iter__(self):
@@ -67,10 +73,13 @@ class LoadImages:
             path = self.files[self.count]
             if self.video_flag[self.count]:
                 self.mode = 'video'
-                if self.cap is None:
-                    self.new_video(path)
+                if self.cap is None and not self.new_video(path):
+                    self.count += 1
+                    continue
                 ret, img0 = self.cap.read()
                 if not ret:
+                    if self.frame == 0:
+                        LOGGER.warning('WARNING: video %s gave no frame (corrupt or empty), skipped', path)
                     self.cap.release()
                     self.cap = None
                     self.count += 1
@@ -88,11 +97,15 @@ class LoadImages:
             return path, _to_chw_rgb(img), img0, self.cap
 
     def new_video(self, path):
+        """Open a video; False (with a warning naming it) when it cannot be opened or has no frame."""
         self.frame = 0
         self.cap = cv2.VideoCapture(path)
         if not self.cap.isOpened():
-            raise OSError(f'video {path} could not be opened')
+            LOGGER.warning('WARNING: video %s could not be opened (corrupt or an unsupported codec), skipped', path)
+            self.cap = None
+            return False
         self.nframes = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        return True
 
     def __len__(self):
         return self.nf
@@ -106,7 +119,7 @@ class LoadWebcam:
         self.pipe = int(pipe) if str(pipe).isnumeric() else pipe
         self.cap = cv2.VideoCapture(self.pipe)
         if not self.cap.isOpened():
-            raise OSError(f'camera {pipe} could not be opened')
+            raise SourceError(f'camera {pipe} could not be opened')
         self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 3)
         self.count = -1
 
@@ -152,10 +165,10 @@ class LoadStreams:
         for i, s in enumerate(sources):
             cap = self._open(s)
             if cap is None:
-                raise OSError(f'stream {s} could not be opened')
+                raise SourceError(f'stream {s} could not be opened: check the URL or camera index')
             ok, self.imgs[i] = cap.read()
             if not ok:
-                raise OSError(f'stream {s} opened but gave no frame')
+                raise SourceError(f'stream {s} opened but gave no frame')
             w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
             fps = cap.get(cv2.CAP_PROP_FPS) or 30
             LOGGER.info('%d/%d: %s... success (%dx%d at %.2f FPS)', i + 1, n, s, w, h, fps)

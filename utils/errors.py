@@ -1,0 +1,87 @@
+"""Errors the user can fix, and how the scripts report them.
+
+Every error the project raises on purpose for bad input (a missing or unsafe weights file, a bad data or
+model yaml, a dataset without usable images, a nonsense flag value, a disk that cannot be written) derives
+from `UserError`. The scripts turn such an error into one line on stderr, `<script>: error: <message>`, and
+exit with status 1; anything else is a bug and keeps its traceback.
+"""
+import argparse
+import errno
+import logging
+import sys
+
+LOGGER = logging.getLogger(__name__)
+
+# errno -> what to tell the user when a write fails for a reason that is not a bug
+WRITE_ERRORS = {errno.ENOSPC: 'no space left on device', errno.EROFS: 'read-only file system',
+                errno.EACCES: 'permission denied', errno.EDQUOT: 'disk quota exceeded'}
+
+
+class UserError(Exception):
+    """Bad input the user can fix; the message names the file or flag and what to do."""
+
+
+class ArgumentError(UserError, ValueError):
+    """A command-line flag (or run() keyword) whose value makes no sense; the message names the flag."""
+
+
+class WriteError(UserError, OSError):
+    """An output that could not be written (full disk, read-only folder); earlier outputs are kept."""
+
+
+def write_error_reason(exc):
+    """'no space left on device' (etc.) when exc is a write failure the user can fix, else None.
+
+    PyTorch reports a full disk during torch.save as a RuntimeError "... unexpected pos ...", without errno.
+    """
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+        return WRITE_ERRORS[exc.errno]
+    if isinstance(exc, RuntimeError) and 'unexpected pos' in str(exc):
+        return WRITE_ERRORS[errno.ENOSPC]
+    return None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the defaults shown in --help and errors on one line (no usage block)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def check_at_least(flag, value, minimum):
+    """Raise ArgumentError unless value (or every value of a list) is >= minimum."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if v is not None and v < minimum:
+            raise ArgumentError(f'{flag} {v}: must be at least {minimum}')
+
+
+def check_fraction(flag, value, allow_zero=True):
+    """Raise ArgumentError unless 0 <= value <= 1 (0 < value <= 1 without allow_zero)."""
+    if value is None:
+        return
+    if not (0 <= value <= 1) or (value == 0 and not allow_zero):
+        raise ArgumentError(f'{flag} {value}: must be {"between 0 and 1" if allow_zero else "above 0 and at most 1"}')
+
+
+def one_line(exc):
+    """The message of exc on one line."""
+    return ' '.join(str(exc).split()) or type(exc).__name__
+
+
+def run_cli(main, prog):
+    """Run a script's main(); a UserError or a failed write becomes one line on stderr and exit status 1."""
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f'{prog}: error: {one_line(e)}')
+    except (OSError, RuntimeError) as e:
+        reason = write_error_reason(e)
+        if reason is None:
+            raise
+        where = f' writing {e.filename}' if getattr(e, 'filename', None) else ''
+        sys.exit(f'{prog}: error: {reason}{where}: free space or choose another --project; earlier outputs '
+                 f'are kept')
