@@ -16,7 +16,9 @@ import torch
 from models.experimental import attempt_load
 from utils.datasets import LoadImages, LoadStreams
 from utils.errors import ArgumentParser, check_at_least, check_fraction, run_cli
-from utils.general import check_img_size, increment_path, non_max_suppression, scale_coords, set_logging, xyxy2xywh
+from utils.boxes import scale_coords, xyxy2xywh
+from utils.general import check_img_size, increment_path, set_logging
+from utils.nms import non_max_suppression
 from utils.plots import color_list, plot_one_box
 from utils.torch_utils import select_device, time_synchronized
 

@@ -17,10 +17,10 @@ from models.experimental import attempt_load
 from utils.data_config import DataConfigError, load_data_config
 from utils.datasets import check_label_classes, create_dataloader
 from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fraction, run_cli
-from utils.general import (check_img_size, clip_coords, coco80_to_coco91_class, increment_path,
-                           non_max_suppression, options_from_kwargs, scale_coords, set_logging, xywh2xyxy,
-                           xyxy2xywh)
-from utils.loss import compute_loss
+from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
+from utils.coco_ids import coco80_to_coco91_class
+from utils.general import check_img_size, increment_path, options_from_kwargs, set_logging
+from utils.nms import non_max_suppression
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.plots import plot_images, plot_study
 from utils.torch_utils import select_device, time_synchronized
@@ -30,11 +30,11 @@ LOGGER = logging.getLogger('test')
 
 def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thres=0.6, save_json=False,
          single_cls=False, augment=False, verbose=False, model=None, dataloader=None, save_dir=None,
-         merge=False, save_txt=False, plots=True, device='', task='val', workers=8, compute_val_loss=None):
+         merge=False, save_txt=False, plots=True, device='', task='val', workers=8, compute_loss=None):
     """Evaluate `model` (from train.py) or `weights` on the data's `task` split.
 
     Returns ((P, R, mAP@0.5, mAP@0.5:0.95, val box, obj, cls losses), per-class mAPs, (inference, NMS, total)
-    ms per image).
+    ms per image). The validation losses are computed with `compute_loss` (train.py's ComputeLoss), else 0.
     """
     data = load_data_config(data) if not isinstance(data, dict) else data
     training = model is not None
@@ -80,7 +80,6 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
                                        single_cls=single_cls, pad=0.5, rect=True, workers=workers,
                                        prefix=f'{task}: ')[0]
         check_label_classes(dataloader.dataset, nc)  # before hours of inference, not after
-    compute_val_loss = training if compute_val_loss is None else compute_val_loss
 
     confusion_matrix = ConfusionMatrix(nc=nc)
     coco91class = coco80_to_coco91_class()
@@ -100,8 +99,8 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
             t = time_synchronized()
             inf_out, train_out = model(img, augment=augment)
             t0 += time_synchronized() - t
-            if compute_val_loss and train_out is not None:
-                loss += compute_loss([x.float() for x in train_out], targets, model)[1][:3]
+            if compute_loss is not None and train_out is not None:
+                loss += compute_loss([x.float() for x in train_out], targets)[1][:3]
             t = time_synchronized()
             output = non_max_suppression(inf_out, conf_thres=conf_thres, iou_thres=iou_thres, merge=merge)
             t1 += time_synchronized() - t

@@ -1,8 +1,12 @@
-"""Train Scaled-YOLOv4 with the paper's recipe (SPEC section 11) on one or many GPUs, or on CPUs.
+"""Train Scaled-YOLOv4 with the paper's recipe (docs/architecture.md, "Training") on one or many GPUs, or on CPUs.
 
     python train.py --cfg models/yolov4-p5.yaml --data data/coco.yaml --weights '' --img 896 896 --batch-size 64
     torchrun --nproc_per_node 4 train.py ... --sync-bn          (or python -m torch.distributed.launch ...)
-    python train.py --resume [runs/train/exp/weights/last.pt] [--epochs 450 --hyp data/hyp.finetune.yaml]
+    python train.py --resume [runs/train/exp] [--epochs 450 --hyp data/hyp.finetune.yaml]
+
+The stages, each a function: build the model (build_model) and optimizer (smart_optimizer), the loaders
+(build_train_loader), restore a resumed run (restore_training_state), then per epoch train_one_epoch and
+end_of_epoch (evaluate, log, save). main() turns flags (or a resumed run's saved options) into those inputs.
 """
 import argparse
 import datetime
@@ -14,6 +18,7 @@ import signal
 import sys
 import time
 from copy import deepcopy
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +30,27 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import test as tester  # test.py
+from models.checkpoint import (CheckpointError, checkpoint_header, load_checkpoint, model_from_checkpoint,
+                               model_payload, remove_stale_temp_files, save_checkpoint, strip_optimizer)
 from models.yolo import Model
 from utils.autoanchor import check_anchors
-from utils.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, model_payload,
-                              remove_stale_temp_files, save_checkpoint, FORMAT, FORMAT_VERSION)
 from utils.data_config import load_data_config
 from utils.datasets import check_label_classes, create_dataloader
 from utils.errors import ArgumentError, ArgumentParser, UserError, check_at_least, run_cli
 from utils.general import check_img_size, increment_path, options_from_kwargs, set_logging
-from utils.loss import compute_loss
+from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
-from utils.torch_utils import ModelEMA, de_parallel, intersect_dicts, select_device
+from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, select_device
 from utils.train_utils import (EVOLVE_META, class_weights_from_labels, image_weights_from_labels, mutate_hyp,
                                rng_state, set_rng_state)
 
 LOGGER = logging.getLogger('train')
 NBS = 64  # nominal batch size
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
+REQUIRED_HYP = ('lr0', 'momentum', 'weight_decay', 'giou', 'cls', 'cls_pw', 'obj', 'obj_pw', 'anchor_t', 'fl_gamma',
+                'hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud',
+                'fliplr', 'mixup')
 
 
 class TrainingStopped(RuntimeError):
@@ -51,6 +59,46 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message, exit_code=1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes: the run folder, its weights and results.txt."""
+    save_dir: Path
+    last: Path
+    best: Path
+    final: Path
+    results: Path
+
+    @classmethod
+    def of(cls, save_dir):
+        save_dir = Path(save_dir)
+        w = save_dir / 'weights'
+        return cls(save_dir, w / 'last.pt', w / 'best.pt', w / 'final.pt', save_dir / 'results.txt')
+
+
+@dataclass
+class EpochLoop:
+    """What one training epoch works with; built once by train(), passed to train_one_epoch()."""
+    model: torch.nn.Module
+    loader: object
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    ema: object  # ModelEMA on the main process, else None
+    loss_fn: ComputeLoss
+    device: torch.device
+    hyp: dict
+    lr_lambda: object  # epoch -> learning-rate factor
+    warmup_iters: int
+    nominal_accumulate: float  # nominal batch / total batch
+    epochs: int
+    imgsz: int
+    stride: int
+    multi_scale: bool
+    rank: int = -1
+    world_size: int = 1
+    plot_dir: Path = None  # where train_batch*.jpg go (None: not plotted)
+    names: list = field(default_factory=list)
 
 
 def _plain(v):
@@ -62,314 +110,422 @@ def _plain(v):
     return v
 
 
+def load_hyp(path):
+    """The hyperparameters of a hyp yaml; a missing key of the published recipe is an error naming it."""
+    try:
+        with open(path) as f:
+            hyp = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ArgumentError(f'hyp yaml {path} is not valid YAML: {" ".join(str(e).split())}') from None
+    missing = [k for k in REQUIRED_HYP if not isinstance(hyp, dict) or k not in hyp]
+    if missing:
+        raise ArgumentError(f'hyp yaml {path} lacks {", ".join(missing)} (see data/hyp.scratch.yaml)')
+    return hyp
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run_folder(paths, hyp, opt):
+    """Create the run folder, remove temp files a killed save left behind, write hyp.yaml and opt.yaml."""
+    paths.last.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(paths.last.parent)  # a run killed while saving leaves .last.pt.<pid>.tmp behind
+    with open(paths.save_dir / 'hyp.yaml', 'w') as f:
+        yaml.safe_dump(hyp, f, sort_keys=False)
+    with open(paths.save_dir / 'opt.yaml', 'w') as f:
+        yaml.safe_dump({k: _plain(v) for k, v in vars(opt).items()}, f, sort_keys=False)
+
+
+def build_model(opt, nc, device, ckpt=None, verbose=True):
+    """The model to train: restored from a resumed checkpoint, transferred from --weights, or new from --cfg;
+    the first --freeze layers frozen."""
+    if ckpt is not None:
+        model = Model(ckpt['model']['yaml'], ch=3, nc=nc).to(device)
+        model.load_state_dict(ckpt['model']['state_dict'])
+    elif opt.weights:
+        src = model_from_checkpoint(load_checkpoint(opt.weights), opt.weights, prefer_ema=True)
+        model = Model(opt.cfg or src.yaml, ch=3, nc=nc, verbose=verbose).to(device)
+        sd = intersect_dicts(src.float().state_dict(), model.state_dict(), exclude=['anchor'] if opt.cfg else [])
+        model.load_state_dict(sd, strict=False)
+        LOGGER.info('Transferred %g/%g items from %s', len(sd), len(model.state_dict()), opt.weights)
+    else:
+        model = Model(opt.cfg, ch=3, nc=nc, verbose=verbose).to(device)
+    for k, v in model.named_parameters():
+        v.requires_grad = not any(k.startswith(f'model.{j}.') for j in range(opt.freeze))
+    return model
+
+
 def build_optimizer(model, hyp, adam=False):
-    """Three groups (SPEC 11): BatchNorm and other non-decayed weights, conv weights (decay), biases."""
-    pg0, pg1, pg2 = [], [], []
+    """Three parameter groups, as published: 0 BatchNorm and other weights without decay, 1 conv weights with
+    weight decay, 2 biases without decay. SGD with Nesterov momentum, or Adam with beta1 = momentum."""
+    no_decay, decay, biases = [], [], []
     for k, v in model.named_parameters():
         if not v.requires_grad:
             continue
         if '.bias' in k:
-            pg2.append(v)
+            biases.append(v)
         elif '.weight' in k and '.bn' not in k:
-            pg1.append(v)
+            decay.append(v)
         else:
-            pg0.append(v)
+            no_decay.append(v)
     if adam:
-        optimizer = torch.optim.Adam(pg0, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
+        optimizer = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
     else:
-        optimizer = torch.optim.SGD(pg0, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
-    optimizer.add_param_group({'params': pg1, 'weight_decay': hyp['weight_decay']})
-    optimizer.add_param_group({'params': pg2})
-    LOGGER.info('Optimizer groups: %g .bias, %g conv.weight, %g other', len(pg2), len(pg1), len(pg0))
+        optimizer = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
+    optimizer.add_param_group({'params': decay, 'weight_decay': hyp['weight_decay']})
+    optimizer.add_param_group({'params': biases})
+    LOGGER.info('Optimizer groups: %g .bias, %g conv.weight, %g other', len(biases), len(decay), len(no_decay))
     return optimizer
+
+
+def smart_optimizer(model, hyp, total_batch_size, adam=False):
+    """(optimizer, hyp with weight decay scaled, nominal accumulation). Gradients of round(nbs / batch) batches
+    are accumulated, and weight decay is scaled by batch * accumulation / nbs (nominal batch nbs: 64)."""
+    nbs = hyp.get('nbs', NBS)
+    accumulate = max(round(nbs / total_batch_size), 1)
+    hyp = dict(hyp, weight_decay=hyp['weight_decay'] * total_batch_size * accumulate / nbs)
+    return build_optimizer(model, hyp, adam), hyp, nbs / total_batch_size
+
+
+def cosine_lr(epochs):
+    """The published schedule: a learning-rate factor falling from 1 to 0.2 along a half cosine."""
+    return lambda epoch: ((1 + math.cos(epoch * math.pi / epochs)) / 2) * 0.8 + 0.2
+
+
+def warmup_iterations(batches_per_epoch, hyp):
+    """Warm-up length: max(warmup_epochs epochs, warmup_min_iters iterations); published 3 epochs and 1000."""
+    return max(round(hyp.get('warmup_epochs', 3) * batches_per_epoch), int(hyp.get('warmup_min_iters', 1000)))
+
+
+def build_train_loader(opt, data, hyp, imgsz, stride, nc):
+    """(loader, dataset, total batch size used): the batch is the one asked for, or all images when fewer."""
+    loader, dataset = create_dataloader(data['train'], imgsz, opt.batch_size, stride, single_cls=opt.single_cls,
+                                        hyp=hyp, augment=True, cache=opt.cache_images, rect=opt.rect,
+                                        rank=opt.global_rank, world_size=opt.world_size, workers=opt.workers,
+                                        image_weights=opt.image_weights, prefix='train: ', shuffle=True,
+                                        seed=opt.seed)
+    check_label_classes(dataset, nc)
+    used = loader.batch_size * opt.world_size
+    if used != opt.total_batch_size:  # fewer images than the batch asked for
+        LOGGER.warning('WARNING: --batch-size %d is more than the %d training images: batches of %d are used, '
+                       'and weight decay and accumulation follow that', opt.total_batch_size, len(dataset), used)
+    return loader, dataset, used
+
+
+def restore_training_state(ckpt, optimizer, scaler, ema, hyp, hyp_changed, rank):
+    """Load optimizer, scaler, EMA and RNG states of a resumed run; returns (start epoch, best fitness, results
+    lines). With a new --hyp (fine-tune) its lr0, momentum and weight decay take effect on every group."""
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+    if ema and ckpt.get('ema'):
+        ema.ema.load_state_dict(ckpt['ema']['state_dict'])
+        ema.updates = ckpt['ema_updates']
+    if hyp_changed:
+        for j, g in enumerate(optimizer.param_groups):
+            g['initial_lr'] = hyp['lr0']
+            g['momentum'] = hyp['momentum']
+            if j == 1:
+                g['weight_decay'] = hyp['weight_decay']
+    set_rng_state(ckpt.get('rng'), rank)
+    return ckpt['epoch'] + 1, ckpt['best_fitness'], list(ckpt.get('results') or [])
+
+
+def rewrite_results(results_file, lines):
+    """results.txt as of the checkpoint: a line written after it (killed in between) goes."""
+    tmp = results_file.with_suffix('.tmp')
+    tmp.write_text(''.join(line + '\n' for line in lines))
+    os.replace(tmp, results_file)
+
+
+def set_epoch_lr(optimizer, lr_lambda, epoch):
+    """Every group's rate at `epoch` of the (possibly extended) schedule."""
+    for g in optimizer.param_groups:
+        g['lr'] = g['initial_lr'] * lr_lambda(epoch)
+
+
+def maybe_sync_bn(model, sync_bn, rank, device):
+    if sync_bn and rank == -1:
+        LOGGER.info('--sync-bn: one process, so plain BatchNorm (the same statistics) is used')
+    elif sync_bn and device.type != 'cpu':
+        LOGGER.info('Using SyncBatchNorm')
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
+    elif sync_bn:
+        LOGGER.warning('WARNING: --sync-bn needs CUDA; ignored on CPU')
+    return model
+
+
+def first_run_checks(dataset, model, hyp, imgsz, opt, save_dir, names):
+    """Label statistics plot and the autoanchor check (new runs only, main process)."""
+    labels = np.concatenate([x for x in dataset.labels if len(x)] or [np.zeros((0, 5))], 0)
+    if len(labels):
+        plot_labels(labels, save_dir, names)
+    if not opt.noautoanchor:
+        check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, seed=opt.seed)
+
+
+def wrap_ddp(model, rank, local_rank, device):
+    """Under DDP: every rank starts from rank 0's anchors, and the model is wrapped."""
+    if rank == -1:
+        return model
+    head = de_parallel(model).model[-1]
+    dist.broadcast(head.anchors, 0)
+    dist.broadcast(head.anchor_grid, 0)
+    cuda = device.type != 'cpu'
+    return DDP(model, device_ids=[local_rank] if cuda else None, output_device=local_rank if cuda else None)
+
+
+def training_checkpoint(epoch, best_fitness, model, ema, optimizer, scaler, opt, hyp, results_lines, fitness_=None):
+    """Everything a resume needs, as plain data (loadable with weights_only=True); hyp as given, unscaled."""
+    return dict(checkpoint_header(epoch, best_fitness),
+                model=model_payload(de_parallel(model)), ema=model_payload(ema.ema), ema_updates=ema.updates,
+                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                opt={k: _plain(v) for k, v in vars(opt).items()}, hyp=hyp, rng=rng_state(),
+                results=list(results_lines), fitness=fitness_, torch=str(torch.__version__))
+
+
+def sample_image_weights(dataset, class_weights, maps, nc, rank, device):
+    """--image-weights: draw this epoch's images by class weights (rank 0 draws, the others follow)."""
+    if rank in (-1, 0):
+        w = class_weights * (1 - maps) ** 2
+        dataset.indices = random.choices(range(dataset.n), weights=image_weights_from_labels(dataset.labels, nc, w),
+                                         k=dataset.n)
+    if rank != -1:
+        indices = torch.tensor(dataset.indices if rank == 0 else [0] * dataset.n, device=device)
+        dist.broadcast(indices, 0)
+        dataset.indices = indices.cpu().tolist()
+
+
+def warmup_step(loop, ni, epoch):
+    """Learning rates, momentum and accumulation at warm-up iteration ni; returns the accumulation."""
+    xi = [0, loop.warmup_iters]
+    accumulate = max(1, int(np.interp(ni, xi, [1, loop.nominal_accumulate]).round()))
+    for j, g in enumerate(loop.optimizer.param_groups):  # bias lr falls from 0.1, the others rise from 0
+        g['lr'] = float(np.interp(ni, xi, [0.1 if j == 2 else 0.0, g['initial_lr'] * loop.lr_lambda(epoch)]))
+        if 'momentum' in g:
+            g['momentum'] = float(np.interp(ni, xi, [0.9, loop.hyp['momentum']]))
+    return accumulate
+
+
+def random_rescale(imgs, imgsz, stride):
+    """--multi-scale: the batch resized to a random multiple of the stride in [0.5, 1.5] x imgsz."""
+    sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
+    sf = sz / max(imgs.shape[2:])
+    if sf != 1:
+        ns = [math.ceil(x * sf / stride) * stride for x in imgs.shape[2:]]
+        imgs = F.interpolate(imgs, size=ns, mode='bilinear', align_corners=False)
+    return imgs
+
+
+def agree_across_ranks(loop, finite, stop):
+    """Under DDP all ranks agree on skipping a step and on stopping, or they would wait on each other."""
+    if loop.rank == -1:
+        return finite
+    flags = torch.tensor([0. if finite else 1., float(stop['signal'] or 0)], device=loop.device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    stop['signal'] = int(flags[1].item()) or None
+    return flags[0].item() == 0
+
+
+def train_one_epoch(loop, epoch, accumulate, bad_steps, stop, last):
+    """One pass over the training data. Returns (mean losses [box, obj, cls, total], progress row, accumulation,
+    consecutive non-finite steps); stops early, with stop['signal'] set, on SIGINT/SIGTERM."""
+    model, optimizer, device = loop.model, loop.optimizer, loop.device
+    main_proc, cuda, nb = loop.rank in (-1, 0), device.type != 'cpu', len(loop.loader)
+    model.train()
+    mloss, row = torch.zeros(4, device=device), ''
+    batches = enumerate(loop.loader)
+    if main_proc:
+        LOGGER.info(('\n' + '%10s' * 8), 'Epoch', 'gpu_mem', 'box', 'obj', 'cls', 'total', 'targets', 'img_size')
+        batches = tqdm(batches, total=nb, leave=False)
+    optimizer.zero_grad()
+    for i, (imgs, targets, paths, _) in batches:
+        ni = i + nb * epoch  # iterations since the start of training
+        imgs = imgs.to(device, non_blocking=True).float() / 255.0
+        if ni <= loop.warmup_iters:
+            accumulate = warmup_step(loop, ni, epoch)
+        if loop.multi_scale:
+            imgs = random_rescale(imgs, loop.imgsz, loop.stride)
+        with torch.autocast(device_type='cuda', enabled=cuda):
+            loss, loss_items = loop.loss_fn(model(imgs), targets.to(device))
+            if loop.rank != -1:
+                loss *= loop.world_size  # gradients are averaged across ranks
+        finite = agree_across_ranks(loop, bool(torch.isfinite(loss).all()), stop)
+        if stop['signal']:
+            break
+        if not finite:
+            bad_steps += 1
+            LOGGER.warning('WARNING: non-finite loss %s at epoch %g batch %g: step skipped', loss_items.tolist(),
+                           epoch, i)
+            optimizer.zero_grad()
+            if bad_steps >= MAX_BAD_STEPS:
+                raise TrainingStopped(f'{bad_steps} non-finite losses in a row: training stopped; the last good '
+                                      f'checkpoint is {last}. Lower lr0 or check the labels.')
+            continue
+        bad_steps = 0
+        loop.scaler.scale(loss).backward()
+        if ni % accumulate == 0:
+            loop.scaler.step(optimizer)
+            loop.scaler.update()
+            optimizer.zero_grad()
+            if loop.ema:
+                loop.ema.update(model)
+        if main_proc:
+            mloss = (mloss * i + loss_items) / (i + 1)
+            mem = '%.3gG' % (torch.cuda.memory_reserved() / 1E9 if cuda else 0)
+            row = ('%10s' * 2 + '%10.4g' * 6) % (f'{epoch}/{loop.epochs - 1}', mem, *mloss, targets.shape[0],
+                                                 imgs.shape[-1])
+            batches.set_description(row)
+            if ni < 3 and loop.plot_dir is not None:
+                plot_images(imgs, targets, paths, loop.plot_dir / f'train_batch{ni}.jpg', loop.names)
+    return mloss, row, accumulate, bad_steps
+
+
+TB_TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
+           'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
+           'x/lr0', 'x/lr1', 'x/lr2']
+
+
+def end_of_epoch(loop, epoch, row, mloss, lr, state, paths, opt, data, testloader, imgsz_test, tb_writer, hyp_given):
+    """Main process, after each epoch: evaluate the EMA, log, save last.pt/best.pt, then append to results.txt.
+
+    state holds best_fitness and results_lines (updated in place); returns (results, per-class mAPs).
+    """
+    loop.ema.update_attr(de_parallel(loop.model), include=EMA_ATTRIBUTES)
+    final_epoch = epoch + 1 == loop.epochs
+    results, maps = state['results'], state['maps']
+    if not opt.notest or final_epoch:
+        results, maps, _ = tester.test(data, batch_size=opt.batch_size, imgsz=imgsz_test, model=loop.ema.ema,
+                                       single_cls=opt.single_cls, dataloader=testloader, save_dir=paths.save_dir,
+                                       plots=final_epoch, compute_loss=loop.loss_fn)
+    state['results_lines'].append(row + '%10.4g' * 7 % tuple(results))
+    epoch_fitness = float(fitness(np.array(results).reshape(1, -1))[0])
+    state['best_fitness'] = max(state['best_fitness'], epoch_fitness)
+    if tb_writer:
+        for x, tag in zip(list(mloss[:-1].tolist()) + list(results) + lr, TB_TAGS):
+            tb_writer.add_scalar(tag, x, epoch)
+    if not opt.nosave or final_epoch:  # checkpoint first: it carries the results lines
+        ck = training_checkpoint(epoch, state['best_fitness'], loop.model, loop.ema, loop.optimizer, loop.scaler,
+                                 opt, hyp_given, state['results_lines'], epoch_fitness)
+        save_checkpoint(ck, paths.last)
+        if state['best_fitness'] == epoch_fitness:
+            save_checkpoint(ck, paths.best)
+    with open(paths.results, 'a') as f:
+        f.write(state['results_lines'][-1] + '\n')
+    return results, maps
 
 
 def train(hyp, opt, device, tb_writer=None, ckpt=None):
     """Train with options `opt` (train.py's argparse namespace); returns the final test results."""
-    rank, local_rank, world_size = opt.global_rank, opt.local_rank, opt.world_size
-    main_proc = rank in (-1, 0)
-    save_dir = Path(opt.save_dir)
-    wdir = save_dir / 'weights'
-    last, best = wdir / 'last.pt', wdir / 'best.pt'
-    results_file = save_dir / 'results.txt'
-    epochs, batch_size, total_batch_size = opt.epochs, opt.batch_size, opt.total_batch_size
-    cuda = device.type != 'cpu'
-    hyp_given, hyp = dict(hyp), dict(hyp)  # checkpoints keep the hyperparameters as given, unscaled
+    rank, main_proc = opt.global_rank, opt.global_rank in (-1, 0)
+    paths, hyp_given = RunPaths.of(opt.save_dir), dict(hyp)
     if main_proc:
-        wdir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(wdir)  # a run killed while saving leaves .last.pt.<pid>.tmp behind
-        with open(save_dir / 'hyp.yaml', 'w') as f:
-            yaml.safe_dump(hyp, f, sort_keys=False)
-        with open(save_dir / 'opt.yaml', 'w') as f:
-            yaml.safe_dump({k: _plain(v) for k, v in vars(opt).items()}, f, sort_keys=False)
-
-    seed = opt.seed + 1 + max(rank, 0)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+        prepare_run_folder(paths, hyp, opt)
+    seed_everything(opt.seed + 1 + max(rank, 0))
     data = load_data_config(opt.data, required=('nc', 'train', 'val'))
     nc = 1 if opt.single_cls else data['nc']
     names = ['item'] if opt.single_cls else data['names']
 
-    # Model
-    pretrained = ckpt is None and bool(opt.weights)
-    if ckpt is not None:  # resume
-        model = Model(ckpt['model']['yaml'], ch=3, nc=nc).to(device)
-        model.load_state_dict(ckpt['model']['state_dict'])
-    elif pretrained:
-        wckpt = load_checkpoint(opt.weights)
-        src = model_from_checkpoint(wckpt, opt.weights, prefer_ema=True)
-        model = Model(opt.cfg or src.yaml, ch=3, nc=nc, verbose=main_proc).to(device)
-        sd = intersect_dicts(src.float().state_dict(), model.state_dict(), exclude=['anchor'] if opt.cfg else [])
-        model.load_state_dict(sd, strict=False)
-        LOGGER.info('Transferred %g/%g items from %s', len(sd), len(model.state_dict()), opt.weights)
-        del wckpt, src
-    else:
-        model = Model(opt.cfg, ch=3, nc=nc, verbose=main_proc).to(device)
-    for i, (k, v) in enumerate(model.named_parameters()):
-        v.requires_grad = not any(k.startswith(f'model.{j}.') for j in range(opt.freeze))
-
+    model = build_model(opt, nc, device, ckpt, verbose=main_proc)
     gs = int(model.stride.max())
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
-    dataloader, dataset = create_dataloader(data['train'], imgsz, batch_size, gs, single_cls=opt.single_cls,
-                                            hyp=hyp, augment=True, cache=opt.cache_images, rect=opt.rect,
-                                            rank=rank, world_size=world_size, workers=opt.workers,
-                                            image_weights=opt.image_weights, prefix='train: ', shuffle=True,
-                                            seed=opt.seed)
-    check_label_classes(dataset, nc)
-    if dataloader.batch_size * world_size != total_batch_size:  # fewer images than the batch asked for
-        LOGGER.warning('WARNING: --batch-size %d is more than the %d training images: batches of %d are used, '
-                       'and weight decay and accumulation follow that', total_batch_size, len(dataset),
-                       dataloader.batch_size * world_size)
-        total_batch_size = dataloader.batch_size * world_size
-    accumulate = max(round(NBS / total_batch_size), 1)
-    hyp['weight_decay'] *= total_batch_size * accumulate / NBS
-    optimizer = build_optimizer(model, hyp, opt.adam)
-    lf = lambda x: ((1 + math.cos(x * math.pi / epochs)) / 2) * 0.8 + 0.2  # noqa: E731 cosine 1 -> 0.2
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-    scaler = torch.amp.GradScaler('cuda', enabled=cuda)
+    loader, dataset, total_batch_size = build_train_loader(opt, data, hyp, imgsz, gs, nc)
+    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, total_batch_size, opt.adam)
+    lr_lambda = cosine_lr(opt.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda)
+    scaler = torch.amp.GradScaler('cuda', enabled=device.type != 'cpu')
     ema = ModelEMA(model) if main_proc else None
 
     start_epoch, best_fitness, results_lines = 0, 0.0, []
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
-        if ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        if ema and ckpt.get('ema'):
-            ema.ema.load_state_dict(ckpt['ema']['state_dict'])
-            ema.updates = ckpt['ema_updates']
-        best_fitness = ckpt['best_fitness']
-        start_epoch = ckpt['epoch'] + 1
-        results_lines = list(ckpt.get('results') or [])
-        if opt.hyp_changed:  # fine-tune: new hyperparameters take effect on every group
-            for j, g in enumerate(optimizer.param_groups):
-                g['initial_lr'] = hyp['lr0']
-                g['momentum'] = hyp['momentum']
-                if j == 1:
-                    g['weight_decay'] = hyp['weight_decay']
-        set_rng_state(ckpt.get('rng'), rank)
-        if main_proc:  # results.txt as of the checkpoint: a line written after it (killed in between) goes
-            tmp = results_file.with_suffix('.tmp')
-            tmp.write_text(''.join(line + '\n' for line in results_lines))
-            os.replace(tmp, results_file)
-        LOGGER.info('Resuming %s from epoch %g to %g', save_dir, start_epoch, epochs)
-        if start_epoch >= epochs:
+        start_epoch, best_fitness, results_lines = restore_training_state(ckpt, optimizer, scaler, ema, hyp,
+                                                                          opt.hyp_changed, rank)
+        if main_proc:
+            rewrite_results(paths.results, results_lines)
+        LOGGER.info('Resuming %s from epoch %g to %g', paths.save_dir, start_epoch, opt.epochs)
+        if start_epoch >= opt.epochs:
             raise ArgumentError(f'{opt.weights} has already trained {start_epoch} epochs: give --epochs above '
                                 f'that to extend the run (e.g. the paper\'s fine-tune to 450)')
     scheduler.last_epoch = start_epoch - 1
-    if ckpt is not None:  # the resumed epoch's rate on the (possibly extended) schedule
-        for g in optimizer.param_groups:
-            g['lr'] = g['initial_lr'] * lf(start_epoch)
+    if ckpt is not None:
+        set_epoch_lr(optimizer, lr_lambda, start_epoch)
 
-    if opt.sync_bn and rank == -1:
-        LOGGER.info('--sync-bn: one process, so plain BatchNorm (the same statistics) is used')
-    elif opt.sync_bn:
-        if cuda:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
-            LOGGER.info('Using SyncBatchNorm')
-        else:
-            LOGGER.warning('WARNING: --sync-bn needs CUDA; ignored on CPU')
-
-    nb = len(dataloader)
+    model = maybe_sync_bn(model, opt.sync_bn, rank, device)
     testloader = None
     if main_proc:
-        testloader = create_dataloader(data['val'], imgsz_test, batch_size, gs, single_cls=opt.single_cls,
+        testloader = create_dataloader(data['val'], imgsz_test, opt.batch_size, gs, single_cls=opt.single_cls,
                                        hyp=hyp, cache=opt.cache_images and not opt.notest, rect=True, rank=-1,
-                                       world_size=world_size, workers=opt.workers, pad=0.5, prefix='val: ')[0]
+                                       world_size=opt.world_size, workers=opt.workers, pad=0.5, prefix='val: ')[0]
         if ckpt is None:
-            labels = np.concatenate([x for x in dataset.labels if len(x)] or [np.zeros((0, 5))], 0)
-            if len(labels):
-                plot_labels(labels, save_dir, names)
-            if not opt.noautoanchor:
-                check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, seed=opt.seed)
-    if rank != -1:  # every rank starts from rank 0's anchors
-        dist.broadcast(de_parallel(model).model[-1].anchors, 0)
-        dist.broadcast(de_parallel(model).model[-1].anchor_grid, 0)
-        model = DDP(model, device_ids=[local_rank] if cuda else None, output_device=local_rank if cuda else None)
-
-    hyp['cls'] *= nc / 80.
+            first_run_checks(dataset, model, hyp, imgsz, opt, paths.save_dir, names)
+    model = wrap_ddp(model, rank, opt.local_rank, device)
     m = de_parallel(model)
-    m.nc, m.hyp, m.gr, m.names = nc, hyp, 1.0, names
-    m.class_weights = class_weights_from_labels(dataset.labels, nc).to(device)
+    m.nc, m.names = nc, names
     if ema:
-        ema.update_attr(m, include=('nc', 'hyp', 'gr', 'names', 'yaml', 'stride'))
+        ema.update_attr(m, include=EMA_ATTRIBUTES)
+    loss_fn = ComputeLoss(model, dict(hyp, cls=hyp['cls'] * nc / 80.))  # class loss gain scaled to nc
+    class_weights = class_weights_from_labels(dataset.labels, nc).numpy()
 
-    nw = max(3 * nb, 1000)  # warm-up iterations
-    maps = np.zeros(nc)
-    results = (0, 0, 0, 0, 0, 0, 0)
-    stop = {'signal': None}
+    loop = EpochLoop(model, loader, optimizer, scaler, ema, loss_fn, device, hyp, lr_lambda,
+                     warmup_iterations(len(loader), hyp), nominal_accumulate, opt.epochs, imgsz, gs, opt.multi_scale,
+                     rank, opt.world_size, paths.save_dir if main_proc and ckpt is None else None, names)
+    LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
+                imgsz, imgsz_test, loader.num_workers, paths.save_dir, opt.epochs)
+    state = {'best_fitness': best_fitness, 'results_lines': results_lines, 'results': (0,) * 7, 'maps': np.zeros(nc)}
+    t0 = time.time()
+    run_epochs(loop, start_epoch, scheduler, state, paths, opt, data, testloader, imgsz_test, tb_writer, hyp_given,
+               dataset, class_weights)
+    if main_proc:
+        finish_run(paths)
+        LOGGER.info('%g epochs completed in %.3f hours. Results in %s', opt.epochs - start_epoch,
+                    (time.time() - t0) / 3600, paths.save_dir)
+    return state['results']
+
+
+def run_epochs(loop, start_epoch, scheduler, state, paths, opt, data, testloader, imgsz_test, tb_writer, hyp_given,
+               dataset, class_weights):
+    """The epoch loop, with SIGINT/SIGTERM saving last.pt (the interrupted epoch is redone on resume)."""
+    main_proc, stop = loop.rank in (-1, 0), {'signal': None}
 
     def on_signal(signum, frame):
         stop['signal'] = signum
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def checkpoint(epoch, fi=None):
-        return {'format': FORMAT, 'version': FORMAT_VERSION, 'epoch': epoch, 'best_fitness': float(best_fitness),
-                'model': model_payload(de_parallel(model)), 'ema': model_payload(ema.ema), 'ema_updates': ema.updates,
-                'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-                'opt': {k: _plain(v) for k, v in vars(opt).items()}, 'hyp': hyp_given, 'rng': rng_state(),
-                'results': list(results_lines), 'fitness': fi,
-                'date': datetime.datetime.now().isoformat(timespec='seconds'), 'torch': str(torch.__version__)}
-
-    LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
-                imgsz, imgsz_test, dataloader.num_workers, save_dir, epochs)
-    t0 = time.time()
-    bad_steps = 0
-    epoch = start_epoch
+    accumulate, bad_steps = max(round(loop.nominal_accumulate), 1), 0
     try:
-        for epoch in range(start_epoch, epochs):
-            model.train()
+        for epoch in range(start_epoch, loop.epochs):
             if opt.image_weights:
-                if main_proc:
-                    w = m.class_weights.cpu().numpy() * (1 - maps) ** 2
-                    iw = image_weights_from_labels(dataset.labels, nc, w)
-                    dataset.indices = random.choices(range(dataset.n), weights=iw, k=dataset.n)
-                if rank != -1:
-                    indices = torch.tensor(dataset.indices if main_proc else [0] * dataset.n, device=device)
-                    dist.broadcast(indices, 0)
-                    dataset.indices = indices.cpu().tolist()
-            if rank != -1:
-                dataloader.sampler.set_epoch(epoch)
-            mloss = torch.zeros(4, device=device)
-            pbar = enumerate(dataloader)
-            if main_proc:
-                LOGGER.info(('\n' + '%10s' * 8), 'Epoch', 'gpu_mem', 'GIoU', 'obj', 'cls', 'total', 'targets',
-                            'img_size')
-                pbar = tqdm(pbar, total=nb, leave=False)
-            optimizer.zero_grad()
-            for i, (imgs, targets, paths, _) in pbar:
-                ni = i + nb * epoch
-                imgs = imgs.to(device, non_blocking=True).float() / 255.0
-                if ni <= nw:  # warm-up
-                    xi = [0, nw]
-                    accumulate = max(1, int(np.interp(ni, xi, [1, NBS / total_batch_size]).round()))
-                    for j, x in enumerate(optimizer.param_groups):
-                        x['lr'] = float(np.interp(ni, xi, [0.1 if j == 2 else 0.0, x['initial_lr'] * lf(epoch)]))
-                        if 'momentum' in x:
-                            x['momentum'] = float(np.interp(ni, xi, [0.9, hyp['momentum']]))
-                if opt.multi_scale:
-                    sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs
-                    sf = sz / max(imgs.shape[2:])
-                    if sf != 1:
-                        ns = [math.ceil(x * sf / gs) * gs for x in imgs.shape[2:]]
-                        imgs = F.interpolate(imgs, size=ns, mode='bilinear', align_corners=False)
-                with torch.autocast(device_type='cuda', enabled=cuda):
-                    pred = model(imgs)
-                    loss, loss_items = compute_loss(pred, targets.to(device), model)
-                    if rank != -1:
-                        loss *= world_size  # gradients are averaged across ranks
-                finite = bool(torch.isfinite(loss).all())
-                if rank != -1:  # all ranks agree on skipping and stopping, or they would wait on each other
-                    flags = torch.tensor([0. if finite else 1., float(stop['signal'] or 0)], device=device)
-                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                    finite, stop['signal'] = flags[0].item() == 0, int(flags[1].item()) or None
-                if stop['signal']:
-                    break
-                if not finite:
-                    bad_steps += 1
-                    LOGGER.warning('WARNING: non-finite loss %s at epoch %g batch %g: step skipped',
-                                   loss_items.tolist(), epoch, i)
-                    optimizer.zero_grad()
-                    if bad_steps >= MAX_BAD_STEPS:
-                        raise TrainingStopped(f'{bad_steps} non-finite losses in a row: training stopped; the last '
-                                              f'good checkpoint is {last}. Lower lr0 or check the labels.')
-                    continue
-                bad_steps = 0
-                scaler.scale(loss).backward()
-                if ni % accumulate == 0:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad()
-                    if ema:
-                        ema.update(model)
-                if main_proc:
-                    mloss = (mloss * i + loss_items) / (i + 1)
-                    mem = '%.3gG' % (torch.cuda.memory_reserved() / 1E9 if cuda else 0)
-                    s = ('%10s' * 2 + '%10.4g' * 6) % (f'{epoch}/{epochs - 1}', mem, *mloss, targets.shape[0],
-                                                       imgs.shape[-1])
-                    pbar.set_description(s)
-                    if ni < 3 and ckpt is None:
-                        plot_images(imgs, targets, paths, save_dir / f'train_batch{ni}.jpg', names)
+                sample_image_weights(dataset, class_weights, state['maps'], len(class_weights), loop.rank, loop.device)
+            if loop.rank != -1:
+                loop.loader.sampler.set_epoch(epoch)
+            mloss, row, accumulate, bad_steps = train_one_epoch(loop, epoch, accumulate, bad_steps, stop, paths.last)
             if stop['signal']:
-                if main_proc:  # the interrupted epoch is redone on resume
-                    save_checkpoint(checkpoint(epoch - 1), last)
-                what = f'{last} saved; continue with python train.py --resume {last}' if main_proc else \
-                    f'rank {rank} stopping (rank 0 saves {last})'
+                if main_proc:
+                    save_checkpoint(training_checkpoint(epoch - 1, state['best_fitness'], loop.model, loop.ema,
+                                                        loop.optimizer, loop.scaler, opt, hyp_given,
+                                                        state['results_lines']), paths.last)
+                what = f'{paths.last} saved; continue with python train.py --resume {paths.last}' if main_proc \
+                    else f'rank {loop.rank} stopping (rank 0 saves {paths.last})'
                 raise TrainingStopped(f'{signal.Signals(stop["signal"]).name} received: {what}',
                                       exit_code=128 + stop['signal'])
-
-            lr = [x['lr'] for x in optimizer.param_groups]
+            lr = [g['lr'] for g in loop.optimizer.param_groups]
             scheduler.step()
             if main_proc:
-                ema.update_attr(m, include=('nc', 'hyp', 'gr', 'names', 'yaml', 'stride', 'class_weights'))
-                final_epoch = epoch + 1 == epochs
-                if not opt.notest or final_epoch:
-                    results, maps, _ = tester.test(data, batch_size=batch_size, imgsz=imgsz_test, model=ema.ema,
-                                                   single_cls=opt.single_cls, dataloader=testloader,
-                                                   save_dir=save_dir, plots=final_epoch)
-                results_lines.append(s + '%10.4g' * 7 % tuple(results))
-                fi = float(fitness(np.array(results).reshape(1, -1))[0])
-                if fi > best_fitness:
-                    best_fitness = fi
-                if tb_writer:
-                    tags = ['train/giou_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision',
-                            'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/giou_loss',
-                            'val/obj_loss', 'val/cls_loss', 'x/lr0', 'x/lr1', 'x/lr2']
-                    for x, tag in zip(list(mloss[:-1].tolist()) + list(results) + lr, tags):
-                        tb_writer.add_scalar(tag, x, epoch)
-                if not opt.nosave or final_epoch:  # checkpoint first: it carries the results lines
-                    ck = checkpoint(epoch, fi)
-                    save_checkpoint(ck, last)
-                    if best_fitness == fi:
-                        save_checkpoint(ck, best)
-                    del ck
-                with open(results_file, 'a') as f:
-                    f.write(results_lines[-1] + '\n')
+                state['results'], state['maps'] = end_of_epoch(loop, epoch, row, mloss, lr, state, paths, opt, data,
+                                                               testloader, imgsz_test, tb_writer, hyp_given)
     finally:
-        for s_, h in old_handlers.items():
-            signal.signal(s_, h)
-
-    if main_proc:
-        plot_results(save_dir)
-        src = best if best.exists() else last
-        if src.exists():
-            strip_optimizer(src, wdir / 'final.pt')
-        LOGGER.info('%g epochs completed in %.3f hours. Results in %s', epochs - start_epoch,
-                    (time.time() - t0) / 3600, save_dir)
-    return results
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
 
 
-def strip_optimizer(src, dst):
-    """A float16 inference file of a checkpoint's EMA model (no optimizer or training state)."""
-    ck = load_checkpoint(src)
-    entry = ck.get('ema') or ck['model']
-    out = {'format': FORMAT, 'version': FORMAT_VERSION, 'epoch': -1, 'best_fitness': ck.get('best_fitness'),
-           'model': dict(entry, state_dict={k: v.half() if v.is_floating_point() else v
-                                             for k, v in entry['state_dict'].items()}),
-           'ema': None, 'optimizer': None, 'date': ck.get('date')}
-    save_checkpoint(out, dst)
-    LOGGER.info('Optimizer stripped from %s, float16 inference weights saved as %s (%.1f MB)', src, dst,
-                Path(dst).stat().st_size / 1E6)
+def finish_run(paths):
+    """results.png, and final.pt: the float16 EMA weights of best.pt (or last.pt) for inference."""
+    plot_results(paths.save_dir)
+    src = paths.best if paths.best.exists() else paths.last
+    if src.exists():
+        strip_optimizer(src, paths.final)
 
 
 def parse_opt(argv=None):
@@ -443,6 +599,40 @@ def resume_path(resume, project):
     return path
 
 
+def resumed_options(opt, ckpt, path):
+    """(options, hyp) of a resumed run: its saved options, with this command's --epochs, --hyp, --device and the
+    process layout (rank, world size) taking precedence."""
+    if ckpt.get('optimizer') is None:
+        raise CheckpointError(f'{path} holds no training state (a stripped or released file): start a new run with '
+                              f'--weights {path}')
+    saved = argparse.Namespace(**ckpt['opt'])
+    for k in ('local_rank', 'world_size', 'global_rank'):
+        setattr(saved, k, getattr(opt, k))
+    saved.device = opt.device or saved.device
+    saved.epochs = opt.epochs or saved.epochs
+    saved.hyp_changed = opt.hyp is not None
+    saved.hyp = opt.hyp or saved.hyp
+    saved.weights, saved.resume = str(path), True
+    saved.save_dir = str(path.parent.parent)
+    return saved, (ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp))
+
+
+def new_run_options(opt):
+    """Fill a new run's defaults and its numbered run folder (in place); returns its hyperparameters."""
+    opt.hyp_changed = False
+    opt.epochs = 300 if opt.epochs is None else opt.epochs
+    opt.hyp = opt.hyp or 'data/hyp.scratch.yaml'
+    if not opt.cfg and not opt.weights:
+        raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
+    for f, what in ((opt.cfg, 'model cfg'), (opt.data, 'data yaml'), (opt.hyp, 'hyp yaml')):
+        if f and not Path(f).exists() and not (what == 'model cfg' and (Path('models') / Path(f).name).exists()):
+            raise ArgumentError(f'{what} {f} not found')
+    hyp = load_hyp(opt.hyp)
+    opt.total_batch_size = opt.batch_size
+    opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or opt.evolve))
+    return hyp
+
+
 def run(**kwargs):
     """train.py from Python: run(cfg='models/yolov4-p5.yaml', data='data/coco.yaml', epochs=300, ...).
 
@@ -468,38 +658,9 @@ def main(argv=None, opt=None):
     if opt.resume:
         path = resume_path(opt.resume, opt.project)
         ckpt = load_checkpoint(path)
-        if 'optimizer' not in ckpt or ckpt.get('optimizer') is None:
-            raise CheckpointError(f'{path} holds no training state (a stripped or released file): use --weights')
-        saved = argparse.Namespace(**ckpt['opt'])
-        new_epochs, new_hyp, device_arg = opt.epochs, opt.hyp, opt.device
-        local_rank, world_size, global_rank = opt.local_rank, opt.world_size, opt.global_rank
-        opt = saved
-        opt.local_rank, opt.world_size, opt.global_rank = local_rank, world_size, global_rank
-        opt.device = device_arg or opt.device
-        opt.epochs = new_epochs or opt.epochs
-        opt.hyp_changed = new_hyp is not None
-        opt.hyp = new_hyp or opt.hyp
-        opt.weights, opt.resume = str(path), True
-        opt.save_dir = str(path.parent.parent)
-        if new_hyp is None:
-            hyp = ckpt['hyp']
-        else:
-            with open(new_hyp) as f:
-                hyp = yaml.safe_load(f)
+        opt, hyp = resumed_options(opt, ckpt, path)
     else:
-        opt.hyp_changed = False
-        opt.epochs = 300 if opt.epochs is None else opt.epochs
-        opt.hyp = opt.hyp or 'data/hyp.scratch.yaml'
-        if not opt.cfg and not opt.weights:
-            raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
-        for f, what in ((opt.cfg, 'model cfg'), (opt.data, 'data yaml'), (opt.hyp, 'hyp yaml')):
-            if f and not Path(f).exists() and not (what == 'model cfg' and (Path('models') / Path(f).name).exists()):
-                raise ArgumentError(f'{what} {f} not found')
-        with open(opt.hyp) as f:
-            hyp = yaml.safe_load(f)
-        opt.total_batch_size = opt.batch_size
-        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or opt.evolve))
-
+        hyp = new_run_options(opt)
     device = select_device(opt.device, batch_size=opt.batch_size if opt.world_size == 1 else None)
     if opt.global_rank != -1:
         if device.type != 'cpu':

@@ -2,7 +2,7 @@
 
 This is the one place where the activation is chosen. Every module of the project builds its activation
 with `Mish()`, and released checkpoints that pickled `mish_cuda.MishCuda` (or a community rebuild's
-spelling) are loaded onto this class by `utils.checkpoint`.
+spelling) are loaded onto this class by `models.checkpoint`.
 
 Implementation, chosen per call by the environment variable YOLO_MISH:
 - `native` (default): PyTorch's own `F.mish` (a fused kernel on CUDA and CPU);

@@ -4,7 +4,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 

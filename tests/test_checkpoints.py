@@ -14,7 +14,7 @@ from conftest import ROOT, tiny_cfg
 from models.activations import Mish
 from models.experimental import Ensemble, attempt_load
 from models.yolo import Model
-from utils.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
 
 
 def _released_checkpoint(path, spelling='mish_cuda.MishCuda', seed=0):

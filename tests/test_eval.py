@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-import utils.general as general
+import utils.nms as nms_module
 from conftest import ROOT, tiny_cfg
 from models.yolo import Model
-from utils.checkpoint import model_payload, save_checkpoint
-from utils.general import nms_exact, non_max_suppression
-from utils.loss import build_targets, compute_loss
+from models.checkpoint import model_payload, save_checkpoint
+from utils.nms import nms_exact, non_max_suppression
+from utils.loss import ComputeLoss, build_targets, compute_loss
 from utils.metrics import bbox_iou, compute_ap
 
 HYP = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
@@ -96,7 +96,7 @@ def test_exact_nms_equals_torchvision():
 def test_broken_torchvision_falls_back_with_one_warning(monkeypatch, caplog):
     import sys
     monkeypatch.setitem(sys.modules, 'torchvision', None)  # import fails like a broken install
-    monkeypatch.setattr(general, '_TV_NMS', None)
+    monkeypatch.setattr(nms_module, '_TV_NMS', None)
     p = _pred([(50, 50, 20, 20, 0.9, 0, 1.0), (52, 50, 20, 20, 0.8, 0, 1.0), (150, 50, 20, 20, 0.7, 1, 1.0)], 2)
     with caplog.at_level(logging.WARNING):
         a = non_max_suppression(p, 0.25, 0.5)[0]
@@ -133,8 +133,24 @@ def test_iou_variants_known_pairs():
 
 def _loss_model():
     model = Model(tiny_cfg('yolov4-p5', nc=3))
-    model.hyp, model.gr = dict(HYP), 1.0
+    model.hyp, model.gr = dict(HYP), 1.0  # the published function form reads them off the model
     return model
+
+
+@pytest.mark.parametrize('nc, total, items', [  # values of the published formulation (function form, before the
+    (3, 9.611414909362793, [0.10180997848510742, 4.673581600189209, 0.030315736308693886, 4.8057074546813965]),
+    (80, 11.316393852233887, [0.09170859307050705, 4.663562774658203, 0.9029256105422974, 5.658196926116943]),
+])  # loss became an object), for a 4-level model: balance, 1.4 objectness gain, cls gain scaled by nc / 80
+def test_compute_loss_known_values(nc, total, items):
+    torch.manual_seed(0)
+    model = Model(tiny_cfg('yolov4-p6', nc=nc))
+    g = torch.Generator().manual_seed(1)
+    p = [torch.randn(2, 4, 256 // s, 256 // s, 5 + nc, generator=g) for s in (8, 16, 32, 64)]
+    t = torch.cat((torch.tensor([[0.], [0], [1], [1], [1], [0]]), torch.randint(0, nc, (6, 1), generator=g).float(),
+                   torch.rand(6, 2, generator=g) * 0.8 + 0.1, torch.rand(6, 2, generator=g) * 0.4 + 0.02), 1)
+    loss, got = ComputeLoss(model, dict(HYP, cls=HYP['cls'] * nc / 80))(p, t)
+    assert loss.item() == pytest.approx(total, rel=1e-6) and got.tolist() == pytest.approx(items, rel=1e-6)
+    assert not hasattr(model, 'hyp') and not hasattr(model, 'gr')  # the model carries no training settings
 
 
 def test_loss_falls_when_prediction_moves_onto_target():
@@ -162,11 +178,10 @@ def test_loss_falls_when_prediction_moves_onto_target():
 
 def test_loss_single_class_has_no_cls_term_and_batch_scaling():
     model = Model(tiny_cfg('yolov4-p5', nc=1))
-    model.hyp, model.gr = dict(HYP), 1.0
     torch.manual_seed(0)
     p = [torch.randn(2, 4, 128 // s, 128 // s, 6) for s in (8, 16, 32)]
     targets = torch.tensor([[0, 0, 0.5, 0.5, 0.2, 0.2], [1, 0, 0.3, 0.3, 0.1, 0.2]])
-    loss, items = compute_loss(p, targets, model)
+    loss, items = ComputeLoss(model, dict(HYP))(p, targets)
     assert items[2].item() == 0
     assert loss.item() == pytest.approx(2 * items[3].item(), rel=1e-6)
 
@@ -212,7 +227,7 @@ def test_test_py_zero_detections_and_bad_input(tmp_path, caplog):
     res, maps, _ = test_script.test(data, str(tmp_path / 'w.pt'), batch_size=4, imgsz=128, save_json=True,
                                     save_dir=tmp_path / 'run', device='cpu', workers=0)
     assert res[:4] == (0., 0., 0., 0.) and (maps == 0).all()
-    from utils.checkpoint import CheckpointError
+    from models.checkpoint import CheckpointError
     from utils.data_config import DataConfigError
     with pytest.raises(CheckpointError, match='missing.pt not found'):
         test_script.test(data, str(tmp_path / 'missing.pt'), save_dir=tmp_path / 'r2', device='cpu')

@@ -11,7 +11,7 @@ from conftest import ROOT, tiny_cfg
 from models.experimental import attempt_load
 from models.export import export
 from models.yolo import Model
-from utils.checkpoint import model_payload, save_checkpoint
+from models.checkpoint import model_payload, save_checkpoint
 
 
 @pytest.fixture(scope='module')

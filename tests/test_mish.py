@@ -162,19 +162,19 @@ def test_amp_step_and_syncbn_one_process(tmp_path):
     import yaml
     from conftest import ROOT
     from models.yolo import Model
-    from utils.loss import compute_loss
+    from utils.loss import ComputeLoss
     os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
     os.environ.setdefault('MASTER_PORT', '29533')
     dist.init_process_group('nccl', rank=0, world_size=1)
     try:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(Model(tiny_cfg('yolov4-p5', nc=3))).cuda()
-        model.hyp, model.gr = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text()), 1.0
+        compute_loss = ComputeLoss(model, yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text()))
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         scaler = torch.amp.GradScaler('cuda')
         targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3], [1, 2, 0.3, 0.4, 0.1, 0.1]], device='cuda')
         with torch.autocast('cuda'):
-            loss, items = compute_loss(ddp(torch.rand(2, 3, 128, 128, device='cuda')), targets, model)
+            loss, items = compute_loss(ddp(torch.rand(2, 3, 128, 128, device='cuda')), targets)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import ROOT, tiny_cfg
 from models.yolo import Model
-from utils.checkpoint import model_payload, save_checkpoint
+from models.checkpoint import model_payload, save_checkpoint
 
 COCO8 = ROOT / 'data' / 'coco8'
 COCO8_YAML = ROOT / 'data' / 'coco8.yaml'
@@ -380,8 +380,8 @@ def test_full_disk_names_the_file_and_keeps_last(tmp_path, one_epoch_run):
 
 
 def test_full_disk_in_save_checkpoint(tmp_path, monkeypatch):
-    import utils.checkpoint as ck
-    from utils.checkpoint import CheckpointError
+    import models.checkpoint as ck
+    from models.checkpoint import CheckpointError
     path = tmp_path / 'last.pt'
     save_checkpoint({'model': {'x': torch.zeros(3)}}, path)
     before = path.read_bytes()
@@ -394,9 +394,9 @@ def test_full_disk_in_save_checkpoint(tmp_path, monkeypatch):
 
 # --- 12. NMS candidates are capped, not timed out ---------------------------------------------------------------
 def test_nms_caps_candidates_and_warns_once(caplog, monkeypatch):
-    import utils.general as general
-    from utils.general import non_max_suppression
-    monkeypatch.setattr(general, '_cap_warned', False)
+    import utils.nms as nms_module
+    from utils.nms import non_max_suppression
+    monkeypatch.setattr(nms_module, '_cap_warned', False)
     g = torch.Generator().manual_seed(0)
     n, nc = 4000, 3
     pred = torch.zeros(2, n, 5 + nc)
@@ -420,7 +420,7 @@ def test_nms_caps_candidates_and_warns_once(caplog, monkeypatch):
 @pytest.mark.parametrize('target', ['subprocess.Popen', 'os.system'])
 def test_harmful_callable_refused(tmp_path, target):
     import importlib
-    from utils.checkpoint import CheckpointError, load_checkpoint
+    from models.checkpoint import CheckpointError, load_checkpoint
     module, name = target.rsplit('.', 1)
     path = tmp_path / 'harm.pt'
     torch.save({'model': {'state_dict': {}}, 'x': getattr(importlib.import_module(module), name)}, path)

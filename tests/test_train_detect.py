@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -194,13 +193,13 @@ def test_sigterm_saves_last_and_exits_cleanly(tiny_yaml, tmp_path):
 def test_non_finite_losses_skip_then_stop(tiny_yaml, tmp_path, monkeypatch, capsys):
     import train as train_script
     calls = {'n': 0}
-    real = train_script.compute_loss
 
-    def nan_after_first_epoch(p, targets, model):
-        calls['n'] += 1
-        loss, items = real(p, targets, model)
-        return (loss * float('nan'), items * float('nan')) if calls['n'] > 2 else (loss, items)
-    monkeypatch.setattr(train_script, 'compute_loss', nan_after_first_epoch)
+    class NanAfterFirstEpoch(train_script.ComputeLoss):
+        def __call__(self, p, targets):
+            calls['n'] += 1
+            loss, items = super().__call__(p, targets)
+            return (loss * float('nan'), items * float('nan')) if calls['n'] > 2 else (loss, items)
+    monkeypatch.setattr(train_script, 'ComputeLoss', NanAfterFirstEpoch)
     with pytest.raises(SystemExit) as e:
         train_script.run(cfg=str(tiny_yaml), data=str(ROOT / 'data' / 'coco8.yaml'), epochs=20, batch_size=4,
                          img_size=[64, 64], device='cpu', workers=0, noautoanchor=True, project=str(tmp_path),

@@ -122,7 +122,7 @@ def _runner(kind, model, x, warmup):
 
 def bench_infer(opt, device):
     """Latency and throughput per batch size, precision, memory format, runner and Mish, with and without NMS."""
-    from utils.general import non_max_suppression
+    from utils.nms import non_max_suppression
     from utils.torch_utils import count_flops
     model = _model(opt, device).float().eval()
     if not opt.weights:
@@ -167,11 +167,10 @@ def bench_infer(opt, device):
 
 def bench_train(opt, device):
     """Training-step throughput (forward, loss, backward, SGD step; AMP on CUDA) and peak memory, per Mish."""
-    from utils.loss import compute_loss
+    from utils.loss import ComputeLoss
     model = _model(opt, device).float().train()
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
-        model.hyp = yaml.safe_load(f)
-    model.gr = 1.0
+        compute_loss = ComputeLoss(model, yaml.safe_load(f))
     cuda = device.type == 'cuda'
     opt_ = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     scaler = torch.amp.GradScaler('cuda', enabled=cuda)
@@ -187,7 +186,7 @@ def bench_train(opt, device):
 
         def step():
             with torch.autocast(device_type='cuda', enabled=cuda):
-                loss, _ = compute_loss(model(x), targets, model)
+                loss, _ = compute_loss(model(x), targets)
             scaler.scale(loss).backward()
             scaler.step(opt_)
             scaler.update()

@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from utils.general import coco80_to_coco91_class
+from utils.coco_ids import coco80_to_coco91_class
 
 LOGGER = logging.getLogger(__name__)
 

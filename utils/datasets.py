@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, distributed
 
 from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placements, random_perspective, xywhn2xyxy
 from utils.errors import UserError
-from utils.general import xyxy2xywh
+from utils.boxes import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
 from utils.sources import LoadImages, LoadStreams, LoadWebcam  # noqa: F401  (published import location)
 from utils.torch_utils import torch_distributed_zero_first

@@ -1,8 +1,10 @@
-"""Detection metrics: IoU variants, average precision, fitness and a confusion matrix (SPEC section 9)."""
+"""Detection metrics: IoU variants, average precision, fitness and a confusion matrix (the published evaluation protocol; see docs/architecture.md)."""
 import math
 
 import numpy as np
 import torch
+
+from utils.boxes import box_iou
 
 _trapz = getattr(np, 'trapezoid', None) or np.trapz
 
@@ -46,16 +48,6 @@ def bbox_iou(box1, box2, x1y1x2y2=True, GIoU=False, DIoU=False, CIoU=False, eps=
             alpha = v / (v - iou + (1 + 1e-7))
         return iou - (rho2 / c2 + v * alpha)  # CIoU
     return iou
-
-
-def box_iou(box1, box2):
-    """IoU matrix (n, m) of xyxy boxes (n, 4) and (m, 4)."""
-    def box_area(box):
-        return (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-
-    area1, area2 = box_area(box1), box_area(box2)
-    inter = (torch.min(box1[:, None, 2:], box2[:, 2:]) - torch.max(box1[:, None, :2], box2[:, :2])).clamp(0).prod(2)
-    return inter / (area1[:, None] + area2 - inter)
 
 
 def compute_ap(recall, precision):

@@ -2,18 +2,20 @@
 
 Two formats are read:
 
-* released checkpoints (SPEC section 7): `torch.save` of a dict whose `model` is a whole pickled `Model`
-  in float16, naming `mish_cuda.MishCuda` (or a community rebuild's spelling) for the activation. They are
-  unpickled with `torch.load(weights_only=True)` and an explicit allow-list of the classes such a file
-  needs; the Mish spellings map onto `models.activations.Mish`, so no `mish_cuda` package is required.
+* released checkpoints (the paper's `yolov4-p5.pt` etc.): `torch.save` of a dict whose `model` is a whole
+  pickled `Model` in float16, naming `mish_cuda.MishCuda` (or a community rebuild's spelling) for the
+  activation. They are unpickled with `torch.load(weights_only=True)` and an explicit allow-list of the
+  classes such a file needs; the Mish spellings map onto `models.activations.Mish`, so no `mish_cuda`
+  package is required.
 * the project's own checkpoints (written by `save_checkpoint`, i.e. train.py): plain data only. The
   `model` (and `ema`) entries are `model_payload` dicts: {'yaml': config dict, 'state_dict': ...,
-  'names': [...], 'nc': int, 'hyp': dict or None}. Other keys (epoch, optimizer, scaler, RNG states,
-  results, options) belong to train.py.
+  'names': [...], 'nc': int}. The header (`checkpoint_header`) and the training state (optimizer,
+  scaler, RNG states, results, options, hyperparameters) are described in docs/architecture.md.
 
-A file that asks for any other class is refused with `CheckpointError` naming the file and the class.
+A file that asks for any other class or function is refused with `CheckpointError` naming the file and it.
 """
 import _compat_pickle
+import datetime
 import logging
 import os
 import pickle
@@ -25,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models import common
 from models.activations import Mish
+from models.yolo import Detect, Model
 from utils.errors import UserError, write_error_reason
 
 LOGGER = logging.getLogger(__name__)
@@ -58,8 +62,6 @@ def _numpy_globals():
 
 def safe_globals():
     """The allow-list: every class a released or project checkpoint may name."""
-    from models import common
-    from models.yolo import Detect, Model
     allowed = [Model, Detect, common.Conv, common.Bottleneck, common.BottleneckCSP, common.BottleneckCSP2,
                common.SPPCSP, common.Concat, Mish,
                nn.Conv2d, nn.BatchNorm2d, nn.Sequential, nn.ModuleList, nn.Upsample, nn.MaxPool2d, nn.Identity,
@@ -108,18 +110,40 @@ def load_checkpoint(path, map_location='cpu'):
     return ckpt
 
 
+def half_state_dict(state_dict):
+    """The state_dict with floating tensors in float16 (inference files)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
 def model_payload(model, half=False):
-    """Plain-data description of a Model: config, state_dict, class names, hyperparameters."""
+    """Plain-data description of a Model: config, state_dict, class names, class count."""
     sd = model.state_dict()
-    if half:
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    return {'yaml': model.yaml, 'state_dict': sd, 'names': list(model.names), 'nc': model.nc,
-            'hyp': getattr(model, 'hyp', None)}
+    return {'yaml': model.yaml, 'state_dict': half_state_dict(sd) if half else sd, 'names': list(model.names),
+            'nc': model.nc}
+
+
+def checkpoint_header(epoch, best_fitness, date=None):
+    """The entries every project checkpoint starts with: format, version, epoch, best fitness, date."""
+    return {'format': FORMAT, 'version': FORMAT_VERSION, 'epoch': epoch,
+            'best_fitness': None if best_fitness is None else float(best_fitness),
+            'date': date or datetime.datetime.now().isoformat(timespec='seconds')}
+
+
+def strip_optimizer(src, dst):
+    """Write dst: the float16 EMA model of checkpoint src, without optimizer or other training state."""
+    ck = load_checkpoint(src)
+    entry = ck.get('ema') or ck['model']
+    best = ck.get('best_fitness')
+    out = dict(checkpoint_header(-1, None if best is None else float(np.asarray(best).max()), ck.get('date')),
+               model=dict(entry, state_dict=half_state_dict(entry['state_dict'])), ema=None, optimizer=None)
+    save_checkpoint(out, dst)
+    LOGGER.info('Inference weights (float16 EMA, no optimizer) of %s saved as %s (%.1f MB)', src, dst,
+                Path(dst).stat().st_size / 1E6)
+    return dst
 
 
 def model_from_payload(payload, path='checkpoint'):
-    """Rebuild a float32 Model from `model_payload` data."""
-    from models.yolo import Model
+    """Rebuild a float32 Model from `model_payload` data (an older file's 'hyp' entry is ignored)."""
     try:
         model = Model(payload['yaml'], nc=payload.get('nc'))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
@@ -127,14 +151,11 @@ def model_from_payload(payload, path='checkpoint'):
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f'{path}: model does not match its config: {str(e).splitlines()[0][:300]}') from None
     model.names = list(payload.get('names') or model.names)
-    if payload.get('hyp') is not None:
-        model.hyp = payload['hyp']
     return model
 
 
 def _upgrade_released_model(model):
     """Make a model unpickled from a release (PyTorch 1.6-era module state) run on today's PyTorch."""
-    from models.yolo import Detect
     for m in model.modules():
         if isinstance(m, nn.Upsample) and not hasattr(m, 'recompute_scale_factor'):
             m.recompute_scale_factor = None
@@ -151,7 +172,6 @@ def _upgrade_released_model(model):
 
 def model_from_checkpoint(ckpt, path='checkpoint', prefer_ema=True):
     """The float32 Model of a loaded checkpoint of either format (the EMA when the file has one)."""
-    from models.yolo import Model
     entry = (ckpt.get('ema') if prefer_ema else None) or ckpt['model']
     if isinstance(entry, Model):
         return _upgrade_released_model(entry).float()
