@@ -30,6 +30,64 @@ def _is_stream(source):
     return s.isnumeric() or s.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://')) or s.endswith('.txt')
 
 
+def load_source(source, imgsz):
+    """(dataset, is_stream): streams and webcams, or image/video files, folders and globs."""
+    if _is_stream(source):
+        return LoadStreams(source, img_size=imgsz), True
+    return LoadImages(source, img_size=imgsz), False
+
+
+def draw_detections(im0, det, names, colors):
+    """Boxes with 'class conf' labels on a BGR image (in place)."""
+    for *xyxy, conf, cls in reversed(det.tolist()):
+        plot_one_box(xyxy, im0, label=f'{names[int(cls)]} {conf:.2f}', color=colors[int(cls) % len(colors)],
+                     line_thickness=3)
+
+
+def write_txt_labels(txt_path, det, im_shape, save_conf):
+    """Append YOLO-format rows (class xc yc w h [conf], normalised to the original image) to txt_path.txt."""
+    gn = torch.tensor(im_shape)[[1, 0, 1, 0]].to(det.device)
+    xywhn = (xyxy2xywh(det[:, :4]) / gn).tolist()
+    with open(f'{txt_path}.txt', 'a') as f:
+        for (*_, conf, cls), xywh in zip(reversed(det.tolist()), reversed(xywhn)):
+            row = (cls, *xywh, conf) if save_conf else (cls, *xywh)
+            f.write(('%g ' * len(row)).rstrip() % row + '\n')
+
+
+class VideoWriters:
+    """One cv2.VideoWriter per output video or stream, with the input's size and frame rate. A file video is
+    finished when the next one starts; streams are written side by side until the end."""
+
+    def __init__(self, streams):
+        self.streams, self.writers = streams, {}
+
+    def write(self, save_path, im0, vid_cap):
+        if save_path not in self.writers:
+            if vid_cap is not None:
+                fps = vid_cap.get(cv2.CAP_PROP_FPS) or 30
+                w, h = int(vid_cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(vid_cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            else:
+                fps, (h, w) = 30, im0.shape[:2]
+            for done in [k for k in self.writers if not self.streams]:
+                self.writers.pop(done).release()
+            self.writers[save_path] = cv2.VideoWriter(save_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+        self.writers[save_path].write(im0)
+
+    def close(self):
+        for writer in self.writers.values():
+            writer.release()
+        self.writers = {}
+
+
+def _frame_name(dataset, path, streams, i):
+    """How the log names an input: its file, 'video i/n (frame k/m) file', or 'stream i'."""
+    if streams:
+        return f'stream {i} ({path}) frame {dataset.count}'
+    if getattr(dataset, 'mode', 'image') == 'video':
+        return f'video {dataset.count + 1}/{dataset.nf} (frame {dataset.frame}/{dataset.nframes}) {path}'
+    return f'image {dataset.count}/{dataset.nf} {path}'
+
+
 def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=640, conf_thres=0.4,
            iou_thres=0.5, device='', view_img=False, save_txt=False, save_conf=False, nosave=False, classes=None,
            agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False):
@@ -43,25 +101,13 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
     imgsz = check_img_size(img_size, s=int(model.stride.max()))
     if half:
         model.half()
-    names = list(model.names)
-    colors = color_list()
-
-    webcam = _is_stream(source)
-    if webcam:
-        dataset = LoadStreams(source, img_size=imgsz)
-    else:
-        dataset = LoadImages(source, img_size=imgsz)
+    names, colors = list(model.names), color_list()
+    dataset, streams = load_source(source, imgsz)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # made once weights and source are good
     (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    writers = {}  # save path -> cv2.VideoWriter
-    results = {}
-    t0 = time.time()
-    n_images = 0
-    quit_requested = False
+
+    videos, results, n_frames, n_boxes, t0 = VideoWriters(streams), {}, 0, 0, time.time()
     for path, img, im0s, vid_cap in dataset:
-        if quit_requested:  # 'q' in a display window
-            cv2.destroyAllWindows()
-            break
         img = torch.from_numpy(img).to(device)
         img = (img.half() if half else img.float()) / 255.0
         if img.ndimension() == 3:
@@ -71,61 +117,38 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
             pred = model(img, augment=augment)[0]
         pred = non_max_suppression(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic_nms)
         t2 = time_synchronized()
-
+        quit_requested = False
         for i, det in enumerate(pred):
-            if webcam:
-                p, s, im0 = Path(path[i]), f'{i}: ', im0s[i].copy()
-                frame = dataset.count
-            else:
-                p, s, im0 = Path(path), '', im0s
-                frame = getattr(dataset, 'frame', 0)
-            n_images += 1
-            is_video = dataset.mode == 'video' if hasattr(dataset, 'mode') else True
-            save_path = str(save_dir / p.name) if not webcam else str(save_dir / f'stream{i}.mp4')
-            txt_path = save_dir / 'labels' / (p.stem + (f'_{frame}' if is_video else ''))
-            s += '%gx%g ' % img.shape[2:]
-            gn = torch.tensor(im0.shape)[[1, 0, 1, 0]]
+            p, im0 = (Path(path[i]), im0s[i].copy()) if streams else (Path(path), im0s)
+            is_video = streams or dataset.mode == 'video'
+            frame = dataset.count if streams else getattr(dataset, 'frame', 0)
             if len(det):
                 det[:, :4] = scale_coords(img.shape[2:], det[:, :4], im0.shape).round()
-                for c in det[:, -1].unique():
-                    n = int((det[:, -1] == c).sum())
-                    s += f'{n} {names[int(c)]}{"s" * (n > 1)}, '
-                lines = []
-                xywhn = (xyxy2xywh(det[:, :4]) / gn.to(det.device)).tolist()
-                for (*xyxy, conf, cls), xywh in zip(reversed(det.tolist()), reversed(xywhn)):
-                    if save_txt:
-                        lines.append(('%g ' * (6 if save_conf else 5)).rstrip() % (
-                            (cls, *xywh, conf) if save_conf else (cls, *xywh)) + '\n')
-                    if not nosave or view_img:
-                        plot_one_box(xyxy, im0, label=f'{names[int(cls)]} {conf:.2f}',
-                                     color=colors[int(cls) % len(colors)], line_thickness=3)
                 if save_txt:
-                    with open(f'{txt_path}.txt', 'a') as f:
-                        f.writelines(lines)
+                    write_txt_labels(save_dir / 'labels' / (p.stem + (f'_{frame}' if is_video else '')), det,
+                                     im0.shape, save_conf)
+                if not nosave or view_img:
+                    draw_detections(im0, det, names, colors)
+            n_frames, n_boxes = n_frames + 1, n_boxes + len(det)
             results[str(p) if not is_video else f'{p}:{frame}'] = det.cpu()
-            LOGGER.info('%s%sDone. (%.3fs)', s, '' if len(det) else '(no detections) ', t2 - t1)
-
+            counts = ', '.join(f'{int((det[:, -1] == c).sum())} {names[int(c)]}' for c in det[:, -1].unique())
+            LOGGER.info('%s %gx%g: %s (%.3fs)', _frame_name(dataset, p, streams, i), *img.shape[2:],
+                        counts or 'no detections', t2 - t1)
             if view_img:
                 cv2.imshow(str(p), im0)
-                quit_requested = cv2.waitKey(1) == ord('q')
+                quit_requested |= cv2.waitKey(1) == ord('q')
             if nosave:
                 continue
-            if not is_video:
-                cv2.imwrite(save_path, im0)
-                continue
-            if save_path not in writers:  # one writer per video or stream, same size and frame rate
-                if vid_cap is not None:
-                    fps = vid_cap.get(cv2.CAP_PROP_FPS) or 30
-                    w, h = int(vid_cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(vid_cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-                else:
-                    fps, (h, w) = 30, im0.shape[:2]
-                for done in [k for k in writers if not webcam]:  # a file video is finished when the next starts
-                    writers.pop(done).release()
-                writers[save_path] = cv2.VideoWriter(save_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
-            writers[save_path].write(im0)
-    for writer in writers.values():
-        writer.release()
-    LOGGER.info('Results saved to %s (%d images/frames, %.3fs)', save_dir, n_images, time.time() - t0)
+            if is_video:
+                videos.write(str(save_dir / (p.name if not streams else f'stream{i}.mp4')), im0, vid_cap)
+            else:
+                cv2.imwrite(str(save_dir / p.name), im0)
+        if quit_requested:  # 'q' in a display window
+            cv2.destroyAllWindows()
+            break
+    videos.close()
+    LOGGER.info('Done: %d images/frames, %d boxes in %.1fs. Results saved to %s%s', n_frames, n_boxes,
+                time.time() - t0, save_dir, '' if not save_txt else f' (labels in {save_dir / "labels"})')
     return save_dir, results
 
 

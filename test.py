@@ -35,27 +35,67 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
 
     Returns ((P, R, mAP@0.5, mAP@0.5:0.95, val box, obj, cls losses), per-class mAPs, (inference, NMS, total)
     ms per image). The validation losses are computed with `compute_loss` (train.py's ComputeLoss), else 0.
+    Everything written goes into save_dir; with save_dir None nothing is written.
     """
     data = load_data_config(data) if not isinstance(data, dict) else data
     training = model is not None
-    save_dir = Path(save_dir) if save_dir else None  # None: nothing is written (no plots, JSON or txt)
+    save_dir = Path(save_dir) if save_dir else None
     if save_dir is None and (save_json or save_txt):
         raise ArgumentError('save_json and save_txt need a save_dir to write into')
-    plots = plots and save_dir is not None
-    if training:
+    plot_dir = save_dir if plots else None
+    model, device, imgsz = prepare_model(model, weights, device, batch_size, imgsz)
+    nc, names = check_classes(model, data, single_cls)
+    if dataloader is None:
+        dataloader = val_loader(data, task, model, device, imgsz, batch_size, single_cls, workers, nc)
+    if save_dir is not None:
+        (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+
+    writers = ImageWriters(save_dir / 'labels' if save_txt else None, nc if save_json else None)
+    ev = evaluate_batches(model, dataloader, device, conf_thres, iou_thres, merge, augment, compute_loss, nc,
+                          writers, plot_dir, names)
+    summary = summarize(ev['stats'], nc, names, plot_dir)
+    log_summary(summary, ev['seen'], names, task, verbose and nc > 1)
+    times = tuple(x / max(ev['seen'], 1) * 1E3 for x in (ev['t_inference'], ev['t_nms'], ev['t_inference'] +
+                                                         ev['t_nms']))
+    if not training:
+        LOGGER.info('Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g',
+                    *times, imgsz, imgsz, batch_size)
+    if plot_dir is not None:
+        ev['confusion'].plot(save_dir=plot_dir, names=names)
+    map50, map_ = summary['map50'], summary['map']
+    if save_json and writers.jdict:
+        coco = _coco_evaluate(writers.jdict, data, dataloader, weights, save_dir)
+        if coco is not None:
+            map_, map50 = coco[:2]
+    elif save_json:
+        LOGGER.info('No detections: nothing to write for pycocotools (AP 0)')
+    if not training and save_dir is not None:
+        LOGGER.info('Results saved to %s%s', save_dir, _saved_listing(save_dir))
+    model.float()
+    maps = np.zeros(nc) + map_
+    for i, c in enumerate(summary['ap_class']):
+        maps[c] = summary['ap'][i]
+    losses = (ev['loss'].cpu() / max(len(dataloader), 1)).tolist()
+    return (summary['mp'], summary['mr'], map50, map_, *losses), maps, times
+
+
+def prepare_model(model, weights, device, batch_size, imgsz):
+    """(model in eval mode, device, image size): train.py's model as given (a float16 copy on CUDA, so its EMA is
+    not rounded in place), else `weights` loaded (float16 on CUDA) with imgsz rounded to its stride."""
+    if model is not None:
         device = next(model.parameters()).device
+        if device.type != 'cpu':
+            model = deepcopy(model)
     else:
         device = select_device(device, batch_size=batch_size)
         model = attempt_load(weights, map_location=device)
         imgsz = check_img_size(imgsz, s=int(model.stride.max()))
-        if save_dir is not None:
-            (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    half = device.type != 'cpu'  # float16 on CUDA only
-    if training and half:  # evaluate a float16 copy: converting train.py's EMA in place would round it
-        model = deepcopy(model)
-    model.half() if half else model.float()
-    model.eval()
+    model.half() if device.type != 'cpu' else model.float()
+    return model.eval(), device, imgsz
 
+
+def check_classes(model, data, single_cls):
+    """(nc, names) of the evaluation; the model's class count must match the data's."""
     nc = 1 if single_cls else int(data['nc'])
     model_nc = int(getattr(model, 'nc', nc))
     if model_nc != nc:
@@ -64,122 +104,125 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
             f'{" (--single-cls)" if single_cls else ""}: evaluate weights trained for this data (python train.py '
             f'--data {data.get("yaml_file", "DATA")} --weights WEIGHTS fine-tunes them), or a data yaml with '
             f'nc: {model_nc}')
-    names = list(getattr(model, 'names', data.get('names') or range(nc)))
-    if single_cls:
-        names = ['item']
+    names = ['item'] if single_cls else list(getattr(model, 'names', data.get('names') or range(nc)))
+    return nc, names
+
+
+def val_loader(data, task, model, device, imgsz, batch_size, single_cls, workers, nc):
+    """The evaluation loader (rectangular batches, pad 0.5); label class ids checked before any inference."""
+    if not data.get(task):
+        raise DataConfigError(f'{data.get("yaml_file", "data yaml")} has no {task!r} entry: add the images to '
+                              f'evaluate as {task}: PATH')
+    if device.type != 'cpu':  # warm up
+        model(torch.zeros((1, 3, imgsz, imgsz), device=device).half())
+    loader = create_dataloader(data[task], imgsz, batch_size, int(model.stride.max()), single_cls=single_cls,
+                               pad=0.5, rect=True, workers=workers, prefix=f'{task}: ')[0]
+    check_label_classes(loader.dataset, nc)
+    return loader
+
+
+class ImageWriters:
+    """Per-image outputs: YOLO txt labels (into labels_dir) and COCO JSON rows (collected in .jdict).
+
+    labels_dir None: no txt; nc None: no JSON. Boxes are mapped back to the original image first.
+    """
+
+    def __init__(self, labels_dir=None, nc=None):
+        self.labels_dir, self.nc, self.jdict = labels_dir, nc, []
+        self.coco91 = coco80_to_coco91_class()
+
+    def __call__(self, path, pred, input_shape, shapes):
+        if self.labels_dir is None and self.nc is None:
+            return
+        box = scale_coords(input_shape, pred[:, :4].clone(), shapes[0], shapes[1])
+        if self.labels_dir is not None:
+            gn = torch.tensor(shapes[0], device=box.device)[[1, 0, 1, 0]]  # original w, h, w, h
+            with open(self.labels_dir / f'{path.stem}.txt', 'w') as f:
+                for cls, xywh in zip(pred[:, 5].tolist(), (xyxy2xywh(box) / gn).tolist()):
+                    f.write(('%g ' * 5 + '\n') % (cls, *xywh))
+        if self.nc is not None:
+            b = xyxy2xywh(box)
+            b[:, :2] -= b[:, 2:] / 2  # centre -> top-left corner
+            for pi, bi in zip(pred.tolist(), b.tolist()):  # image_id: the file name until it is mapped
+                self.jdict.append({'image_id': path.name,
+                                   'category_id': self.coco91[int(pi[5])] if self.nc == 80 else int(pi[5]),
+                                   'bbox': [round(x, 3) for x in bi], 'score': round(pi[4], 5)})
+
+
+def evaluate_batches(model, dataloader, device, conf_thres, iou_thres, merge, augment, compute_loss, nc, writers,
+                     plot_dir, names):
+    """Inference, NMS and per-image matching over the loader. Returns a dict: stats (per image: correct (n, 10),
+    conf, class, target classes), seen, t_inference, t_nms (s), loss (3,), confusion (ConfusionMatrix)."""
+    half = device.type != 'cpu'
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
-    niou = iouv.numel()
-
-    if dataloader is None:
-        if not data.get(task):
-            raise DataConfigError(f'{data.get("yaml_file", "data yaml")} has no {task!r} entry: add the images to '
-                                  f'evaluate as {task}: PATH')
-        if device.type != 'cpu':  # warm up
-            model(torch.zeros((1, 3, imgsz, imgsz), device=device).half())
-        dataloader = create_dataloader(data[task], imgsz, batch_size, int(model.stride.max()),
-                                       single_cls=single_cls, pad=0.5, rect=True, workers=workers,
-                                       prefix=f'{task}: ')[0]
-        check_label_classes(dataloader.dataset, nc)  # before hours of inference, not after
-
-    confusion_matrix = ConfusionMatrix(nc=nc)
-    coco91class = coco80_to_coco91_class()
-    s = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Targets', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')
-    p, r, mp, mr, map50, map_ = 0., 0., 0., 0., 0., 0.
-    t0, t1 = 0., 0.
-    loss = torch.zeros(3, device=device)
-    jdict, stats, ap, ap_class = [], [], [], []
-    seen = 0
-    for batch_i, (img, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=s, leave=False)):
+    out = {'stats': [], 'seen': 0, 't_inference': 0., 't_nms': 0., 'loss': torch.zeros(3, device=device),
+           'confusion': ConfusionMatrix(nc=nc)}
+    desc = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Targets', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')
+    for batch_i, (img, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=desc, leave=False)):
         img = img.to(device, non_blocking=True)
         img = (img.half() if half else img.float()) / 255.0
         targets = targets.to(device)
-        nb, _, height, width = img.shape
+        _, _, height, width = img.shape
         whwh = torch.tensor([width, height, width, height], device=device)
         with torch.no_grad():
             t = time_synchronized()
             inf_out, train_out = model(img, augment=augment)
-            t0 += time_synchronized() - t
+            out['t_inference'] += time_synchronized() - t
             if compute_loss is not None and train_out is not None:
-                loss += compute_loss([x.float() for x in train_out], targets)[1][:3]
+                out['loss'] += compute_loss([x.float() for x in train_out], targets)[1][:3]
             t = time_synchronized()
             output = non_max_suppression(inf_out, conf_thres=conf_thres, iou_thres=iou_thres, merge=merge)
-            t1 += time_synchronized() - t
-
+            out['t_nms'] += time_synchronized() - t
         for si, pred in enumerate(output):
             labels = targets[targets[:, 0] == si, 1:]
-            nl = len(labels)
-            tcls = labels[:, 0].tolist() if nl else []
-            seen += 1
-            path = Path(paths[si])
-            if not len(pred):
-                if nl:
-                    stats.append((torch.zeros(0, niou, dtype=torch.bool), torch.zeros(0), torch.zeros(0), tcls))
-                continue
+            labels_xyxy = torch.cat((labels[:, 0:1], xywh2xyxy(labels[:, 1:5]) * whwh), 1)
+            out['seen'] += 1
             clip_coords(pred, (height, width))
-            if save_txt or save_json:
-                box = scale_coords(img[si].shape[1:], pred[:, :4].clone(), shapes[si][0], shapes[si][1])
-            if save_txt:
-                gn = torch.tensor(shapes[si][0], device=box.device)[[1, 0, 1, 0]]  # original w, h, w, h
-                xywhn = xyxy2xywh(box) / gn
-                with open(save_dir / 'labels' / f'{path.stem}.txt', 'w') as f:
-                    for cls, xywh in zip(pred[:, 5].tolist(), xywhn.tolist()):
-                        f.write(('%g ' * 5 + '\n') % (cls, *xywh))
-            if save_json:
-                b = xyxy2xywh(box)
-                b[:, :2] -= b[:, 2:] / 2  # centre -> top-left corner
-                for pi, bi in zip(pred.tolist(), b.tolist()):  # image_id: the file name until it is mapped
-                    jdict.append({'image_id': path.name,
-                                  'category_id': coco91class[int(pi[5])] if nc == 80 else int(pi[5]),
-                                  'bbox': [round(x, 3) for x in bi], 'score': round(pi[4], 5)})
-            tbox = xywh2xyxy(labels[:, 1:5]) * whwh
-            labels_xyxy = torch.cat((labels[:, 0:1], tbox), 1)
-            correct = match_predictions(pred, labels_xyxy, iouv) if nl else \
-                torch.zeros(pred.shape[0], niou, dtype=torch.bool)
-            if plots and nl:
-                confusion_matrix.process_batch(pred, labels_xyxy)
-            stats.append((correct.cpu(), pred[:, 4].cpu(), pred[:, 5].cpu(), tcls))
+            if len(pred):
+                writers(Path(paths[si]), pred, img[si].shape[1:], shapes[si])
+            if plot_dir is not None and len(labels):  # missed objects count as background (FN) too
+                out['confusion'].process_batch(pred, labels_xyxy)
+            if len(pred) or len(labels):
+                out['stats'].append((match_predictions(pred, labels_xyxy, iouv).cpu(), pred[:, 4].cpu(),
+                                     pred[:, 5].cpu(), labels[:, 0].tolist()))
+        if plot_dir is not None and batch_i < 3:
+            plot_images(img, targets, paths, plot_dir / f'test_batch{batch_i}_labels.jpg', names)
+            plot_images(img, _output_to_target(output), paths, plot_dir / f'test_batch{batch_i}_pred.jpg', names)
+    return out
 
-        if plots and batch_i < 3:
-            plot_images(img, targets, paths, save_dir / f'test_batch{batch_i}_labels.jpg', names)
-            plot_images(img, _output_to_target(output), paths, save_dir / f'test_batch{batch_i}_pred.jpg', names)
 
+def summarize(stats, nc, names, plot_dir=None):
+    """Per-class and mean P, R, AP@0.5, AP@0.5:0.95 from the per-image stats (zeros without true positives, as
+    published); the PR curve goes to plot_dir."""
     stats = [np.concatenate(x, 0) for x in zip(*stats)] if stats else []
-    if len(stats) and len(stats[3]):  # no true positives gives zeros, as published, and per-class rows
-        p, r, ap, f1, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir,
-                                              names=names)
+    nt = np.bincount(stats[3].astype(np.int64), minlength=nc) if len(stats) else np.zeros(nc, dtype=int)
+    out = {'nt': nt, 'mp': 0., 'mr': 0., 'map50': 0., 'map': 0., 'ap_class': [], 'ap': [], 'p': [], 'r': [],
+           'ap50': []}
+    if len(stats) and len(stats[3]):
+        p, r, ap, f1, ap_class = ap_per_class(*stats, plot=plot_dir is not None, save_dir=plot_dir, names=names)
         p, r, ap50, ap = p[:, 0], r[:, 0], ap[:, 0], ap.mean(1)
-        mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
-        nt = np.bincount(stats[3].astype(np.int64), minlength=nc)
-    else:
-        nt = np.bincount(stats[3].astype(np.int64), minlength=nc) if len(stats) else np.zeros(nc, dtype=int)
+        out.update(mp=p.mean(), mr=r.mean(), map50=ap50.mean(), map=ap.mean(), ap_class=ap_class, ap=ap, p=p, r=r,
+                   ap50=ap50)
+    return out
+
+
+def log_summary(s, seen, names, task, per_class):
     pf = '%20s' + '%12.3g' * 6
-    LOGGER.info(s)
-    LOGGER.info(pf, 'all', seen, nt.sum(), mp, mr, map50, map_)
-    if not nt.sum():
+    LOGGER.info(('%20s' + '%12s' * 6), 'Class', 'Images', 'Targets', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')
+    LOGGER.info(pf, 'all', seen, s['nt'].sum(), s['mp'], s['mr'], s['map50'], s['map'])
+    if not s['nt'].sum():
         LOGGER.warning('WARNING: no labels in the %s set: metrics cannot be computed', task)
-    if verbose and nc > 1 and len(stats):
-        for i, c in enumerate(ap_class):
-            LOGGER.info(pf, names[c], seen, nt[c], p[i], r[i], ap50[i], ap[i])
+    if per_class:
+        for i, c in enumerate(s['ap_class']):
+            LOGGER.info(pf, names[c], seen, s['nt'][c], s['p'][i], s['r'][i], s['ap50'][i], s['ap'][i])
 
-    times = tuple(x / max(seen, 1) * 1E3 for x in (t0, t1, t0 + t1))
-    if not training:
-        LOGGER.info('Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g',
-                    *times, imgsz, imgsz, batch_size)
-    if plots:
-        confusion_matrix.plot(save_dir=save_dir, names=names)
 
-    if save_json and len(jdict):
-        coco = _coco_evaluate(jdict, data, dataloader, weights, save_dir)
-        if coco is not None:
-            map_, map50 = coco[:2]
-    elif save_json:
-        LOGGER.info('No detections: nothing to write for pycocotools (AP 0)')
-
-    model.float()
-    maps = np.zeros(nc) + map_
-    for i, c in enumerate(ap_class):
-        maps[c] = ap[i]
-    return (mp, mr, map50, map_, *(loss.cpu() / max(len(dataloader), 1)).tolist()), maps, times
+def _saved_listing(save_dir):
+    """' (a.json, labels/ (8 files), confusion_matrix.png, ...)' for the closing line."""
+    items = []
+    for p in sorted(save_dir.iterdir()):
+        items.append(f'{p.name}/ ({len(list(p.iterdir()))} files)' if p.is_dir() else p.name)
+    return f': {", ".join(items)}' if items else ' (nothing written)'
 
 
 def _output_to_target(output):
