@@ -1,4 +1,4 @@
-"""CSP-Darknet building blocks of Scaled-YOLOv4 (SPEC section 2).
+"""CSP-Darknet building blocks of Scaled-YOLOv4 (the paper's section 3; docs/architecture.md).
 
 Class names and attribute names are the state_dict keys of the released weights and the module paths in
 their pickles: keep them.

@@ -10,7 +10,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 class Ensemble(nn.ModuleList):
-    """Several models whose decoded inference outputs are averaged (SPEC 1)."""
+    """Several models whose decoded inference outputs are averaged (same levels and anchors per level)."""
 
     def forward(self, x, augment=False):
         y = [module(x, augment)[0] for module in self]
@@ -24,7 +24,7 @@ class Ensemble(nn.ModuleList):
 def attempt_load(weights, map_location=None):
     """Load one weights file, or several as an Ensemble: float32, fused, eval mode, with names and stride.
 
-    Reads released checkpoints (SPEC 7) and the project's own, never running code from the file.
+    Reads released checkpoints and the project's own (models/checkpoint.py), never running code from the file.
     """
     files = weights if isinstance(weights, (list, tuple)) else [weights]
     if not files:

@@ -1,4 +1,4 @@
-"""YOLOv4-P5/P6/P7/CSP: the Detect head, the YAML parser and the Model (SPEC sections 3-4).
+"""YOLOv4-P5/P6/P7/CSP: the Detect head, the YAML parser and the Model (docs/architecture.md, "Model").
 
 Run as a script to print a config's layer table and summary:
     python models/yolo.py --cfg yolov4-p5.yaml
@@ -133,7 +133,7 @@ class Model(nn.Module):
         return x
 
     def _initialize_biases(self):
-        """Objectness prior of 8 objects per 640x640 image, class prior 0.6 / (nc - 0.99) (SPEC 4)."""
+        """Objectness prior of 8 objects per 640x640 image, class prior 0.6 / (nc - 0.99), as published."""
         m = self.model[-1]
         for mi, s in zip(m.m, m.stride):
             b = mi.bias.view(m.na, -1).detach().clone()

@@ -1,4 +1,4 @@
-"""Model core: exact architectures (SPEC 2-6), fuse, FLOPs, TTA, YAML parser errors."""
+"""Model core: exact architectures of the released models, fuse, FLOPs, TTA, YAML parser errors."""
 import logging
 import subprocess
 import sys
@@ -6,12 +6,12 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SHARED, tiny_cfg
+from conftest import ROOT, tiny_cfg
 from models.common import Conv
 from models.yolo import ConfigError, Model
 from utils.torch_utils import count_flops
 
-SPEC6 = {  # cfg: (parameters, state_dict entries, strides, GFLOPs, test size)
+RELEASED = {  # cfg: (parameters, state_dict entries, strides, GFLOPs, test size), as the released models
     'yolov4-p5': (70_834_012, 943, [8, 16, 32], 326.6, 896),
     'yolov4-p6': (127_590_576, 1186, [8, 16, 32, 64], 717.0, 1280),
     'yolov4-p7': (287_575_580, 1429, [8, 16, 32, 64, 128], 1636.7, 1536),
@@ -20,16 +20,15 @@ SPEC6 = {  # cfg: (parameters, state_dict entries, strides, GFLOPs, test size)
 
 
 def _listing(cfg):
-    path = SHARED / 'spec' / 'state_dict' / f'{cfg}.txt'
-    if not path.exists():
-        pytest.skip(f'{path} not found (the shared spec folder is not beside this checkout)')
+    """Every state_dict key and shape of the released model (tests/data/state_dict/<cfg>.txt, nc=80)."""
+    path = ROOT / 'tests' / 'data' / 'state_dict' / f'{cfg}.txt'
     rows = [line.split() for line in path.read_text().splitlines() if line and not line.startswith('#')]
     return [(k, s) for k, s in rows]
 
 
-@pytest.mark.parametrize('cfg', list(SPEC6))
+@pytest.mark.parametrize('cfg', list(RELEASED))
 def test_architecture_matches_release(cfg):
-    params, entries, strides, gflops, size = SPEC6[cfg]
+    params, entries, strides, gflops, size = RELEASED[cfg]
     model = Model(ROOT / 'models' / f'{cfg}.yaml')
     sd = model.state_dict()
     assert sum(p.numel() for p in model.parameters()) == params

@@ -1,4 +1,4 @@
-"""Image and label augmentations of the published pipeline (SPEC section 10).
+"""Image and label augmentations of the published pipeline (docs/architecture.md, "Data").
 
 Every function draws its random numbers in the same order as the published code, so a seeded run
 produces the same images and labels; the inner loops are cheaper (one LUT pass for HSV, vectorised

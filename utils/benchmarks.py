@@ -4,7 +4,7 @@
         --dtype float16 --memory-format channels_last --runner eager graph
     python -m utils.benchmarks --mode train --cfg models/yolov4-p5.yaml --img 896 --batch-size 16 --device 0 \
         --mish native auto
-    python -m utils.benchmarks --mode data --img 640 896 --source ../shared/datasets/coco128
+    python -m utils.benchmarks --mode data --img 640 896 --source path/to/coco128   (or a data yaml, or an images folder)
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
 
 Every combination of the listed options is one row (infer: each with and without NMS). Timings are taken
@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import resource
 import sys
 import tempfile
@@ -209,17 +210,25 @@ def bench_train(opt, device):
 
 
 def _coco_labels(source, tmp):
-    """A YOLO-format copy (symlinked images + labels) of a COCO folder with images/ and annotations/*.json."""
+    """The images to benchmark the data pipeline on: a data yaml's train images, a YOLO images folder (labels
+    beside it in ../labels, or none), or a COCO folder with images/<split>/ and annotations/instances_*.json
+    (converted to YOLO labels in tmp)."""
     from utils.coco2yolo import convert
+    from utils.data_config import load_data_config
     source = Path(source)
-    if (source / 'labels').exists():
-        return source / 'images'
-    ann = next((source / 'annotations').glob('instances_*.json'))
-    imgs = next(p for p in (source / 'images').iterdir() if p.is_dir())
+    if source.suffix in ('.yaml', '.yml'):
+        return load_data_config(source, required=('train',))['train']
+    if not source.is_dir():
+        raise SystemExit(f'benchmarks: --source {source} not found: give a data yaml, an images folder or a COCO '
+                         f'folder (images/, annotations/)')
+    anns = sorted((source / 'annotations').glob('instances_*.json')) if (source / 'annotations').is_dir() else []
+    splits = [p for p in (source / 'images').iterdir() if p.is_dir()] if (source / 'images').is_dir() else []
+    if (source / 'labels').exists() or not anns or not splits:
+        return source / 'images' if (source / 'images').is_dir() and not splits else source
     (tmp / 'images').mkdir(parents=True)
-    for p in imgs.iterdir():
+    for p in splits[0].iterdir():
         (tmp / 'images' / p.name).symlink_to(p.resolve())
-    convert(ann, tmp / 'labels')
+    convert(anns[0], tmp / 'labels')
     return tmp / 'images'
 
 
@@ -228,7 +237,7 @@ def bench_data(opt, device=None):
     augmentation swapped in (the rest of the pipeline is the published one already)."""
     import cv2
 
-    import utils.datasets as ds_mod
+    from utils.augmentations import augment_hsv
     from utils.datasets import LoadImagesAndLabels
     cv2.setNumThreads(0)
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
@@ -239,21 +248,15 @@ def bench_data(opt, device=None):
         for size in opt.img_sizes:
             dataset = LoadImagesAndLabels(str(images), img_size=size, augment=True, hyp=hyp)
             n = min(opt.iters * 8, 400) if not opt.quick else 8
-            for variant in ('published', 'this project'):
-                real_hsv = ds_mod.augment_hsv
-                if variant == 'published':  # HSV by split, three LUTs, merge
-                    ds_mod.augment_hsv = _published_augment_hsv
-                try:
-                    np.random.seed(0)
-                    import random
-                    random.seed(0)
-                    dataset[0]
-                    t = time.perf_counter()
-                    for i in range(n):
-                        dataset[i % len(dataset)]
-                    dt = time.perf_counter() - t
-                finally:
-                    ds_mod.augment_hsv = real_hsv
+            for variant, hsv in (('published', _published_augment_hsv), ('this project', augment_hsv)):
+                dataset.hsv_augment = hsv  # the published HSV: split, three LUTs, merge
+                np.random.seed(0)
+                random.seed(0)
+                dataset[0]
+                t = time.perf_counter()
+                for i in range(n):
+                    dataset[i % len(dataset)]
+                dt = time.perf_counter() - t
                 rows.append([size, variant, n, f'{n / dt:.1f}'])
     return rows, ['img', 'pipeline', 'samples', 'mosaics/s per worker'], 'one process, no loader workers'
 
@@ -293,8 +296,9 @@ def parse_opt(argv=None):
                    help='infer: the GPU\'s dense float16 peak, for the %% column (default: looked up by name)')
     p.add_argument('--iters', type=int, default=20, help='timed iterations')
     p.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
-    p.add_argument('--source', default=str(ROOT.parent / 'shared' / 'datasets' / 'coco128'),
-                   help='data mode: a COCO folder (images/, annotations/) or a YOLO images folder')
+    p.add_argument('--source', default=str(ROOT / 'data' / 'coco8.yaml'),
+                   help='data mode: a data yaml (its train images), an images folder, or a COCO folder (images/, '
+                        'annotations/)')
     p.add_argument('--quick', action='store_true', help='a tiny CPU run (tests)')
     p.add_argument('--json', default='', help='also append the table as one JSON line to this file')
     opt = p.parse_args(argv)

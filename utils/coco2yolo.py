@@ -1,4 +1,4 @@
-"""Convert a COCO instances JSON to YOLO label files (SPEC section 10).
+"""Convert a COCO instances JSON to YOLO label files (docs/architecture.md, "Data").
 
     python -m utils.coco2yolo ANNOTATIONS_JSON OUTPUT_LABELS_DIR [--list IMAGES_LIST --images-prefix PREFIX]
 

@@ -1,4 +1,4 @@
-"""Training/evaluation dataset and dataloader (SPEC section 10).
+"""Training/evaluation dataset and dataloader (docs/architecture.md, "Data").
 
 Items are exactly the published ones: (uint8 CHW RGB tensor, labels (n, 6) [image_index, class, x, y, w, h]
 normalised, path, shapes), with `collate_fn` filling the image index. Inference sources (images, videos,
@@ -18,10 +18,10 @@ from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placements
 from utils.errors import UserError
 from utils.boxes import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
-from utils.sources import LoadImages, LoadStreams, LoadWebcam  # noqa: F401  (published import location)
+from utils.sources import LoadImages, LoadStreams, list_files, to_chw_rgb  # noqa: F401  (published import location)
 from utils.torch_utils import torch_distributed_zero_first
 
-__all__ = ['LoadImagesAndLabels', 'create_dataloader', 'check_label_classes', 'letterbox', 'LoadImages', 'LoadStreams', 'LoadWebcam',
+__all__ = ['LoadImagesAndLabels', 'create_dataloader', 'check_label_classes', 'letterbox', 'LoadImages', 'LoadStreams',
            'img2label_paths', 'DatasetError']
 
 LOGGER = logging.getLogger(__name__)
@@ -45,23 +45,7 @@ def check_label_classes(dataset, nc):
 def list_image_files(path):
     """Image paths from a folder, a .txt list (relative paths resolved against the list's folder), a glob,
     or a list of those; sorted as published."""
-    files = []
-    for p in path if isinstance(path, (list, tuple)) else [path]:
-        p = Path(p)
-        if p.is_dir():
-            files += [str(x) for x in p.glob('*.*')]
-        elif p.is_file():
-            parent = p.parent
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if line:
-                    files.append(line if os.path.isabs(line) else os.path.join(parent, line))  # symlinks kept
-        elif any(c in str(p) for c in '*?['):
-            import glob
-            files += glob.glob(str(p), recursive=True)
-        else:
-            raise DatasetError(f'{p} does not exist (expected an image folder, a .txt list of images or a glob)')
-    files = sorted(os.path.normpath(x) for x in files if os.path.splitext(x)[-1].lower() in IMG_FORMATS)
+    files = list_files(path, IMG_FORMATS, error=DatasetError)
     if not files:
         raise DatasetError(f'no images found in {path} (formats: {", ".join(IMG_FORMATS)})')
     return files
@@ -77,10 +61,11 @@ class LoadImagesAndLabels(Dataset):
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
                  image_weights=False, cache_images=False, single_cls=False, stride=32, pad=0.0, rank=-1,
-                 prefix=''):
+                 prefix='', hsv_augment=augment_hsv):
         self.img_size = img_size
         self.augment = augment
         self.hyp = hyp
+        self.hsv_augment = hsv_augment  # (img, hgain, sgain, vgain) -> None, in place; swappable for benchmarks
         self.image_weights = image_weights
         self.rect = False if image_weights else rect
         self.mosaic = self.augment and not self.rect  # load 4 images at a time into a mosaic (training)
@@ -212,7 +197,7 @@ class LoadImagesAndLabels(Dataset):
                                                  scale=hyp['scale'], shear=hyp['shear'],
                                                  perspective=hyp['perspective'])
         if self.augment:
-            augment_hsv(img, hgain=hyp['hsv_h'], sgain=hyp['hsv_s'], vgain=hyp['hsv_v'])
+            self.hsv_augment(img, hgain=hyp['hsv_h'], sgain=hyp['hsv_s'], vgain=hyp['hsv_v'])
 
         nl = len(labels)
         if nl:
@@ -232,11 +217,11 @@ class LoadImagesAndLabels(Dataset):
         labels_out = torch.zeros((nl, 6))
         if nl:
             labels_out[:, 1:] = torch.from_numpy(labels)
-        img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+        img = to_chw_rgb(img)
         return torch.from_numpy(img), labels_out, self.img_files[index], shapes
 
     def load_mosaic(self, index):
-        """The indexed image and 3 random ones on a 2s x 2s canvas centred at (s, s) (SPEC 10), labels
+        """The indexed image and 3 random ones on a 2s x 2s canvas centred at (s, s) (published), labels
         clipped to the canvas, then random_perspective with border -s/2 to an s x s image."""
         s = self.img_size
         xc = yc = s

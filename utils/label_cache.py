@@ -32,7 +32,7 @@ _ORIENTATION = next((k for k, v in ExifTags.TAGS.items() if v == 'Orientation'),
 
 
 def img2label_paths(img_paths):
-    """Label path of each image: the last /images/ folder -> /labels/, extension -> .txt (SPEC 10)."""
+    """Label path of each image: the last /images/ folder -> /labels/, extension -> .txt (published)."""
     sa, sb = f'{os.sep}images{os.sep}', f'{os.sep}labels{os.sep}'
     return [sb.join(x.rsplit(sa, 1)).rsplit('.', 1)[0] + '.txt' for x in img_paths]
 

@@ -144,8 +144,8 @@ def plot_labels(labels, save_dir='.', names=()):
     plt.close(fig)
 
 
-RESULT_COLUMNS = ['GIoU', 'Objectness', 'Classification', 'Precision', 'Recall',
-                  'val GIoU', 'val Objectness', 'val Classification', 'mAP@0.5', 'mAP@0.5:0.95']
+RESULT_COLUMNS = ['Box (CIoU)', 'Objectness', 'Classification', 'Precision', 'Recall',
+                  'val Box (CIoU)', 'val Objectness', 'val Classification', 'mAP@0.5', 'mAP@0.5:0.95']
 
 
 def plot_results(save_dir='.'):

@@ -24,8 +24,37 @@ class SourceError(UserError, FileNotFoundError):
     """A detection source that does not exist or cannot be opened; the message names it."""
 
 
-def _to_chw_rgb(img):
+def to_chw_rgb(img):
+    """BGR HWC image(s) (or a BHWC stack) -> contiguous RGB CHW (BCHW), as the models take them."""
+    if img.ndim == 4:
+        return np.ascontiguousarray(img[..., ::-1].transpose(0, 3, 1, 2))
     return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
+
+
+def list_files(path, formats, error=None):
+    """Sorted files with one of `formats` (extensions) from a file, a folder, a glob, a list file (e.g. .txt,
+    one path per line, relative paths resolved against the list's folder; symlinks kept) or a list of those.
+
+    A path that does not exist raises `error` (default SourceError) naming it.
+    """
+    error = error or SourceError
+    files = []
+    for p in path if isinstance(path, (list, tuple)) else [path]:
+        p = Path(p)
+        if p.is_dir():
+            files += [str(x) for x in p.glob('*.*')]
+        elif p.is_file() and p.suffix.lower() not in formats:  # a list of files, one per line
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line:
+                    files.append(line if os.path.isabs(line) else os.path.join(p.parent, line))
+        elif p.is_file():
+            files.append(str(p))
+        elif any(c in str(p) for c in '*?['):
+            files += glob.glob(str(p), recursive=True)
+        else:
+            raise error(f'{p} does not exist (expected a file, a folder, a .txt list of files or a glob)')
+    return sorted(os.path.normpath(x) for x in files if os.path.splitext(x)[-1].lower() in formats)
 
 
 class LoadImages:
@@ -35,18 +64,7 @@ class LoadImages:
     """
 
     def __init__(self, path, img_size=640, auto=True):
-        files = []
-        for p in path if isinstance(path, (list, tuple)) else [path]:
-            p = str(Path(p).resolve()) if '*' not in str(p) else str(p)
-            if '*' in p:
-                files.extend(sorted(glob.glob(p, recursive=True)))
-            elif os.path.isdir(p):
-                files.extend(sorted(glob.glob(os.path.join(p, '*.*'))))
-            elif os.path.isfile(p):
-                files.append(p)
-            else:
-                raise SourceError(f'source {p} does not exist: give an image, video, folder, glob, webcam index or '
-                                  f'stream URL')
+        files = list_files(path, IMG_FORMATS + VID_FORMATS)
         images = [x for x in files if os.path.splitext(x)[-1].lower() in IMG_FORMATS]
         videos = [x for x in files if os.path.splitext(x)[-1].lower() in VID_FORMATS]
         self.img_size = img_size
@@ -94,7 +112,7 @@ class LoadImages:
                     LOGGER.warning('WARNING: image %s could not be read (corrupt or not an image), skipped', path)
                     continue
             img = letterbox(img0, new_shape=self.img_size, auto=self.auto)[0]
-            return path, _to_chw_rgb(img), img0, self.cap
+            return path, to_chw_rgb(img), img0, self.cap
 
     def new_video(self, path):
         """Open a video; False (with a warning naming it) when it cannot be opened or has no frame."""
@@ -109,36 +127,6 @@ class LoadImages:
 
     def __len__(self):
         return self.nf
-
-
-class LoadWebcam:
-    """One local camera (index, e.g. '0') read on demand; 'q' in a display window stops it."""
-
-    def __init__(self, pipe='0', img_size=640):
-        self.img_size = img_size
-        self.pipe = int(pipe) if str(pipe).isnumeric() else pipe
-        self.cap = cv2.VideoCapture(self.pipe)
-        if not self.cap.isOpened():
-            raise SourceError(f'camera {pipe} could not be opened')
-        self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 3)
-        self.count = -1
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        self.count += 1
-        ret, img0 = self.cap.read()
-        if not ret:
-            self.cap.release()
-            raise StopIteration
-        if isinstance(self.pipe, int):
-            img0 = cv2.flip(img0, 1)  # mirror a local camera
-        img = letterbox(img0, new_shape=self.img_size)[0]
-        return f'webcam{self.count}.jpg', _to_chw_rgb(img), img0, None
-
-    def __len__(self):
-        return 0
 
 
 class LoadStreams:
@@ -217,8 +205,7 @@ class LoadStreams:
             raise StopIteration
         img0 = [x.copy() for x in self.imgs]
         img = [letterbox(x, new_shape=self.img_size, auto=self.rect)[0] for x in img0]
-        img = np.stack(img, 0)[:, :, :, ::-1].transpose(0, 3, 1, 2)  # BGR -> RGB, BHWC -> BCHW
-        return self.sources, np.ascontiguousarray(img), img0, None
+        return self.sources, to_chw_rgb(np.stack(img, 0)), img0, None
 
     def __len__(self):
         return 0

@@ -66,7 +66,7 @@ def de_parallel(model):
 
 
 def initialize_weights(model):
-    """Published initialisation: default conv init; BatchNorm eps 1e-3 and momentum 0.03 (SPEC 2)."""
+    """Published initialisation: default conv init; BatchNorm eps 1e-3 and momentum 0.03, as released."""
     for m in model.modules():
         t = type(m)
         if t is nn.BatchNorm2d:
@@ -161,7 +161,7 @@ EMA_ATTRIBUTES = ('nc', 'names', 'yaml', 'stride')  # model attributes the EMA c
 
 
 class ModelEMA:
-    """Exponential moving average of all floating model state (SPEC 11).
+    """Exponential moving average of all floating model state, as published.
 
     decay = 0.9999 * (1 - exp(-updates / 2000)) ramps up so early epochs are not dominated by the random
     initialisation. The update uses fused foreach kernels over all tensors at once.
