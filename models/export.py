@@ -6,8 +6,8 @@ Both files output the decoded prediction tensor (batch, boxes, 5 + nc) that non_
 exported as standard ops (x * tanh(softplus(x))). When onnxruntime is installed, the ONNX file is run and its
 largest difference from PyTorch is printed.
 """
-import importlib.util
 import logging
+import warnings
 import sys
 from pathlib import Path
 
@@ -47,7 +47,20 @@ def prepare_for_export(model):
 
 
 def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, device='cpu'):
-    """Write <weights>.torchscript.pt and <weights>.onnx; returns (paths, max |onnx - torch| or None)."""
+    """Write <weights>.torchscript.pt and <weights>.onnx; returns (paths, max |onnx - torch| or None).
+
+    Without the onnx package only the TorchScript file is written (one warning says how to get onnx).
+    PyTorch's tracer and deprecation warnings about these exporters are silenced: they concern the exporter,
+    not the exported model, whose output is checked against PyTorch when onnxruntime is installed.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        warnings.simplefilter('ignore', FutureWarning)
+        warnings.simplefilter('ignore', DeprecationWarning)
+        return _export(weights, img_size, batch_size, dynamic, opset, device)
+
+
+def _export(weights, img_size, batch_size, dynamic, opset, device):
     model = attempt_load(weights, map_location=device)
     gs = int(model.stride.max())
     img_size = [check_img_size(x, gs) for x in img_size]
@@ -63,7 +76,9 @@ def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, 
     ts.save(str(ts_file))
     LOGGER.info('TorchScript export success, saved as %s', ts_file)
 
-    if importlib.util.find_spec('onnx') is None:
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError:
         LOGGER.warning('ONNX not written: the onnx package is not installed (pip install onnx onnxruntime, or '
                        'pip install -r requirements-test.txt); the TorchScript file above is complete')
         return (ts_file, None), None

@@ -3,7 +3,6 @@
 Run as a script to print a config's layer table and summary:
     python models/yolo.py --cfg yolov4-p5.yaml
 """
-import argparse
 import logging
 import math
 import sys
@@ -17,7 +16,7 @@ if __package__ in (None, ''):  # `python models/yolo.py`: make the repository ro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, SPPCSP  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import ArgumentParser, UserError  # noqa: E402
 from utils.general import make_divisible  # noqa: E402
 from utils.torch_utils import (fuse_conv_and_bn, initialize_weights, model_info, scale_img,  # noqa: E402
                                select_device)
@@ -290,7 +289,7 @@ def parse_model(d, ch, verbose=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Build a model from its YAML and print its layers and size.')
+    parser = ArgumentParser(prog='models/yolo.py', description='Build a model from its YAML and print its layers and size.')
     parser.add_argument('--cfg', type=str, default='yolov4-p5.yaml', help='model.yaml (path or name in models/)')
     parser.add_argument('--img-size', '--img', type=int, default=None, help='size for the GFLOPs figure')
     parser.add_argument('--device', default='cpu', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')

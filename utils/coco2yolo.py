@@ -5,7 +5,6 @@
 One file per image: `class x_center y_center width height`, normalised by the image size, 6 decimals,
 80-class index; crowd boxes (iscrowd 1) are left out; images without boxes get an empty file.
 """
-import argparse
 import json
 import logging
 import sys
@@ -13,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from utils.coco_ids import coco80_to_coco91_class
+from utils.errors import ArgumentParser
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def write_image_list(ann_file, list_file, images_prefix):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m utils.coco2yolo', description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(prog='python -m utils.coco2yolo', description=__doc__.split('\n\n')[0])
     parser.add_argument('annotations', help='COCO instances JSON, e.g. annotations/instances_val2017.json')
     parser.add_argument('output', help='folder for the label files, e.g. labels/val2017')
     parser.add_argument('--list', help='also write this .txt list of the images')
