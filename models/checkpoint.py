@@ -30,13 +30,13 @@ import torch.nn as nn
 from models import common
 from models.activations import Mish
 from models.yolo import Detect, Model
+from utils.downloads import RELEASE_PAGE, RELEASES, DownloadError, download_release, release_destination
 from utils.errors import UserError, write_error_reason
 
 LOGGER = logging.getLogger(__name__)
 
 FORMAT = 'scaled-yolov4-checkpoint'
 FORMAT_VERSION = 1
-RELEASE_PAGE = 'https://github.com/WongKinYiu/ScaledYOLOv4/tree/yolov4-large#pretrained-models'
 MISH_SPELLINGS = ('mish_cuda.MishCuda', 'mish_mish.MishCuda', 'mc.build.lib.mish_mish.MishCuda')
 
 
@@ -72,8 +72,8 @@ def safe_globals():
 
 
 def missing_weights_message(path):
-    return (f"weights file {path} not found. The checkpoints released with the paper (yolov4-p5.pt, "
-            f"yolov4-p6.pt, yolov4-p7.pt) are published at {RELEASE_PAGE}; put them in weights/. "
+    return (f"weights file {path} not found. The checkpoints released with the paper ({', '.join(RELEASES)}) "
+            f"are downloaded into weights/ when named, or fetched by hand from {RELEASE_PAGE}. "
             f"Or train one: python train.py --cfg models/yolov4-p5.yaml --data data/coco.yaml --weights ''")
 
 
@@ -84,9 +84,20 @@ def _python3_name(qualified):
     return f'{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}'
 
 
-def load_checkpoint(path, map_location='cpu'):
-    """torch.load a checkpoint with weights_only=True and the allow-list; clear errors for bad files."""
+def load_checkpoint(path, map_location='cpu', download=True):
+    """torch.load a checkpoint with weights_only=True and the allow-list; clear errors for bad files.
+
+    A released checkpoint (utils.downloads.RELEASES) that is not on disk is downloaded first (weights/ for a
+    bare name), unless download is False.
+    """
     path = Path(path)
+    if not path.is_file() and download and path.name in RELEASES:
+        path = release_destination(path)
+        if not path.is_file():
+            try:
+                download_release(path.name, path, validate=lambda p: load_checkpoint(p, download=False))
+            except DownloadError as e:
+                raise CheckpointError(str(e)) from None
     if not path.is_file():
         raise CheckpointError(missing_weights_message(path))
     try:
