@@ -190,9 +190,9 @@ def smart_optimizer(model, hyp, total_batch_size, adam=False):
     return build_optimizer(model, hyp, adam), hyp, nbs / total_batch_size
 
 
-def cosine_lr(epochs):
-    """The published schedule: a learning-rate factor falling from 1 to 0.2 along a half cosine."""
-    return lambda epoch: ((1 + math.cos(epoch * math.pi / epochs)) / 2) * 0.8 + 0.2
+def cosine_lr(epochs, final=0.2):
+    """The published schedule: a learning-rate factor falling from 1 to `final` (0.2) along a half cosine."""
+    return lambda epoch: ((1 + math.cos(epoch * math.pi / epochs)) / 2) * (1 - final) + final
 
 
 def warmup_iterations(batches_per_epoch, hyp):
@@ -434,7 +434,7 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
     loader, dataset, total_batch_size = build_train_loader(opt, data, hyp, imgsz, gs, nc)
     optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, total_batch_size, opt.adam)
-    lr_lambda = cosine_lr(opt.epochs)
+    lr_lambda = cosine_lr(opt.epochs, hyp.get('lrf', 0.2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda)
     scaler = torch.amp.GradScaler('cuda', enabled=device.type != 'cpu')
     ema = ModelEMA(model) if main_proc else None

@@ -6,6 +6,8 @@
         --mish native auto
     python -m utils.benchmarks --mode data --img 640 896 --source path/to/coco128   (or a data yaml, or an images folder)
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
+    python -m utils.benchmarks --mode test --cfg models/yolov4-p5.yaml --img 320 --batch-size 8 --device cpu \
+        --source path/to/data16.yaml      (test.py end to end on the early-training evaluation workload)
 
 Every combination of the listed options is one row (infer: each with and without NMS). Timings are taken
 after warm-up and synchronised on CUDA. TFLOP/s counts the model's multiply-adds x 2 per image
@@ -260,6 +262,81 @@ def bench_data(opt, device=None):
     return rows, ['img', 'pipeline', 'samples', 'mosaics/s per worker'], 'one process, no loader workers'
 
 
+def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-5.0, cls_bias=-4.5, seed=0):
+    """A checkpoint for timing test.py as an early training run sees it: the model of `cfg` with BatchNorm
+    statistics from real images and the detection head biased so that every image fills the 300-detection cap
+    at conf 0.001 (tens of thousands of NMS candidates per image)."""
+    from models.checkpoint import model_payload, save_checkpoint
+    from models.yolo import Model
+    from utils.datasets import create_dataloader
+    torch.manual_seed(seed)
+    model = Model(cfg)
+    loader = create_dataloader(images, img_size, 8, int(model.stride.max()), rect=True, pad=0.5, workers=0)[0]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for imgs, *_ in loader:
+            model(imgs.float() / 255)
+    for m in bns:
+        m.momentum = 0.03
+    head = model.model[-1]
+    for conv in head.m:
+        b = conv.bias.detach().view(head.na, -1)
+        b[:, 4] = obj_bias
+        b[:, 5:] = cls_bias
+    save_checkpoint({'model': model_payload(model.eval())}, path)
+    return path
+
+
+def bench_test(opt, device):
+    """test.py end to end on the evaluation workload (see evaluation_workload_weights), with its time split:
+    loader, inference, NMS, per-image statistics and writers, COCO JSON and scoring."""
+    import test as test_script
+    from utils.data_config import load_data_config
+    data = load_data_config(opt.source)
+    with tempfile.TemporaryDirectory() as tmp:
+        if opt.weights:
+            weights = opt.weights
+        else:
+            weights = evaluation_workload_weights(opt.cfg, data['val'], Path(tmp) / 'workload.pt', opt.img)
+        coco_time = {'s': 0.0}
+        real_coco = test_script._coco_evaluate
+
+        def timed_coco(*a, **k):
+            t = time.perf_counter()
+            try:
+                return real_coco(*a, **k)
+            finally:
+                coco_time['s'] = time.perf_counter() - t
+        rows = []
+        for bs in opt.batch_size:
+            test_script._coco_evaluate = timed_coco
+            try:
+                t = time.perf_counter()
+                res, _, times = test_script.test(data, weights, batch_size=bs, imgsz=opt.img, conf_thres=0.001,
+                                                 iou_thres=0.65, save_json=True, save_dir=Path(tmp) / f'b{bs}',
+                                                 device=str(opt.device), workers=0, plots=False)
+                total = time.perf_counter() - t
+            finally:
+                test_script._coco_evaluate = real_coco
+            seen = _count_images(data['val'])
+            inference, nms = times[0] * seen / 1000, times[1] * seen / 1000
+            rest = total - inference - nms - coco_time['s']
+            rows.append([bs, seen, f'{total:.2f}', f'{inference:.2f}', f'{nms:.2f}', f'{coco_time["s"]:.2f}',
+                         f'{rest:.2f}', f'{res[3]:.4f}'])
+    columns = ['batch', 'images', 'total s', 'inference s', 'NMS s', 'COCO JSON+eval s', 'loader+stats+rest s',
+               'mAP@.5:.95']
+    return rows, columns, f'test.py --img {opt.img} --conf 0.001 --iou 0.65 --save-json on {opt.source}'
+
+
+def _count_images(path):
+    from utils.datasets import list_image_files
+    return len(list_image_files(path))
+
+
 def _published_augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5):
     """The published HSV augmentation (three LUTs on split channels), for the data benchmark's baseline."""
     import cv2
@@ -277,7 +354,7 @@ def parse_opt(argv=None):
     from models.activations import mish_mode
     from utils.errors import ArgumentParser
     p = ArgumentParser(prog='python -m utils.benchmarks', description=__doc__.split('\n\n')[0])
-    p.add_argument('--mode', choices=['infer', 'train', 'data'], default='infer')
+    p.add_argument('--mode', choices=['infer', 'train', 'data', 'test'], default='infer')
     p.add_argument('--cfg', default='models/yolov4-p5.yaml', help='model config (when no --weights)')
     p.add_argument('--weights', default='', help='checkpoint to benchmark instead of a fresh model')
     p.add_argument('--img', '--img-size', type=int, nargs='+', default=None, help='image size(s)')
@@ -308,7 +385,7 @@ def parse_opt(argv=None):
             opt.cfg = opt.cfg if 'tiny' in opt.cfg or opt.cfg.endswith('csp.yaml') else 'models/yolov4-p5-tiny.yaml'
     opt.img_sizes = opt.img or ([640, 896] if opt.mode == 'data' else [640])
     opt.img = opt.img_sizes[0]
-    opt.batch_size = opt.batch_size or ([1, 32] if opt.mode == 'infer' else [16])
+    opt.batch_size = opt.batch_size or {'infer': [1, 32], 'test': [8]}.get(opt.mode, [16])
     opt.mish = opt.mish or [mish_mode()]
     opt.memory_format = opt.memory_format or (['contiguous'] if opt.quick else ['contiguous', 'channels_last'])
     return opt
@@ -333,8 +410,9 @@ def main(argv=None):
     from utils.torch_utils import select_device
     device = select_device(opt.device)
     _check_cuda_options(opt, device)
-    fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data}[opt.mode]
-    what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode != 'data' else opt.source
+    fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data, 'test': bench_test}[opt.mode]
+    what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode not in ('data', 'test') else \
+        f'{opt.source} ({opt.weights or opt.cfg})'
     name = torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     with torch.set_grad_enabled(opt.mode == 'train'):
         rows, columns, note = fn(opt, device)

@@ -68,7 +68,8 @@ class LoadImagesAndLabels(Dataset):
         self.hsv_augment = hsv_augment  # (img, hgain, sgain, vgain) -> None, in place; swappable for benchmarks
         self.image_weights = image_weights
         self.rect = False if image_weights else rect
-        self.mosaic = self.augment and not self.rect  # load 4 images at a time into a mosaic (training)
+        # load 4 images at a time into a mosaic (training); a hyp file may turn it off with mosaic: 0
+        self.mosaic = self.augment and not self.rect and bool((hyp or {}).get('mosaic', 1))
         self.mosaic_border = [-img_size // 2, -img_size // 2]
         self.stride = stride
         if augment and hyp is None:
