@@ -97,6 +97,8 @@ class EpochLoop:
     multi_scale: bool
     rank: int = -1
     world_size: int = 1
+    amp_dtype: str = 'float16'  # autocast dtype: float16 (CUDA only, as published), bfloat16, or none
+    channels_last: bool = False
     plot_dir: Path = None  # where train_batch*.jpg go (None: not plotted)
     names: list = field(default_factory=list)
 
@@ -158,9 +160,10 @@ def build_model(opt, nc, device, ckpt=None, verbose=True):
     return model
 
 
-def build_optimizer(model, hyp, adam=False):
+def build_optimizer(model, hyp, adam=False, impl='default'):
     """Three parameter groups, as published: 0 BatchNorm and other weights without decay, 1 conv weights with
-    weight decay, 2 biases without decay. SGD with Nesterov momentum, or Adam with beta1 = momentum."""
+    weight decay, 2 biases without decay. SGD with Nesterov momentum, or Adam with beta1 = momentum.
+    impl 'foreach' or 'fused' picks PyTorch's multi-tensor or fused step (same update, fewer kernels)."""
     no_decay, decay, biases = [], [], []
     for k, v in model.named_parameters():
         if not v.requires_grad:
@@ -171,23 +174,24 @@ def build_optimizer(model, hyp, adam=False):
             decay.append(v)
         else:
             no_decay.append(v)
+    kw = {'foreach': True} if impl == 'foreach' else {'fused': True} if impl == 'fused' else {}
     if adam:
-        optimizer = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
+        optimizer = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999), **kw)
     else:
-        optimizer = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
+        optimizer = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True, **kw)
     optimizer.add_param_group({'params': decay, 'weight_decay': hyp['weight_decay']})
     optimizer.add_param_group({'params': biases})
     LOGGER.info('Optimizer groups: %g .bias, %g conv.weight, %g other', len(biases), len(decay), len(no_decay))
     return optimizer
 
 
-def smart_optimizer(model, hyp, total_batch_size, adam=False):
+def smart_optimizer(model, hyp, total_batch_size, adam=False, impl='default'):
     """(optimizer, hyp with weight decay scaled, nominal accumulation). Gradients of round(nbs / batch) batches
     are accumulated, and weight decay is scaled by batch * accumulation / nbs (nominal batch nbs: 64)."""
     nbs = hyp.get('nbs', NBS)
     accumulate = max(round(nbs / total_batch_size), 1)
     hyp = dict(hyp, weight_decay=hyp['weight_decay'] * total_batch_size * accumulate / nbs)
-    return build_optimizer(model, hyp, adam), hyp, nbs / total_batch_size
+    return build_optimizer(model, hyp, adam, impl), hyp, nbs / total_batch_size
 
 
 def cosine_lr(epochs, final=0.2):
@@ -310,6 +314,13 @@ def warmup_step(loop, ni, epoch):
     return accumulate
 
 
+def autocast(device, amp_dtype):
+    """Mixed precision for the forward pass and loss: float16 on CUDA (published), bfloat16 on CUDA or CPU."""
+    enabled = amp_dtype == 'bfloat16' or (amp_dtype == 'float16' and device.type == 'cuda')
+    dtype = torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
 def random_rescale(imgs, imgsz, stride):
     """--multi-scale: the batch resized to a random multiple of the stride in [0.5, 1.5] x imgsz."""
     sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
@@ -345,11 +356,13 @@ def train_one_epoch(loop, epoch, accumulate, bad_steps, stop, last):
     for i, (imgs, targets, paths, _) in batches:
         ni = i + nb * epoch  # iterations since the start of training
         imgs = imgs.to(device, non_blocking=True).float() / 255.0
+        if loop.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
         if ni <= loop.warmup_iters:
             accumulate = warmup_step(loop, ni, epoch)
         if loop.multi_scale:
             imgs = random_rescale(imgs, loop.imgsz, loop.stride)
-        with torch.autocast(device_type='cuda', enabled=cuda):
+        with autocast(device, loop.amp_dtype):
             loss, loss_items = loop.loss_fn(model(imgs), targets.to(device))
             if loop.rank != -1:
                 loss *= loop.world_size  # gradients are averaged across ranks
@@ -433,10 +446,12 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     gs = int(model.stride.max())
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
     loader, dataset, total_batch_size = build_train_loader(opt, data, hyp, imgsz, gs, nc)
-    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, total_batch_size, opt.adam)
+    if opt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, total_batch_size, opt.adam, opt.optimizer_impl)
     lr_lambda = cosine_lr(opt.epochs, hyp.get('lrf', 0.2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda)
-    scaler = torch.amp.GradScaler('cuda', enabled=device.type != 'cpu')
+    scaler = torch.amp.GradScaler('cuda', enabled=device.type != 'cpu' and opt.amp_dtype == 'float16')
     ema = ModelEMA(model) if main_proc else None
 
     start_epoch, best_fitness, results_lines = 0, 0.0, []
@@ -462,6 +477,8 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
         if ckpt is None:
             first_run_checks(dataset, model, hyp, imgsz, opt, paths.save_dir, names)
     model = wrap_ddp(model, rank, opt.local_rank, device)
+    if opt.compile:
+        model = torch.compile(model)
     m = de_parallel(model)
     m.nc, m.names = nc, names
     if ema:
@@ -471,7 +488,8 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
 
     loop = EpochLoop(model, loader, optimizer, scaler, ema, loss_fn, device, hyp, lr_lambda,
                      warmup_iterations(len(loader), hyp), nominal_accumulate, opt.epochs, imgsz, gs, opt.multi_scale,
-                     rank, opt.world_size, paths.save_dir if main_proc and ckpt is None else None, names)
+                     rank, opt.world_size, opt.amp_dtype, opt.channels_last,
+                     paths.save_dir if main_proc and ckpt is None else None, names)
     LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
                 imgsz, imgsz_test, loader.num_workers, paths.save_dir, opt.epochs)
     state = {'best_fitness': best_fitness, 'results_lines': results_lines, 'results': (0,) * 7, 'maps': np.zeros(nc)}
@@ -559,6 +577,13 @@ def parse_opt(argv=None):
     p.add_argument('--freeze', type=int, default=0, help='freeze the first N layers')
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--ddp-timeout', type=int, default=1800, help='seconds before a stuck DDP collective fails')
+    p.add_argument('--amp-dtype', default='float16', choices=['float16', 'bfloat16', 'none'],
+                   help='mixed precision: float16 with a gradient scaler on CUDA (published; no AMP on CPU), bfloat16 '
+                        'on CUDA or a CPU that supports it, none for float32')
+    p.add_argument('--channels-last', action='store_true', help='channels_last memory format for model and images')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model for training')
+    p.add_argument('--optimizer-impl', default='default', choices=['default', 'foreach', 'fused'],
+                   help="PyTorch's optimizer step: default, multi-tensor foreach, or fused")
     opt = p.parse_args(argv)
     opt.img_size.extend([opt.img_size[-1]] * (2 - len(opt.img_size)))
     return opt
@@ -605,7 +630,7 @@ def resumed_options(opt, ckpt, path):
     if ckpt.get('optimizer') is None:
         raise CheckpointError(f'{path} holds no training state (a stripped or released file): start a new run with '
                               f'--weights {path}')
-    saved = argparse.Namespace(**ckpt['opt'])
+    saved = argparse.Namespace(**{**vars(parse_opt([])), **ckpt['opt']})  # options added since: their defaults
     for k in ('local_rank', 'world_size', 'global_rank'):
         setattr(saved, k, getattr(opt, k))
     saved.device = opt.device or saved.device

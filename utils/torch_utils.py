@@ -61,8 +61,10 @@ def is_parallel(model):
 
 
 def de_parallel(model):
-    """The bare model of a DP/DDP wrapper (or the model itself)."""
-    return model.module if is_parallel(model) else model
+    """The bare model of a torch.compile and/or DP/DDP wrapper (or the model itself)."""
+    model = getattr(model, '_orig_mod', model)  # torch.compile
+    model = model.module if is_parallel(model) else model
+    return getattr(model, '_orig_mod', model)
 
 
 def initialize_weights(model):
