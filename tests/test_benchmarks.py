@@ -72,3 +72,12 @@ def test_data_source_images_folder_or_data_yaml(capsys, source):
 def test_data_source_missing_is_named(tmp_path):
     with pytest.raises(SystemExit, match=f'--source {tmp_path / "nope"} not found'):
         main(['--mode', 'data', '--source', str(tmp_path / 'nope'), '--quick'])
+
+
+def test_train_options_one_row_each(capsys):
+    main(['--mode', 'train', '--img', '64', '--batch-size', '2', '--quick', '--dtype', 'float32', 'bfloat16',
+          '--memory-format', 'contiguous', 'channels_last', '--optimizer-impl', 'default', 'foreach'])
+    out = capsys.readouterr().out
+    rows = re.findall(r'\n\s+2\s+64\s+(float32|AMP bfloat16)\s+native\s+[\d.]+\s+[\d.]+\s+\d+\s+(\S+)\s+eager\s+(\S+)',
+                      out)
+    assert len(rows) == 8 and len(set(rows)) == 8, out

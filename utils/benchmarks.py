@@ -167,47 +167,67 @@ def bench_infer(opt, device):
     return rows, columns, note
 
 
+def _train_step(model, loss_fn, optimizer, scaler, x, targets, device, dtype):
+    """One training step as train.py takes it: autocast forward and loss, (scaled) backward, optimizer step."""
+    enabled = dtype == 'bfloat16' or (dtype == 'float16' and device.type == 'cuda')
+    with torch.autocast(device_type=device.type, dtype=getattr(torch, dtype), enabled=enabled):
+        loss, _ = loss_fn(model(x), targets)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def bench_train(opt, device):
-    """Training-step throughput (forward, loss, backward, SGD step; AMP on CUDA) and peak memory, per Mish."""
+    """Training-step throughput (forward, loss, backward, SGD step) and peak memory for each combination of
+    batch size, precision (float32; AMP float16 on CUDA; AMP bfloat16), memory format, runner (eager or
+    torch.compile), optimizer step implementation and Mish."""
     from utils.loss import ComputeLoss
-    model = _model(opt, device).float().train()
+    base = _model(opt, device).float().train()
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
-        compute_loss = ComputeLoss(model, yaml.safe_load(f))
+        hyp = yaml.safe_load(f)
     cuda = device.type == 'cuda'
-    opt_ = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    scaler = torch.amp.GradScaler('cuda', enabled=cuda)
     rows = []
-    for bs, mish in itertools.product(opt.batch_size, opt.mish):
+    for bs, dtype, fmt, runner, impl, mish in itertools.product(
+            opt.batch_size, opt.dtype or (['float16'] if cuda else ['float32']), opt.memory_format,
+            opt.runner or ['eager'], opt.optimizer_impl, opt.mish):
+        if dtype == 'float16' and not cuda:
+            raise SystemExit('benchmarks: --mode train --dtype float16 needs CUDA (float16 AMP with a scaler, as '
+                             'train.py uses it); on CPU use float32 or bfloat16')
+        mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
+        model = copy.deepcopy(base).to(memory_format=mf)
+        loss_fn = ComputeLoss(model, hyp)
+        kw = {'foreach': True} if impl == 'foreach' else {'fused': True} if impl == 'fused' else {}
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, **kw)
+        scaler = torch.amp.GradScaler('cuda', enabled=cuda and dtype == 'float16')
+        run = torch.compile(model) if runner == 'compile' else model
         g = torch.Generator().manual_seed(0)
-        x = torch.rand(bs, 3, opt.img, opt.img, generator=g).to(device)
+        x = torch.rand(bs, 3, opt.img, opt.img, generator=g).to(device).contiguous(memory_format=mf)
         n = 8 * bs  # 8 boxes per image
         targets = torch.cat((torch.arange(bs).repeat_interleave(8)[:, None].float(),
-                             torch.randint(0, model.nc, (n, 1), generator=g).float(),
+                             torch.randint(0, base.nc, (n, 1), generator=g).float(),
                              torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05),
                             1).to(device)
-
-        def step():
-            with torch.autocast(device_type='cuda', enabled=cuda):
-                loss, _ = compute_loss(model(x), targets)
-            scaler.scale(loss).backward()
-            scaler.step(opt_)
-            scaler.update()
-            opt_.zero_grad(set_to_none=True)
         with mish_implementation(mish):
-            for _ in range(opt.warmup):
-                step()
+            for _ in range(max(opt.warmup, 2 if runner == 'compile' else 1)):
+                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype)
             _sync(device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()  # after warm-up: the steady state, optimizer buffers included
             t = time.perf_counter()
             for _ in range(opt.iters):
-                step()
+                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype)
             _sync(device)
         dt = (time.perf_counter() - t) / opt.iters
-        rows.append([bs, opt.img, 'AMP' if cuda else 'float32', _mish_used(mish, device), f'{dt * 1000:.1f}',
-                     f'{bs / dt:.2f}', f'{_peak_memory_mb(device):.0f}'])
+        precision = 'float32' if dtype == 'float32' else f'AMP {dtype}'
+        rows.append([bs, opt.img, precision, _mish_used(mish, device), f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
+                     f'{_peak_memory_mb(device):.0f}', fmt, runner, impl])
+        del run, model, optimizer
+        if runner == 'compile':
+            torch._dynamo.reset()
     memory = 'peak MiB: torch.cuda.max_memory_allocated' if cuda else 'peak MiB: the process\'s peak RSS so far'
-    return rows, ['batch', 'img', 'precision', 'mish', 'ms/step', 'images/s', 'peak MiB'], memory
+    return rows, ['batch', 'img', 'precision', 'mish', 'ms/step', 'images/s', 'peak MiB', 'memory format', 'runner',
+                  'optimizer step'], memory
 
 
 def _coco_labels(source, tmp):
@@ -361,14 +381,17 @@ def parse_opt(argv=None):
     p.add_argument('--batch-size', type=int, nargs='+', default=None, help='batch size(s)')
     p.add_argument('--device', default='', help='cuda device, i.e. 0, or cpu')
     p.add_argument('--dtype', nargs='+', choices=['float32', 'float16', 'bfloat16'], default=None,
-                   help='infer: precisions (default float32, and float16 on CUDA)')
+                   help='precisions (infer default: float32, and float16 on CUDA; train: float32 on CPU, AMP '
+                        'float16 on CUDA; bfloat16 is AMP bfloat16 in training)')
     p.add_argument('--memory-format', nargs='+', choices=['contiguous', 'channels_last'], default=None,
-                   help='infer: memory formats (default both)')
+                   help='memory formats (default both; contiguous with --quick)')
     p.add_argument('--runner', nargs='+', choices=['eager', 'graph', 'compile'], default=None,
-                   help='infer: eager PyTorch, one replayed CUDA graph (CUDA only), torch.compile '
-                        '(default eager, and graph on CUDA)')
+                   help='eager PyTorch, one replayed CUDA graph (infer, CUDA only), torch.compile '
+                        '(default eager, and graph on CUDA for infer)')
     p.add_argument('--mish', nargs='+', choices=['native', 'cuda', 'auto'], default=None,
                    help='Mish implementations to compare (default: $YOLO_MISH, else native)')
+    p.add_argument('--optimizer-impl', nargs='+', choices=['default', 'foreach', 'fused'], default=['default'],
+                   help="train: PyTorch's optimizer step implementations to compare")
     p.add_argument('--peak-tflops', type=float, default=None,
                    help='infer: the GPU\'s dense float16 peak, for the %% column (default: looked up by name)')
     p.add_argument('--iters', type=int, default=20, help='timed iterations')
@@ -387,15 +410,19 @@ def parse_opt(argv=None):
     opt.img = opt.img_sizes[0]
     opt.batch_size = opt.batch_size or {'infer': [1, 32], 'test': [8]}.get(opt.mode, [16])
     opt.mish = opt.mish or [mish_mode()]
-    opt.memory_format = opt.memory_format or (['contiguous'] if opt.quick else ['contiguous', 'channels_last'])
+    opt.memory_format = opt.memory_format or (['contiguous'] if opt.quick or opt.mode != 'infer' else
+                                              ['contiguous', 'channels_last'])
     return opt
 
 
 def _check_cuda_options(opt, device):
     """Fill the device-dependent defaults; refuse CUDA graphs on a CPU, naming the option."""
     cuda = device.type == 'cuda'
-    opt.dtype = opt.dtype or (['float32', 'float16'] if cuda else ['float32'])
-    opt.runner = opt.runner or (['eager', 'graph'] if cuda else ['eager'])
+    if opt.mode == 'infer':
+        opt.dtype = opt.dtype or (['float32', 'float16'] if cuda else ['float32'])
+        opt.runner = opt.runner or (['eager', 'graph'] if cuda else ['eager'])
+    elif opt.mode == 'train' and 'graph' in (opt.runner or []):
+        raise SystemExit('benchmarks: --mode train takes --runner eager or compile')
     if not cuda and opt.mish != ['native']:
         LOGGER.warning('benchmarks: on CPU every Mish is PyTorch\'s (the extension is for CUDA tensors): '
                        'one row per setting, mish native')
