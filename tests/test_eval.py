@@ -291,3 +291,19 @@ def test_faster_coco_eval_gives_pycocotools_numbers(tmp_path):
     ref = test_script.coco_score(gt, file, ids, 'pycocotools')
     fast = test_script.coco_score(gt, file, ids, 'faster-coco-eval')
     assert 0.05 < ref[0] < 0.95 and np.allclose(fast, ref, atol=1e-12, rtol=0), (ref, fast)
+
+
+@pytest.mark.parametrize('ties', [False, True])
+def test_early_exit_nms_equals_torchvision(ties):
+    """Past EARLY_EXIT_MIN candidates NMS stops at max_det kept boxes: the same indices as torchvision's full NMS
+    cut at max_det, with and without tied scores."""
+    torchvision = pytest.importorskip('torchvision')
+    g = torch.Generator().manual_seed(3)
+    n = nms_module.EARLY_EXIT_MIN * 2
+    xy = torch.rand(n, 2, generator=g) * 600
+    boxes = torch.cat((xy, xy + torch.rand(n, 2, generator=g) * 80 + 2), 1)
+    boxes += torch.randint(0, 80, (n, 1), generator=g).float() * 4096  # class offsets, as non_max_suppression
+    scores = torch.rand(n, generator=g)
+    if ties:
+        scores = (scores * 50).round() / 50
+    assert torch.equal(nms_module.nms(boxes, scores, 0.65, max_det=300), torchvision.ops.nms(boxes, scores, 0.65)[:300])

@@ -25,9 +25,14 @@ def _torchvision_nms():
     return _TV_NMS or None
 
 
-def nms_exact(boxes, scores, iou_thres):
-    """Greedy NMS with torchvision's semantics: indices of kept boxes by descending score; a box is
-    suppressed when its IoU with a kept box is > iou_thres."""
+def nms_exact(boxes, scores, iou_thres, max_det=None):
+    """Greedy NMS with torchvision's semantics: indices of kept boxes by descending score (ties in index order);
+    a box is suppressed when its IoU with a kept box is > iou_thres.
+
+    With max_det it stops once max_det boxes are kept: those are exactly the first max_det of the full result
+    (a later box can never suppress an earlier one), at a cost of max_det passes over the boxes instead of one
+    per kept box.
+    """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
@@ -36,13 +41,14 @@ def nms_exact(boxes, scores, iou_thres):
     areas = (x2 - x1) * (y2 - y1)
     n = b.shape[0]
     suppressed = torch.zeros(n, dtype=torch.bool, device=b.device)
-    keep = []
-    for i in range(n):
-        if suppressed[i]:
-            continue
+    keep, i = [], 0
+    while i < n and (max_det is None or len(keep) < max_det):
+        if suppressed[i]:  # jump to the next box that is still in
+            rest = (~suppressed[i:]).nonzero()
+            if not len(rest):
+                break
+            i += int(rest[0])
         keep.append(i)
-        if i + 1 == n:
-            break
         xx1 = torch.maximum(x1[i], x1[i + 1:])
         yy1 = torch.maximum(y1[i], y1[i + 1:])
         xx2 = torch.minimum(x2[i], x2[i + 1:])
@@ -50,12 +56,24 @@ def nms_exact(boxes, scores, iou_thres):
         inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
         iou = inter / (areas[i] + areas[i + 1:] - inter)
         suppressed[i + 1:] |= iou > iou_thres
+        i += 1
     return order[torch.tensor(keep, dtype=torch.long, device=b.device)]
 
 
-def nms(boxes, scores, iou_thres):
+EARLY_EXIT_MIN = 3000  # candidates above which NMS stops at max_det kept boxes (same result, bounded cost)
+
+
+def nms(boxes, scores, iou_thres, max_det=None):
+    """Indices of the boxes kept by NMS, by descending score (the first max_det of them when given).
+
+    torchvision's kernel suppresses against every kept box, thousands with tens of thousands of candidates;
+    past EARLY_EXIT_MIN candidates the exact NMS above stops at max_det instead, with identical indices.
+    """
     tv = _torchvision_nms()
-    return tv(boxes, scores, iou_thres) if tv is not None else nms_exact(boxes, scores, iou_thres)
+    if tv is not None and (max_det is None or boxes.shape[0] <= EARLY_EXIT_MIN):
+        i = tv(boxes, scores, iou_thres)
+        return i if max_det is None else i[:max_det]
+    return nms_exact(boxes, scores, iou_thres, max_det)
 
 
 MAX_NMS_CANDIDATES = 30000  # class candidates per image kept for NMS (highest scores), as in the yolov5 lineage
@@ -113,8 +131,7 @@ def non_max_suppression(prediction, conf_thres=0.1, iou_thres=0.6, merge=False, 
             continue
         c = x[:, 5:6] * (0 if agnostic else max_wh)
         boxes, scores = x[:, :4] + c, x[:, 4]
-        i = nms(boxes, scores, iou_thres)
-        i = i[:max_det]
+        i = nms(boxes, scores, iou_thres, max_det)
         if merge and (1 < n < 3E3):
             iou = box_iou(boxes[i], boxes) > iou_thres
             weights = iou * scores[None]
