@@ -675,10 +675,6 @@ def main(argv=None, opt=None):
         opt.global_rank = opt.local_rank = -1
     set_logging(opt.global_rank)
     check_options(opt)
-    if opt.batch_size % opt.world_size:
-        raise ArgumentError(f'--batch-size {opt.batch_size} must be a multiple of the number of processes '
-                            f'{opt.world_size}')
-
     ckpt = None
     if opt.resume:
         path = resume_path(opt.resume, opt.project)
@@ -686,6 +682,9 @@ def main(argv=None, opt=None):
         opt, hyp = resumed_options(opt, ckpt, path)
     else:
         hyp = new_run_options(opt)
+    if opt.total_batch_size % opt.world_size:
+        raise ArgumentError(f'--batch-size {opt.total_batch_size} must be a multiple of the number of processes '
+                            f'{opt.world_size}')
     device = select_device(opt.device, batch_size=opt.batch_size if opt.world_size == 1 else None)
     if opt.global_rank != -1:
         if device.type != 'cpu':
