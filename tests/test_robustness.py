@@ -426,3 +426,10 @@ def test_harmful_callable_refused(tmp_path, target):
     torch.save({'model': {'state_dict': {}}, 'x': getattr(importlib.import_module(module), name)}, path)
     with pytest.raises(CheckpointError, match=rf"refused to load: it asks for '[a-z]*\.?{name}'"):
         load_checkpoint(path)
+
+
+def test_binary_file_of_another_format_is_not_read_as_a_list(tmp_path, weights):
+    (tmp_path / 'clip.gif').write_bytes(bytes(range(256)) * 64)
+    r = _script('detect.py', '--weights', weights, '--source', tmp_path / 'clip.gif', '--device', 'cpu', '--project',
+                tmp_path / 'runs', timeout=120)
+    assert_one_line_error(r, 'detect.py', 'no images or videos found', 'clip.gif')

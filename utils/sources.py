@@ -31,6 +31,17 @@ def to_chw_rgb(img):
     return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
 
 
+def _is_text(path):
+    """Whether a file looks like a text list of paths (its first 4 KiB decode as UTF-8, without NUL bytes)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4096)
+        head.decode('utf-8', errors='strict' if len(head) < 4096 else 'ignore')
+        return b'\0' not in head
+    except (UnicodeDecodeError, OSError):
+        return False
+
+
 def list_files(path, formats, error=None):
     """Sorted files with one of `formats` (extensions) from a file, a folder, a glob, a list file (e.g. .txt,
     one path per line, relative paths resolved against the list's folder; symlinks kept) or a list of those.
@@ -43,13 +54,13 @@ def list_files(path, formats, error=None):
         p = Path(p)
         if p.is_dir():
             files += [str(x) for x in p.glob('*.*')]
-        elif p.is_file() and p.suffix.lower() not in formats:  # a list of files, one per line
+        elif p.is_file() and p.suffix.lower() not in formats and _is_text(p):  # a list of files, one per line
             for line in p.read_text().splitlines():
                 line = line.strip()
                 if line:
                     files.append(line if os.path.isabs(line) else os.path.join(p.parent, line))
         elif p.is_file():
-            files.append(str(p))
+            files.append(str(p))  # kept only if its extension is one of `formats`
         elif any(c in str(p) for c in '*?['):
             files += glob.glob(str(p), recursive=True)
         else:
