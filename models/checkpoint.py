@@ -95,7 +95,7 @@ def load_checkpoint(path, map_location='cpu', download=True):
         path = release_destination(path)
         if not path.is_file():
             try:
-                download_release(path.name, path, validate=lambda p: load_checkpoint(p, download=False))
+                download_release(path.name, path, validate=lambda p: _check_release(p, path.name))
             except DownloadError as e:
                 raise CheckpointError(str(e)) from None
     if not path.is_file():
@@ -119,6 +119,17 @@ def load_checkpoint(path, map_location='cpu', download=True):
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         raise CheckpointError(f"{path}: not a Scaled-YOLOv4 checkpoint (no 'model' entry)")
     return ckpt
+
+
+RELEASE_LEVELS = {'yolov4-p5': 3, 'yolov4-p6': 4, 'yolov4-p7': 5}  # detection levels of each released model
+
+
+def _check_release(path, name):
+    """A downloaded release must load safely and be the model its name says (P5/P6/P7: 3/4/5 output levels)."""
+    model = model_from_checkpoint(load_checkpoint(path, download=False), path)
+    levels = RELEASE_LEVELS[name.split('_')[0].removesuffix('.pt')]
+    if model.model[-1].nl != levels:
+        raise CheckpointError(f'it holds a model with {model.model[-1].nl} output levels, not the {levels} of {name}')
 
 
 def half_state_dict(state_dict):

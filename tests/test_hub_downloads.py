@@ -51,13 +51,23 @@ def test_release_name_is_downloaded_and_loads(tmp_path, server, monkeypatch):
 def test_partial_file_is_resumed_or_retried(tmp_path, server, monkeypatch):
     from models.checkpoint import load_checkpoint
     url, served = server
-    _released_checkpoint(served / 'yolov4-p6.pt')
-    data = (served / 'yolov4-p6.pt').read_bytes()
-    dst = tmp_path / 'yolov4-p6.pt'
-    (tmp_path / 'yolov4-p6.pt.part').write_bytes(data[:len(data) // 3])  # left by an interrupted download
+    _released_checkpoint(served / 'yolov4-p5_.pt')
+    data = (served / 'yolov4-p5_.pt').read_bytes()
+    dst = tmp_path / 'yolov4-p5_.pt'
+    (tmp_path / 'yolov4-p5_.pt.part').write_bytes(data[:len(data) // 3])  # left by an interrupted download
     monkeypatch.setenv('YOLO_WEIGHTS_MIRROR', url)
     load_checkpoint(dst)
-    assert dst.read_bytes() == data and not (tmp_path / 'yolov4-p6.pt.part').exists()
+    assert dst.read_bytes() == data and not (tmp_path / 'yolov4-p5_.pt.part').exists()
+
+
+def test_download_of_another_model_is_refused(tmp_path, server, monkeypatch):
+    from models.checkpoint import CheckpointError, load_checkpoint
+    url, served = server
+    _released_checkpoint(served / 'yolov4-p6.pt')  # a (P5) model under the P6 name: a wrong link
+    monkeypatch.setenv('YOLO_WEIGHTS_MIRROR', url)
+    with pytest.raises(CheckpointError, match='3 output levels, not the 4 of yolov4-p6.pt'):
+        load_checkpoint(tmp_path / 'yolov4-p6.pt')
+    assert not list(tmp_path.glob('yolov4-p6.pt*'))
 
 
 def test_truncated_download_is_refused(tmp_path, server, monkeypatch):
