@@ -65,7 +65,7 @@ def _create(cfg, pretrained, classes, device):
     from models.yolo import Model
     from utils.errors import UserError, one_line
     from utils.torch_utils import intersect_dicts, select_device
-    device = select_device('cpu' if device is None and not torch.cuda.is_available() else (device or ''))
+    device = select_device(device or '')  # '' : CUDA when there is one, else the CPU
     try:
         if pretrained:
             weights = f'{cfg}.pt'

@@ -280,17 +280,17 @@ def coco_score(gt, results_file, img_ids, backend='pycocotools'):
     """
     if backend == 'faster-coco-eval':
         try:
-            from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+            from faster_coco_eval import COCO, COCOeval_faster as BoxScorer
         except ImportError:
             raise ArgumentError('--coco-eval faster-coco-eval: the package is not installed (pip install '
                                 'faster-coco-eval), or use the default pycocotools') from None
     else:
         from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+        from pycocotools.cocoeval import COCOeval as BoxScorer
     coco_gt = COCO()
     coco_gt.dataset = gt
     coco_gt.createIndex()
-    ev = COCOeval(coco_gt, coco_gt.loadRes(str(results_file)), 'bbox')
+    ev = BoxScorer(coco_gt, coco_gt.loadRes(str(results_file)), 'bbox')
     ev.params.imgIds = img_ids
     ev.evaluate()
     ev.accumulate()

@@ -25,10 +25,6 @@ class ArgumentError(UserError, ValueError):
     """A command-line flag (or run() keyword) whose value makes no sense; the message names the flag."""
 
 
-class WriteError(UserError, OSError):
-    """An output that could not be written (full disk, read-only folder); earlier outputs are kept."""
-
-
 def write_error_reason(exc):
     """'no space left on device' (etc.) when exc is a write failure the user can fix, else None.
 
