@@ -6,6 +6,7 @@ Every output goes to runs/test/exp* (or --project/--name); nothing outside it is
 """
 import json
 import logging
+import time
 from copy import deepcopy
 from pathlib import Path
 
@@ -31,12 +32,13 @@ LOGGER = logging.getLogger('test')
 def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thres=0.6, save_json=False,
          single_cls=False, augment=False, verbose=False, model=None, dataloader=None, save_dir=None,
          merge=False, save_txt=False, plots=True, device='', task='val', workers=8, compute_loss=None,
-         coco_eval='pycocotools'):
+         coco_eval='pycocotools', timings=None):
     """Evaluate `model` (from train.py) or `weights` on the data's `task` split.
 
     Returns ((P, R, mAP@0.5, mAP@0.5:0.95, val box, obj, cls losses), per-class mAPs, (inference, NMS, total)
     ms per image). The validation losses are computed with `compute_loss` (train.py's ComputeLoss), else 0.
-    Everything written goes into save_dir; with save_dir None nothing is written.
+    Everything written goes into save_dir; with save_dir None nothing is written. A `timings` dict, when given,
+    receives the images seen and the seconds of inference, NMS and COCO JSON writing plus scoring.
     """
     data = load_data_config(data) if not isinstance(data, dict) else data
     training = model is not None
@@ -64,12 +66,16 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     if plot_dir is not None:
         ev['confusion'].plot(save_dir=plot_dir, names=names)
     map50, map_ = summary['map50'], summary['map']
+    t_coco = time.perf_counter()
     if save_json and writers.jdict:
         coco = _coco_evaluate(writers.jdict, data, dataloader, weights, save_dir, coco_eval)
         if coco is not None:
             map_, map50 = coco[:2]
     elif save_json:
         LOGGER.info('No detections: nothing to write for pycocotools (AP 0)')
+    if timings is not None:
+        timings.update(images=ev['seen'], inference=ev['t_inference'], nms=ev['t_nms'],
+                       coco=time.perf_counter() - t_coco)
     if not training and save_dir is not None:
         LOGGER.info('Results saved to %s%s', save_dir, _saved_listing(save_dir))
     model.float()

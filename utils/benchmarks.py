@@ -322,39 +322,20 @@ def bench_test(opt, device):
             weights = opt.weights
         else:
             weights = evaluation_workload_weights(opt.cfg, data['val'], Path(tmp) / 'workload.pt', opt.img)
-        coco_time = {'s': 0.0}
-        real_coco = test_script._coco_evaluate
-
-        def timed_coco(*a, **k):
-            t = time.perf_counter()
-            try:
-                return real_coco(*a, **k)
-            finally:
-                coco_time['s'] = time.perf_counter() - t
         rows = []
         for bs in opt.batch_size:
-            test_script._coco_evaluate = timed_coco
-            try:
-                t = time.perf_counter()
-                res, _, times = test_script.test(data, weights, batch_size=bs, imgsz=opt.img, conf_thres=0.001,
-                                                 iou_thres=0.65, save_json=True, save_dir=Path(tmp) / f'b{bs}',
-                                                 device=str(opt.device), workers=0, plots=False)
-                total = time.perf_counter() - t
-            finally:
-                test_script._coco_evaluate = real_coco
-            seen = _count_images(data['val'])
-            inference, nms = times[0] * seen / 1000, times[1] * seen / 1000
-            rest = total - inference - nms - coco_time['s']
-            rows.append([bs, seen, f'{total:.2f}', f'{inference:.2f}', f'{nms:.2f}', f'{coco_time["s"]:.2f}',
-                         f'{rest:.2f}', f'{res[3]:.4f}'])
+            timings = {}
+            t = time.perf_counter()
+            res, _, _ = test_script.test(data, weights, batch_size=bs, imgsz=opt.img, conf_thres=0.001,
+                                         iou_thres=0.65, save_json=True, save_dir=Path(tmp) / f'b{bs}',
+                                         device=str(opt.device), workers=0, plots=False, timings=timings)
+            total = time.perf_counter() - t
+            rest = total - timings['inference'] - timings['nms'] - timings['coco']
+            rows.append([bs, timings['images'], f'{total:.2f}', f'{timings["inference"]:.2f}',
+                         f'{timings["nms"]:.2f}', f'{timings["coco"]:.2f}', f'{rest:.2f}', f'{res[3]:.4f}'])
     columns = ['batch', 'images', 'total s', 'inference s', 'NMS s', 'COCO JSON+eval s', 'loader+stats+rest s',
                'mAP@.5:.95']
     return rows, columns, f'test.py --img {opt.img} --conf 0.001 --iou 0.65 --save-json on {opt.source}'
-
-
-def _count_images(path):
-    from utils.datasets import list_image_files
-    return len(list_image_files(path))
 
 
 def _published_augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5):
