@@ -42,15 +42,12 @@ from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, select_device
-from utils.train_utils import (EVOLVE_META, class_weights_from_labels, image_weights_from_labels, mutate_hyp,
-                               rng_state, set_rng_state)
+from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterations, warmup_step
+from utils.train_utils import (EVOLVE_META, class_weights_from_labels, image_weights_from_labels, load_hyp,
+                               mutate_hyp, rng_state, set_rng_state)
 
 LOGGER = logging.getLogger('train')
-NBS = 64  # nominal batch size
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
-REQUIRED_HYP = ('lr0', 'momentum', 'weight_decay', 'giou', 'cls', 'cls_pw', 'obj', 'obj_pw', 'anchor_t', 'fl_gamma',
-                'hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud',
-                'fliplr', 'mixup')
 
 
 class TrainingStopped(RuntimeError):
@@ -112,19 +109,6 @@ def _plain(v):
     return v
 
 
-def load_hyp(path):
-    """The hyperparameters of a hyp yaml; a missing key of the published recipe is an error naming it."""
-    try:
-        with open(path) as f:
-            hyp = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ArgumentError(f'hyp yaml {path} is not valid YAML: {" ".join(str(e).split())}') from None
-    missing = [k for k in REQUIRED_HYP if not isinstance(hyp, dict) or k not in hyp]
-    if missing:
-        raise ArgumentError(f'hyp yaml {path} lacks {", ".join(missing)} (see data/hyp.scratch.yaml)')
-    return hyp
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -158,50 +142,6 @@ def build_model(opt, nc, device, ckpt=None, verbose=True):
     for k, v in model.named_parameters():
         v.requires_grad = not any(k.startswith(f'model.{j}.') for j in range(opt.freeze))
     return model
-
-
-def build_optimizer(model, hyp, adam=False, impl='default'):
-    """Three parameter groups, as published: 0 BatchNorm and other weights without decay, 1 conv weights with
-    weight decay, 2 biases without decay. SGD with Nesterov momentum, or Adam with beta1 = momentum.
-    impl 'foreach' or 'fused' picks PyTorch's multi-tensor or fused step (same update, fewer kernels)."""
-    no_decay, decay, biases = [], [], []
-    for k, v in model.named_parameters():
-        if not v.requires_grad:
-            continue
-        if '.bias' in k:
-            biases.append(v)
-        elif '.weight' in k and '.bn' not in k:
-            decay.append(v)
-        else:
-            no_decay.append(v)
-    kw = {'foreach': True} if impl == 'foreach' else {'fused': True} if impl == 'fused' else {}
-    if adam:
-        optimizer = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999), **kw)
-    else:
-        optimizer = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True, **kw)
-    optimizer.add_param_group({'params': decay, 'weight_decay': hyp['weight_decay']})
-    optimizer.add_param_group({'params': biases})
-    LOGGER.info('Optimizer groups: %g .bias, %g conv.weight, %g other', len(biases), len(decay), len(no_decay))
-    return optimizer
-
-
-def smart_optimizer(model, hyp, total_batch_size, adam=False, impl='default'):
-    """(optimizer, hyp with weight decay scaled, nominal accumulation). Gradients of round(nbs / batch) batches
-    are accumulated, and weight decay is scaled by batch * accumulation / nbs (nominal batch nbs: 64)."""
-    nbs = hyp.get('nbs', NBS)
-    accumulate = max(round(nbs / total_batch_size), 1)
-    hyp = dict(hyp, weight_decay=hyp['weight_decay'] * total_batch_size * accumulate / nbs)
-    return build_optimizer(model, hyp, adam, impl), hyp, nbs / total_batch_size
-
-
-def cosine_lr(epochs, final=0.2):
-    """The published schedule: a learning-rate factor falling from 1 to `final` (0.2) along a half cosine."""
-    return lambda epoch: ((1 + math.cos(epoch * math.pi / epochs)) / 2) * (1 - final) + final
-
-
-def warmup_iterations(batches_per_epoch, hyp):
-    """Warm-up length: max(warmup_epochs epochs, warmup_min_iters iterations); published 3 epochs and 1000."""
-    return max(round(hyp.get('warmup_epochs', 3) * batches_per_epoch), int(hyp.get('warmup_min_iters', 1000)))
 
 
 def build_train_loader(opt, data, hyp, imgsz, stride, nc):
@@ -243,12 +183,6 @@ def rewrite_results(results_file, lines):
     tmp = results_file.with_suffix('.tmp')
     tmp.write_text(''.join(line + '\n' for line in lines))
     os.replace(tmp, results_file)
-
-
-def set_epoch_lr(optimizer, lr_lambda, epoch):
-    """Every group's rate at `epoch` of the (possibly extended) schedule."""
-    for g in optimizer.param_groups:
-        g['lr'] = g['initial_lr'] * lr_lambda(epoch)
 
 
 def maybe_sync_bn(model, sync_bn, rank, device):
@@ -303,17 +237,6 @@ def sample_image_weights(dataset, class_weights, maps, nc, rank, device):
         dataset.indices = indices.cpu().tolist()
 
 
-def warmup_step(loop, ni, epoch):
-    """Learning rates, momentum and accumulation at warm-up iteration ni; returns the accumulation."""
-    xi = [0, loop.warmup_iters]
-    accumulate = max(1, int(np.interp(ni, xi, [1, loop.nominal_accumulate]).round()))
-    for j, g in enumerate(loop.optimizer.param_groups):  # bias lr falls from 0.1, the others rise from 0
-        g['lr'] = float(np.interp(ni, xi, [0.1 if j == 2 else 0.0, g['initial_lr'] * loop.lr_lambda(epoch)]))
-        if 'momentum' in g:
-            g['momentum'] = float(np.interp(ni, xi, [0.9, loop.hyp['momentum']]))
-    return accumulate
-
-
 def autocast(device, amp_dtype):
     """Mixed precision for the forward pass and loss: float16 on CUDA (published), bfloat16 on CUDA or CPU."""
     enabled = amp_dtype == 'bfloat16' or (amp_dtype == 'float16' and device.type == 'cuda')
@@ -359,7 +282,8 @@ def train_one_epoch(loop, epoch, accumulate, bad_steps, stop, last):
         if loop.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         if ni <= loop.warmup_iters:
-            accumulate = warmup_step(loop, ni, epoch)
+            accumulate = warmup_step(optimizer, ni, loop.warmup_iters, loop.nominal_accumulate, loop.lr_lambda(epoch),
+                                     loop.hyp['momentum'])
         if loop.multi_scale:
             imgs = random_rescale(imgs, loop.imgsz, loop.stride)
         with autocast(device, loop.amp_dtype):

@@ -183,6 +183,7 @@ def bench_train(opt, device):
     batch size, precision (float32; AMP float16 on CUDA; AMP bfloat16), memory format, runner (eager or
     torch.compile), optimizer step implementation and Mish."""
     from utils.loss import ComputeLoss
+    from utils.optim import optimizer_kwargs
     base = _model(opt, device).float().train()
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
         hyp = yaml.safe_load(f)
@@ -197,8 +198,8 @@ def bench_train(opt, device):
         mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
         model = copy.deepcopy(base).to(memory_format=mf)
         loss_fn = ComputeLoss(model, hyp)
-        kw = {'foreach': True} if impl == 'foreach' else {'fused': True} if impl == 'fused' else {}
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, **kw)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
+                                    **optimizer_kwargs(impl))
         scaler = torch.amp.GradScaler('cuda', enabled=cuda and dtype == 'float16')
         run = torch.compile(model) if runner == 'compile' else model
         g = torch.Generator().manual_seed(0)

@@ -1,9 +1,12 @@
-"""Training helpers: class and image weights, RNG state capture, hyperparameter mutation for --evolve."""
+"""Training helpers: hyp files, class and image weights, RNG state capture, hyperparameter mutation for --evolve."""
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+
+from utils.errors import ArgumentError
 
 # hyperparameter: (mutation gain, lower limit, upper limit), as published
 EVOLVE_META = {'lr0': (1, 1e-5, 1e-1), 'momentum': (0.1, 0.6, 0.98), 'weight_decay': (1, 0.0, 0.001),
@@ -13,6 +16,22 @@ EVOLVE_META = {'lr0': (1, 1e-5, 1e-1), 'momentum': (0.1, 0.6, 0.98), 'weight_dec
                'translate': (1, 0.0, 0.9), 'scale': (1, 0.0, 0.9), 'shear': (1, 0.0, 10.0),
                'perspective': (1, 0.0, 0.001), 'flipud': (0, 0.0, 1.0), 'fliplr': (1, 0.0, 1.0),
                'mixup': (1, 0.0, 1.0)}
+REQUIRED_HYP = ('lr0', 'momentum', 'weight_decay', 'giou', 'cls', 'cls_pw', 'obj', 'obj_pw', 'anchor_t', 'fl_gamma',
+                'hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud',
+                'fliplr', 'mixup')
+
+
+def load_hyp(path):
+    """The hyperparameters of a hyp yaml; a missing key of the published recipe is an error naming it."""
+    try:
+        with open(path) as f:
+            hyp = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ArgumentError(f'hyp yaml {path} is not valid YAML: {" ".join(str(e).split())}') from None
+    missing = [k for k in REQUIRED_HYP if not isinstance(hyp, dict) or k not in hyp]
+    if missing:
+        raise ArgumentError(f'hyp yaml {path} lacks {", ".join(missing)} (see data/hyp.scratch.yaml)')
+    return hyp
 
 
 def class_weights_from_labels(labels, nc=80):
