@@ -66,16 +66,18 @@ def extension_for(mode, is_cuda):
     return ext
 
 
-def mish(x):
-    """Mish of x with the implementation chosen by YOLO_MISH (see the module docstring)."""
+def mish(x, inplace=False):
+    """Mish of x with the implementation chosen by YOLO_MISH (see the module docstring). With `inplace`, PyTorch's
+    kernel overwrites x (the same bits, one allocation and one pass over memory fewer); the caller must own x and
+    record no gradient. Tracing, export and the extension ignore `inplace`."""
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return F.mish(x)
     ext = extension_for(mish_mode(), x.is_cuda)
-    return F.mish(x) if ext is None else _MishCudaFunction.apply(x, ext)
+    return F.mish(x, inplace=inplace) if ext is None else _MishCudaFunction.apply(x, ext)
 
 
 class Mish(nn.Module):
     """Mish activation (Misra, 2019)."""
 
-    def forward(self, x):
-        return mish(x)
+    def forward(self, x, inplace=False):
+        return mish(x, inplace)

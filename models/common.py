@@ -16,6 +16,13 @@ def autopad(k, p=None):
     return p
 
 
+def activate(act, x):
+    """act(x) for an x that nothing else holds (a fresh convolution or BatchNorm output). When no gradient is
+    recorded (evaluation, detection) Mish then overwrites x: on a CPU that makes it about a third faster, with
+    the same bits."""
+    return act(x, inplace=not torch.is_grad_enabled()) if isinstance(act, Mish) else act(x)
+
+
 class Conv(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> Mish (or Identity when act is False)."""
 
@@ -27,7 +34,7 @@ class Conv(nn.Module):
 
     def forward(self, x):
         # After Model.fuse() `bn` is an Identity and `conv` carries the folded bias.
-        return self.act(self.bn(self.conv(x)))
+        return activate(self.act, self.bn(self.conv(x)))
 
 
 class Bottleneck(nn.Module):
@@ -62,7 +69,7 @@ class BottleneckCSP(nn.Module):
     def forward(self, x):
         y1 = self.cv3(self.m(self.cv1(x)))
         y2 = self.cv2(x)
-        return self.cv4(self.act(self.bn(torch.cat((y1, y2), dim=1))))
+        return self.cv4(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))
 
 
 class BottleneckCSP2(nn.Module):
@@ -82,7 +89,7 @@ class BottleneckCSP2(nn.Module):
         x1 = self.cv1(x)
         y1 = self.m(x1)
         y2 = self.cv2(x1)
-        return self.cv3(self.act(self.bn(torch.cat((y1, y2), dim=1))))
+        return self.cv3(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))
 
 
 class SPPCSP(nn.Module):
@@ -106,7 +113,7 @@ class SPPCSP(nn.Module):
         x1 = self.cv4(self.cv3(self.cv1(x)))
         y1 = self.cv6(self.cv5(torch.cat([x1] + [m(x1) for m in self.m], 1)))
         y2 = self.cv2(x)
-        return self.cv7(self.act(self.bn(torch.cat((y1, y2), dim=1))))
+        return self.cv7(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))
 
 
 class Concat(nn.Module):

@@ -89,20 +89,45 @@ def test_exact_nms_equals_torchvision():
         wh = torch.rand(n, 2, generator=g) * 60 + 1
         boxes = torch.cat((xy, xy + wh), 1)
         scores = torch.rand(n, generator=g)
-        for thr in (0.3, 0.5, 0.65):
+        for thr in (0.3, 0.5, 0.6, 0.65):
             assert torch.equal(nms_exact(boxes, scores, thr), tv.ops.nms(boxes, scores, thr))
 
 
-def test_broken_torchvision_falls_back_with_one_warning(monkeypatch, caplog):
+@pytest.mark.parametrize('thr', [0.6, 0.65])
+def test_exact_nms_threshold_compared_like_torchvision(thr):
+    """torchvision compares the float32 IoU with the threshold in double precision: an IoU equal to float32(0.6)
+    (above 0.6) suppresses, one equal to float32(0.65) (below 0.65) does not. A float32 comparison got 0.6 wrong."""
+    tv = pytest.importorskip('torchvision')
+    iou32 = float(np.float32(thr))
+    boxes = torch.tensor([[0., 0., 10., 1.], [0., 0., 10 * iou32, 1.]])  # IoU = (10 * iou32) / 10 in float32
+    scores = torch.tensor([0.9, 0.5])
+    assert ((boxes[1, 2] * 1) / 10).item() == iou32
+    expected = [0] if iou32 > thr else [0, 1]
+    assert tv.ops.nms(boxes, scores, thr).tolist() == expected
+    assert nms_exact(boxes, scores, thr).tolist() == expected
+
+
+def test_cpu_nms_needs_no_torchvision(monkeypatch, caplog):
+    """On the CPU, NMS never imports torchvision (its import costs over a second): a broken install changes
+    nothing, not even a warning."""
     import sys
     monkeypatch.setitem(sys.modules, 'torchvision', None)  # import fails like a broken install
     monkeypatch.setattr(nms_module, '_TV_NMS', None)
     p = _pred([(50, 50, 20, 20, 0.9, 0, 1.0), (52, 50, 20, 20, 0.8, 0, 1.0), (150, 50, 20, 20, 0.7, 1, 1.0)], 2)
     with caplog.at_level(logging.WARNING):
         a = non_max_suppression(p, 0.25, 0.5)[0]
-        non_max_suppression(p, 0.25, 0.5)
-    assert caplog.text.count('torchvision NMS unavailable') == 1
+    assert caplog.text == '' and nms_module._TV_NMS is None
     assert a[:, 4].tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_broken_torchvision_warns_once(monkeypatch, caplog):
+    """Where torchvision's kernel would be used (CUDA), a broken install gives one warning and the exact NMS."""
+    import sys
+    monkeypatch.setitem(sys.modules, 'torchvision', None)
+    monkeypatch.setattr(nms_module, '_TV_NMS', None)
+    with caplog.at_level(logging.WARNING):
+        assert nms_module._torchvision_nms() is None and nms_module._torchvision_nms() is None
+    assert caplog.text.count('torchvision NMS unavailable') == 1
 
 
 def test_compute_ap_known_curve():
@@ -294,16 +319,19 @@ def test_faster_coco_eval_gives_pycocotools_numbers(tmp_path):
 
 
 @pytest.mark.parametrize('ties', [False, True])
-def test_early_exit_nms_equals_torchvision(ties):
-    """Past EARLY_EXIT_MIN candidates NMS stops at max_det kept boxes: the same indices as torchvision's full NMS
-    cut at max_det, with and without tied scores."""
+def test_blocked_nms_equals_torchvision(ties):
+    """Many blocks of candidates, class offsets as non_max_suppression makes them, with and without tied scores:
+    the full result and the one cut at max_det (which stops early) are torchvision's indices."""
     torchvision = pytest.importorskip('torchvision')
     g = torch.Generator().manual_seed(3)
-    n = nms_module.EARLY_EXIT_MIN * 2
+    n = nms_module.NMS_BLOCK * 12 + 7
     xy = torch.rand(n, 2, generator=g) * 600
     boxes = torch.cat((xy, xy + torch.rand(n, 2, generator=g) * 80 + 2), 1)
-    boxes += torch.randint(0, 80, (n, 1), generator=g).float() * 4096  # class offsets, as non_max_suppression
+    boxes += torch.randint(0, 80, (n, 1), generator=g).float() * 4096
     scores = torch.rand(n, generator=g)
     if ties:
         scores = (scores * 50).round() / 50
-    assert torch.equal(nms_module.nms(boxes, scores, 0.65, max_det=300), torchvision.ops.nms(boxes, scores, 0.65)[:300])
+    full = torchvision.ops.nms(boxes, scores, 0.65)
+    assert len(full) > 300
+    assert torch.equal(nms_module.nms(boxes, scores, 0.65), full)
+    assert torch.equal(nms_module.nms(boxes, scores, 0.65, max_det=300), full[:300])

@@ -34,6 +34,30 @@ def test_cpu_path_exact_values_and_gradients(monkeypatch, mode):
     assert torch.allclose(Mish()(xf), _formula(x.detach()).float(), atol=1e-6, rtol=1e-6)
 
 
+def test_inference_runs_mish_in_place_with_the_same_bits():
+    """Without gradients Mish overwrites the fresh conv/BatchNorm output it is given: the model's outputs are the
+    same bits as with gradients (a new tensor per Mish), and a Conv's input is left as it was."""
+    from models.common import Conv
+    from models.yolo import Model
+    torch.manual_seed(0)
+    model = Model(tiny_cfg()).eval()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        fast = model(x)[0]
+    reference = model(x)[0].detach()
+    assert torch.equal(fast, reference)
+    conv, y = Conv(3, 8, 3).eval(), torch.randn(1, 3, 8, 8)
+    before = y.clone()
+    with torch.no_grad():
+        conv(y)
+    assert torch.equal(y, before)
+    z = torch.randn(100)
+    expected = F.mish(z)
+    with torch.no_grad():
+        out = Mish()(z, inplace=True)
+    assert out.data_ptr() == z.data_ptr() and torch.equal(out, expected)
+
+
 def test_environment_switch(monkeypatch):
     monkeypatch.delenv('YOLO_MISH', raising=False)
     assert mish_mode() == 'native'
