@@ -90,8 +90,9 @@ def _frame_name(dataset, path, streams, i):
 
 def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=640, conf_thres=0.4,
            iou_thres=0.5, device='', view_img=False, save_txt=False, save_conf=False, nosave=False, classes=None,
-           agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False):
-    """Run detection; returns (save_dir, {path: detections tensor (n, 6) in original-image pixels})."""
+           agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False, channels_last=False):
+    """Run detection; returns (save_dir, {path: detections tensor (n, 6) in original-image pixels}).
+    `channels_last`: the model in that memory format (faster on many devices; last float bits differ)."""
     check_at_least('--img-size', img_size, 1)
     check_fraction('--conf-thres', conf_thres)
     check_fraction('--iou-thres', iou_thres, allow_zero=False)
@@ -101,6 +102,8 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
     imgsz = check_img_size(img_size, s=int(model.stride.max()))
     if half:
         model.half()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     names, colors = list(model.names), color_list()
     dataset, streams = load_source(source, imgsz)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # made once weights and source are good
@@ -171,6 +174,8 @@ def parse_opt(argv=None):
     p.add_argument('--project', default='runs/detect', help='save results to project/name')
     p.add_argument('--name', default='exp', help='save results to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    p.add_argument('--channels-last', action='store_true',
+                   help='channels_last memory format (faster on many CPUs and GPUs; last float bits differ)')
     return p.parse_args(argv)
 
 

@@ -32,13 +32,15 @@ LOGGER = logging.getLogger('test')
 def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thres=0.6, save_json=False,
          single_cls=False, augment=False, verbose=False, model=None, dataloader=None, save_dir=None,
          merge=False, save_txt=False, plots=True, device='', task='val', workers=8, compute_loss=None,
-         coco_eval='pycocotools', timings=None):
+         coco_eval='pycocotools', timings=None, channels_last=False):
     """Evaluate `model` (from train.py) or `weights` on the data's `task` split.
 
     Returns ((P, R, mAP@0.5, mAP@0.5:0.95, val box, obj, cls losses), per-class mAPs, (inference, NMS, total)
     ms per image). The validation losses are computed with `compute_loss` (train.py's ComputeLoss), else 0.
     Everything written goes into save_dir; with save_dir None nothing is written. A `timings` dict, when given,
     receives the images seen and the seconds of inference, NMS and COCO JSON writing plus scoring.
+    `channels_last` runs weights loaded here in that memory format (faster convolutions on many devices; the
+    float results differ from the default's in the last bits).
     """
     data = load_data_config(data) if not isinstance(data, dict) else data
     training = model is not None
@@ -46,7 +48,7 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     if save_dir is None and (save_json or save_txt):
         raise ArgumentError('save_json and save_txt need a save_dir to write into')
     plot_dir = save_dir if plots else None
-    model, device, imgsz = prepare_model(model, weights, device, batch_size, imgsz)
+    model, device, imgsz = prepare_model(model, weights, device, batch_size, imgsz, channels_last)
     nc, names = check_classes(model, data, single_cls)
     if dataloader is None:
         dataloader = val_loader(data, task, model, device, imgsz, batch_size, single_cls, workers, nc)
@@ -86,9 +88,10 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     return (summary['mp'], summary['mr'], map50, map_, *losses), maps, times
 
 
-def prepare_model(model, weights, device, batch_size, imgsz):
+def prepare_model(model, weights, device, batch_size, imgsz, channels_last=False):
     """(model in eval mode, device, image size): train.py's model as given (a float16 copy on CUDA, so its EMA is
-    not rounded in place), else `weights` loaded (float16 on CUDA) with imgsz rounded to its stride."""
+    not rounded in place), else `weights` loaded (float16 on CUDA, channels_last if asked) with imgsz rounded to
+    its stride."""
     if model is not None:
         device = next(model.parameters()).device
         if device.type != 'cpu':
@@ -97,6 +100,8 @@ def prepare_model(model, weights, device, batch_size, imgsz):
         device = select_device(device, batch_size=batch_size)
         model = attempt_load(weights, map_location=device)
         imgsz = check_img_size(imgsz, s=int(model.stride.max()))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
     model.half() if device.type != 'cpu' else model.float()
     return model.eval(), device, imgsz
 
@@ -351,6 +356,8 @@ def parse_opt(argv=None):
     parser.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     parser.add_argument('--coco-eval', default='pycocotools', choices=COCO_BACKENDS,
                         help='COCO AP with pycocotools (the reference) or faster-coco-eval (same numbers, faster)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='channels_last memory format (faster on many CPUs and GPUs; last float bits differ)')
     return parser.parse_args(argv)
 
 
@@ -370,7 +377,8 @@ def run(opt=None, **kwargs):
     check_options(opt)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
     common = dict(batch_size=opt.batch_size, single_cls=opt.single_cls, augment=opt.augment, verbose=opt.verbose,
-                  merge=opt.merge, device=opt.device, workers=opt.workers, coco_eval=opt.coco_eval)
+                  merge=opt.merge, device=opt.device, workers=opt.workers, coco_eval=opt.coco_eval,
+                  channels_last=opt.channels_last)
     if opt.task in ('val', 'test'):
         return test(opt.data, opt.weights, imgsz=opt.img_size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                     save_json=opt.save_json, save_dir=save_dir, save_txt=opt.save_txt, task=opt.task, **common)

@@ -87,7 +87,9 @@ def test_test_mode_prints_the_time_split(capsys):
     main(['--mode', 'test', '--cfg', 'models/yolov4-p5-tiny.yaml', '--img', '64', '--batch-size', '4', '--device',
           'cpu', '--source', str(ROOT / 'data' / 'coco8.yaml')])
     out = capsys.readouterr().out
-    assert re.search(r'batch\s+images\s+total s\s+inference s\s+NMS s\s+COCO JSON\+eval s', out)
-    row = re.search(r'\n\s+4\s+8\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)\s+[\d.]+', out)
-    total, inference, nms, coco, rest = map(float, row.groups())
+    assert re.search(r'batch\s+memory format\s+images\s+total s\s+inference s\s+NMS s\s+COCO JSON\+eval s', out)
+    row = re.search(r'\n\s+4\s+contiguous\s+8\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)\s+[\d.]+'
+                    r'\s+([\d.]+)', out)
+    total, inference, nms, coco, rest, command = map(float, row.groups())
     assert total == pytest.approx(inference + nms + coco + rest, abs=0.02) and inference > 0
+    assert command > inference  # a fresh process: imports, model loading and the whole evaluation

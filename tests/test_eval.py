@@ -335,3 +335,37 @@ def test_blocked_nms_equals_torchvision(ties):
     assert len(full) > 300
     assert torch.equal(nms_module.nms(boxes, scores, 0.65), full)
     assert torch.equal(nms_module.nms(boxes, scores, 0.65, max_det=300), full[:300])
+
+
+def test_channels_last_evaluation_and_detection_agree(tmp_path, monkeypatch):
+    """--channels-last only changes the memory format: the same detections to float rounding (the boxes, scores
+    and mAP of test.py; detect.py's boxes), on the CPU's convolution kernels for that format."""
+    import detect as detect_script
+    import test as test_script
+    from models.experimental import attempt_load
+    _ckpt(tmp_path / 'w.pt', obj_bias=2.0)
+    data = str(ROOT / 'data' / 'coco8.yaml')
+    loaded = []  # the models the scripts load, to check their memory format
+    for script in (test_script, detect_script):
+        monkeypatch.setattr(script, 'attempt_load', lambda *a, **k: loaded.append(attempt_load(*a, **k)) or loaded[-1])
+    runs = {}
+    for cl in (False, True):
+        res, maps, _ = test_script.test(data, str(tmp_path / 'w.pt'), batch_size=4, imgsz=128, save_txt=True,
+                                        save_dir=tmp_path / f'test{cl}', device='cpu', workers=0, plots=False,
+                                        channels_last=cl)
+        _, dets = detect_script.detect(str(tmp_path / 'w.pt'), str(ROOT / 'data' / 'coco8' / 'images'), 128,
+                                       conf_thres=0.25, device='cpu', nosave=True, project=str(tmp_path),
+                                       name=f'detect{cl}', channels_last=cl)
+        runs[cl] = res, dets
+    layouts = [m.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last) for m in loaded]
+    assert layouts == [False, False, True, True]
+    (res0, dets0), (res1, dets1) = runs[False], runs[True]
+    assert np.allclose(res0[:4], res1[:4], atol=1e-3)
+    labels = [sorted((tmp_path / f'test{cl}' / 'labels').glob('*.txt')) for cl in (False, True)]
+    assert len(labels[0]) > 0 and [f.name for f in labels[0]] == [f.name for f in labels[1]]
+    for f0, f1 in zip(*labels):
+        a, b = np.loadtxt(f0, ndmin=2), np.loadtxt(f1, ndmin=2)
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-3)
+    assert dets0.keys() == dets1.keys() and sum(len(d) for d in dets0.values()) > 0
+    for k in dets0:
+        assert dets0[k].shape == dets1[k].shape and torch.allclose(dets0[k], dets1[k], atol=1.0)

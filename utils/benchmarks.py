@@ -7,7 +7,8 @@
     python -m utils.benchmarks --mode data --img 640 896 --source path/to/coco128   (or a data yaml, or an images folder)
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
     python -m utils.benchmarks --mode test --cfg models/yolov4-p5.yaml --img 320 --batch-size 8 --device cpu \
-        --source path/to/data16.yaml      (test.py end to end on the early-training evaluation workload)
+        --source path/to/data16.yaml      (test.py on the early-training evaluation workload: its time split,
+                                           then `python test.py` end to end; --memory-format to compare)
 
 Every combination of the listed options is one row (infer: each with and without NMS). Timings are taken
 after warm-up and synchronised on CUDA. TFLOP/s counts the model's multiply-adds x 2 per image
@@ -312,31 +313,47 @@ def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-5.0, 
     return path
 
 
+def _test_cli_seconds(weights, opt, bs, channels_last, save_dir):
+    """Wall time of `python test.py ...` in a fresh process, as a user runs it (imports, loader workers and
+    plots included)."""
+    import subprocess
+    cmd = [sys.executable, str(ROOT / 'test.py'), '--weights', str(weights), '--data', opt.source, '--img',
+           str(opt.img), '--batch', str(bs), '--conf', '0.001', '--iou', '0.65', '--save-json', '--project',
+           str(save_dir), '--device', str(opt.device)] + (['--channels-last'] if channels_last else [])
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=save_dir)
+    if proc.returncode:
+        raise SystemExit(f'benchmarks: {" ".join(cmd)} failed: {(proc.stderr or proc.stdout).strip()[-500:]}')
+    return time.perf_counter() - t
+
+
 def bench_test(opt, device):
-    """test.py end to end on the evaluation workload (see evaluation_workload_weights), with its time split:
-    loader, inference, NMS, per-image statistics and writers, COCO JSON and scoring."""
+    """test.py on the evaluation workload (see evaluation_workload_weights): in this process with its time split
+    (inference, NMS, COCO JSON and scoring, the rest: loader, model loading, matching, plots), then end to end
+    as a command in a fresh process."""
     import test as test_script
     from utils.data_config import load_data_config
     data = load_data_config(opt.source)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if opt.weights:
-            weights = opt.weights
-        else:
-            weights = evaluation_workload_weights(opt.cfg, data['val'], Path(tmp) / 'workload.pt', opt.img)
-        rows = []
-        for bs in opt.batch_size:
-            timings = {}
+        weights = opt.weights or evaluation_workload_weights(opt.cfg, data['val'], Path(tmp) / 'workload.pt', opt.img)
+        for bs, fmt in itertools.product(opt.batch_size, opt.memory_format):
+            timings, channels_last = {}, fmt == 'channels_last'
             t = time.perf_counter()
             res, _, _ = test_script.test(data, weights, batch_size=bs, imgsz=opt.img, conf_thres=0.001,
-                                         iou_thres=0.65, save_json=True, save_dir=Path(tmp) / f'b{bs}',
-                                         device=str(opt.device), workers=0, plots=False, timings=timings)
+                                         iou_thres=0.65, save_json=True, save_dir=Path(tmp) / f'b{bs}{fmt}',
+                                         device=str(opt.device), workers=0, plots=False, timings=timings,
+                                         channels_last=channels_last)
             total = time.perf_counter() - t
             rest = total - timings['inference'] - timings['nms'] - timings['coco']
-            rows.append([bs, timings['images'], f'{total:.2f}', f'{timings["inference"]:.2f}',
-                         f'{timings["nms"]:.2f}', f'{timings["coco"]:.2f}', f'{rest:.2f}', f'{res[3]:.4f}'])
-    columns = ['batch', 'images', 'total s', 'inference s', 'NMS s', 'COCO JSON+eval s', 'loader+stats+rest s',
-               'mAP@.5:.95']
-    return rows, columns, f'test.py --img {opt.img} --conf 0.001 --iou 0.65 --save-json on {opt.source}'
+            cli = _test_cli_seconds(weights, opt, bs, channels_last, Path(tmp))
+            rows.append([bs, fmt, timings['images'], f'{total:.2f}', f'{timings["inference"]:.2f}',
+                         f'{timings["nms"]:.2f}', f'{timings["coco"]:.2f}', f'{rest:.2f}', f'{res[3]:.4f}',
+                         f'{cli:.2f}'])
+    columns = ['batch', 'memory format', 'images', 'total s', 'inference s', 'NMS s', 'COCO JSON+eval s',
+               'loader+stats+rest s', 'mAP@.5:.95', 'python test.py s']
+    return rows, columns, (f'test.py --img {opt.img} --conf 0.001 --iou 0.65 --save-json on {opt.source}: in this '
+                           'process (no loader workers, no plots), then as a command (default workers, plots)')
 
 
 def _published_augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5):
