@@ -369,3 +369,49 @@ def test_channels_last_evaluation_and_detection_agree(tmp_path, monkeypatch):
     assert dets0.keys() == dets1.keys() and sum(len(d) for d in dets0.values()) > 0
     for k in dets0:
         assert dets0[k].shape == dets1[k].shape and torch.allclose(dets0[k], dets1[k], atol=1.0)
+
+
+def _published_matching(pred, labels, iouv):
+    """The published per-prediction loop, kept here as the reference for match_predictions."""
+    from utils.boxes import box_iou
+    correct = torch.zeros(pred.shape[0], iouv.numel(), dtype=torch.bool)
+    detected, tcls = set(), labels[:, 0]
+    for cls in torch.unique(tcls):
+        ti = (cls == tcls).nonzero(as_tuple=False).view(-1)
+        pi = (cls == pred[:, 5]).nonzero(as_tuple=False).view(-1)
+        if pi.shape[0]:
+            ious, i = box_iou(pred[pi, :4], labels[ti, 1:5]).max(1)
+            for j in (ious > iouv[0]).nonzero(as_tuple=False).view(-1):
+                d = ti[i[j]]
+                if d.item() not in detected:
+                    detected.add(d.item())
+                    correct[pi[j]] = ious[j] > iouv
+                    if len(detected) == len(labels):
+                        break
+    return correct
+
+
+def test_matching_equals_the_published_loop():
+    """Crowded images (300 predictions, several per target, tied boxes, few classes): the loop-free matching
+    gives the published loop's correct matrix exactly."""
+    from utils.metrics import match_predictions
+    g = torch.Generator().manual_seed(5)
+    iouv = torch.linspace(0.5, 0.95, 10)
+    n_correct = 0
+    for trial in range(60):
+        m = int(torch.randint(1, 40, (1,), generator=g))
+        xy = torch.rand(m, 2, generator=g) * 300
+        labels = torch.cat((torch.randint(0, 4, (m, 1), generator=g).float(), xy,
+                            xy + torch.rand(m, 2, generator=g) * 80 + 5), 1)
+        src = torch.randint(0, m, (300,), generator=g)
+        boxes = labels[src, 1:] + torch.randn(300, 4, generator=g) * (trial % 4) * 4
+        if trial % 5 == 0:
+            boxes = boxes.round()  # exact duplicates and ties
+        cls = torch.where(torch.rand(300, generator=g) < 0.8, labels[src, 0],
+                          torch.randint(0, 4, (300,), generator=g).float())
+        conf = torch.rand(300, generator=g).sort(descending=True).values
+        pred = torch.cat((boxes, conf[:, None], cls[:, None]), 1)
+        expected = _published_matching(pred, labels, iouv)
+        assert torch.equal(match_predictions(pred, labels, iouv), expected)
+        n_correct += int(expected[:, 0].sum())
+    assert n_correct > 500  # the cases do exercise the matching

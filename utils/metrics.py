@@ -100,27 +100,26 @@ def match_predictions(pred, labels, iouv):
     """Published matching of one image: (npred, niou) bool of correct predictions.
 
     pred (n, 6) xyxy, conf, cls (in descending confidence); labels (m, 5) cls, xyxy. Within each class, each
-    prediction in order claims its best-IoU target if that target is not yet claimed.
+    prediction in order claims its best-IoU target if that IoU is above iouv[0] and the target is not yet
+    claimed. So a target goes to the first such prediction, which is found without a loop over predictions.
     """
     correct = torch.zeros(pred.shape[0], iouv.numel(), dtype=torch.bool)
     if not len(labels) or not len(pred):
         return correct
-    tcls = labels[:, 0]
-    detected = set()
+    tcls, iou_thresholds = labels[:, 0], iouv.cpu()
     for cls in torch.unique(tcls):
         ti = (cls == tcls).nonzero(as_tuple=False).view(-1)
         pi = (cls == pred[:, 5]).nonzero(as_tuple=False).view(-1)
         if not pi.shape[0]:
             continue
         ious, i = box_iou(pred[pi, :4], labels[ti, 1:5]).max(1)
-        ious, i = ious.cpu(), i.cpu()
-        for j in (ious > iouv[0]).nonzero(as_tuple=False).view(-1).tolist():
-            d = int(ti[i[j]])
-            if d not in detected:
-                detected.add(d)
-                correct[pi[j]] = ious[j] > iouv.cpu()
-                if len(detected) == len(labels):
-                    break
+        ious, i, pi = ious.cpu(), i.cpu(), pi.cpu()
+        above = (ious > iou_thresholds[0]).nonzero(as_tuple=False).view(-1)  # in prediction order
+        if not len(above):
+            continue
+        _, first = np.unique(i[above].numpy(), return_index=True)  # the first claim of each target
+        claims = above[torch.from_numpy(first)]
+        correct[pi[claims]] = ious[claims, None] > iou_thresholds
     return correct
 
 
