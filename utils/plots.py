@@ -4,13 +4,18 @@ import math
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
 
-matplotlib.use('Agg')  # write files, never open windows
-import matplotlib.pyplot as plt  # noqa: E402
-
 LOGGER = logging.getLogger(__name__)
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, never a window), imported on first use: the import
+    takes 0.4 s, which detect.py, and test.py without plots, do not need."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def color_list():
@@ -85,6 +90,7 @@ def plot_images(images, targets, paths=None, fname='images.jpg', names=None, max
 
 def plot_pr_curve(px, py, ap, save_dir='.', names=(), classes=()):
     """Precision-recall curve of each class (at IoU 0.5) and of all classes."""
+    plt = _pyplot()
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
     py = np.stack(py, 1)
     ap50 = ap[:, 0]
@@ -106,6 +112,7 @@ def plot_pr_curve(px, py, ap, save_dir='.', names=(), classes=()):
 
 def plot_confusion_matrix(matrix, nc, save_dir='.', names=()):
     """Column-normalised confusion matrix with a background row and column."""
+    plt = _pyplot()
     array = matrix / (matrix.sum(0).reshape(1, nc + 1) + 1e-6)
     array[array < 0.005] = np.nan
     fig, ax = plt.subplots(figsize=(12, 9), tight_layout=True)
@@ -125,6 +132,7 @@ def plot_confusion_matrix(matrix, nc, save_dir='.', names=()):
 
 def plot_labels(labels, save_dir='.', names=()):
     """Histogram of classes and distributions of box centres and sizes (labels (n, 5) class, xywh norm)."""
+    plt = _pyplot()
     c, b = labels[:, 0], labels[:, 1:].T
     nc = int(c.max() + 1) if len(c) else 1
     fig, ax = plt.subplots(2, 2, figsize=(8, 8), tight_layout=True)
@@ -150,6 +158,7 @@ RESULT_COLUMNS = ['Box (CIoU)', 'Objectness', 'Classification', 'Precision', 'Re
 
 def plot_results(save_dir='.'):
     """results.png from results.txt (columns as published: 2-4 train losses, 8-11 metrics, 12-14 val losses)."""
+    plt = _pyplot()
     path = Path(save_dir) / 'results.txt'
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     if not rows:
@@ -167,6 +176,7 @@ def plot_results(save_dir='.'):
 
 def plot_study(sizes, results, save_path):
     """mAP and speed against image size for `test.py --task study`."""
+    plt = _pyplot()
     results = np.asarray(results)
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), tight_layout=True)
     ax[0].plot(sizes, results[:, 3], '.-', label='mAP@0.5:0.95')
