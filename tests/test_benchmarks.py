@@ -93,3 +93,15 @@ def test_test_mode_prints_the_time_split(capsys):
     total, inference, nms, coco, rest, command = map(float, row.groups())
     assert total == pytest.approx(inference + nms + coco + rest, abs=0.02) and inference > 0
     assert command > inference  # a fresh process: imports, model loading and the whole evaluation
+
+
+def test_compare_nms_scores_like_the_published_nms(capsys):
+    """--compare-nms runs the published NMS on the same predictions: below our candidate cap, every image it
+    scores has exactly our detections."""
+    main(['--mode', 'test', '--cfg', 'models/yolov4-p5-tiny.yaml', '--img', '64', '--batch-size', '4', '--device',
+          'cpu', '--source', str(ROOT / 'data' / 'coco8.yaml'), '--compare-nms'])
+    out = capsys.readouterr().out
+    assert re.search(r'max candidates\s+published NMS s\s+published scored\s+identical', out)
+    candidates, seconds, scored, identical = re.search(r'\n\s+4\s+contiguous\s+8(?:\s+\S+){7}\s+(\d+)\s+([\d.]+)'
+                                                       r'\s+(\d+)\s+(\d+)', out).groups()
+    assert 0 < int(candidates) < 30000 and int(scored) == int(identical) == 8

@@ -8,7 +8,8 @@
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
     python -m utils.benchmarks --mode test --cfg models/yolov4-p5.yaml --img 320 --batch-size 8 --device cpu \
         --source path/to/data16.yaml      (test.py on the early-training evaluation workload: its time split,
-                                           then `python test.py` end to end; --memory-format to compare)
+                                           then `python test.py` end to end; --memory-format to compare,
+                                           --compare-nms to time the published NMS on the same predictions)
 
 Every combination of the listed options is one row (infer: each with and without NMS). Timings are taken
 after warm-up and synchronised on CUDA. TFLOP/s counts the model's multiply-adds x 2 per image
@@ -284,10 +285,10 @@ def bench_data(opt, device=None):
     return rows, ['img', 'pipeline', 'samples', 'mosaics/s per worker'], 'one process, no loader workers'
 
 
-def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-5.0, cls_bias=-4.5, seed=0):
+def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-4.0, cls_bias=-4.0, seed=0):
     """A checkpoint for timing test.py as an early training run sees it: the model of `cfg` with BatchNorm
     statistics from real images and the detection head biased so that every image fills the 300-detection cap
-    at conf 0.001 (tens of thousands of NMS candidates per image)."""
+    at conf 0.001 (on COCO images at 320, hundreds to tens of thousands of NMS candidates per image)."""
     from models.checkpoint import model_payload, save_checkpoint
     from models.yolo import Model
     from utils.datasets import create_dataloader
@@ -311,6 +312,52 @@ def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-5.0, 
         b[:, 5:] = cls_bias
     save_checkpoint({'model': model_payload(model.eval())}, path)
     return path
+
+
+def _published_nms(prediction, conf_thres, iou_thres, time_limit=10.0, max_det=300):
+    """The published NMS, as the baseline of --compare-nms: torchvision's full NMS over every class candidate;
+    after `time_limit` seconds the remaining images of the batch are dropped. Returns (detections of the images
+    it processed, each (n, 6)), so a short list means dropped images."""
+    import torchvision
+    from utils.boxes import xywh2xyxy
+    t, output = time.time(), []
+    for x in prediction:
+        x = x[x[:, 4] > conf_thres]
+        x[:, 5:] *= x[:, 4:5]
+        i, j = (x[:, 5:] > conf_thres).nonzero(as_tuple=False).T
+        x = torch.cat((xywh2xyxy(x[:, :4])[i], x[i, j + 5, None], j[:, None].float()), 1)
+        output.append(x[torchvision.ops.nms(x[:, :4] + x[:, 5:6] * 4096, x[:, 4], iou_thres)[:max_det]])
+        if time.time() - t > time_limit:
+            break
+    return output
+
+
+def compare_nms(weights, data, opt, bs, device):
+    """Seconds of this project's NMS and of the published one over the evaluation loader's batches (float32
+    predictions), with the count of images the published NMS scored and of those whose detections are identical
+    to ours."""
+    from models.experimental import attempt_load
+    from utils.datasets import create_dataloader
+    from utils.nms import non_max_suppression
+    model = attempt_load(str(weights), map_location=device).eval()
+    loader = create_dataloader(data['val'], opt.img, bs, int(model.stride.max()), rect=True, pad=0.5, workers=0)[0]
+    out = {'ours': 0., 'published': 0., 'scored': 0, 'identical': 0, 'candidates': 0}
+    for imgs, *_ in loader:
+        with torch.no_grad():
+            pred = model(imgs.to(device).float() / 255)[0]
+        _sync(device)
+        t = time.perf_counter()
+        ours = non_max_suppression(pred.clone(), 0.001, 0.65)
+        _sync(device)
+        out['ours'] += time.perf_counter() - t
+        t = time.perf_counter()
+        published = _published_nms(pred.clone(), 0.001, 0.65)
+        _sync(device)
+        out['published'] += time.perf_counter() - t
+        out['candidates'] = max(out['candidates'], int(((pred[..., 5:] * pred[..., 4:5]) > 0.001).sum((1, 2)).max()))
+        out['scored'] += len(published)
+        out['identical'] += sum(torch.equal(a, b) for a, b in zip(ours, published))
+    return out
 
 
 def _test_cli_seconds(weights, opt, bs, channels_last, save_dir):
@@ -350,10 +397,18 @@ def bench_test(opt, device):
             rows.append([bs, fmt, timings['images'], f'{total:.2f}', f'{timings["inference"]:.2f}',
                          f'{timings["nms"]:.2f}', f'{timings["coco"]:.2f}', f'{rest:.2f}', f'{res[3]:.4f}',
                          f'{cli:.2f}'])
+            if opt.compare_nms:
+                c = compare_nms(weights, data, opt, bs, device)
+                rows[-1] += [c['candidates'], f'{c["published"]:.2f}', c['scored'], c['identical']]
     columns = ['batch', 'memory format', 'images', 'total s', 'inference s', 'NMS s', 'COCO JSON+eval s',
                'loader+stats+rest s', 'mAP@.5:.95', 'python test.py s']
+    if opt.compare_nms:
+        columns += ['max candidates', 'published NMS s', 'published scored', 'identical']
     return rows, columns, (f'test.py --img {opt.img} --conf 0.001 --iou 0.65 --save-json on {opt.source}: in this '
-                           'process (no loader workers, no plots), then as a command (default workers, plots)')
+                           'process (no loader workers, no plots), then as a command (default workers, plots)' +
+                           ('; then the published NMS on the same predictions (images it scored before its 10 s '
+                            'limit per batch, and of those, images with detections identical to ours)'
+                            if opt.compare_nms else ''))
 
 
 def _published_augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5):
@@ -398,6 +453,8 @@ def parse_opt(argv=None):
     p.add_argument('--source', default=str(ROOT / 'data' / 'coco8.yaml'),
                    help='data mode: a data yaml (its train images), an images folder, or a COCO folder (images/, '
                         'annotations/)')
+    p.add_argument('--compare-nms', action='store_true',
+                   help='test: also run the published NMS on the same predictions (one more inference pass)')
     p.add_argument('--quick', action='store_true', help='a tiny CPU run (tests)')
     p.add_argument('--json', default='', help='also append the table as one JSON line to this file')
     opt = p.parse_args(argv)
