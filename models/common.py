@@ -18,7 +18,7 @@ def autopad(k, p=None):
 
 def activate(act, x):
     """act(x) for an x that nothing else holds (a fresh convolution or BatchNorm output). When no gradient is
-    recorded (evaluation, detection) Mish then overwrites x: on a CPU that makes it about a third faster, with
+    recorded (evaluation, detection) Mish then overwrites x: on a CPU that takes about a quarter less time, with
     the same bits."""
     return act(x, inplace=not torch.is_grad_enabled()) if isinstance(act, Mish) else act(x)
 

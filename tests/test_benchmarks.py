@@ -95,11 +95,12 @@ def test_test_mode_prints_the_time_split(capsys):
     assert command > inference  # a fresh process: imports, model loading and the whole evaluation
 
 
-def test_compare_nms_scores_like_the_published_nms(capsys):
+def test_compare_nms_scores_like_the_published_nms(capsys, monkeypatch):
     """--compare-nms runs the published NMS on the same predictions: below our candidate cap, every image it
-    scores has exactly our detections."""
+    scores has exactly our detections. A relative --source also reaches the `python test.py` run."""
+    monkeypatch.chdir(ROOT)
     main(['--mode', 'test', '--cfg', 'models/yolov4-p5-tiny.yaml', '--img', '64', '--batch-size', '4', '--device',
-          'cpu', '--source', str(ROOT / 'data' / 'coco8.yaml'), '--compare-nms'])
+          'cpu', '--source', 'data/coco8.yaml', '--compare-nms'])
     out = capsys.readouterr().out
     assert re.search(r'max candidates\s+published NMS s\s+published scored\s+identical', out)
     candidates, seconds, scored, identical = re.search(r'\n\s+4\s+contiguous\s+8(?:\s+\S+){7}\s+(\d+)\s+([\d.]+)'

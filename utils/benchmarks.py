@@ -333,23 +333,19 @@ def _published_nms(prediction, conf_thres, iou_thres, time_limit=10.0, max_det=3
 
 
 def compare_nms(weights, data, opt, bs, device):
-    """Seconds of this project's NMS and of the published one over the evaluation loader's batches (float32
-    predictions), with the count of images the published NMS scored and of those whose detections are identical
-    to ours."""
+    """Seconds of the published NMS over the evaluation loader's batches (float32 predictions), the most class
+    candidates of an image, the count of images it scored and of those whose detections equal ours exactly."""
     from models.experimental import attempt_load
     from utils.datasets import create_dataloader
     from utils.nms import non_max_suppression
     model = attempt_load(str(weights), map_location=device).eval()
     loader = create_dataloader(data['val'], opt.img, bs, int(model.stride.max()), rect=True, pad=0.5, workers=0)[0]
-    out = {'ours': 0., 'published': 0., 'scored': 0, 'identical': 0, 'candidates': 0}
+    out = {'published': 0., 'scored': 0, 'identical': 0, 'candidates': 0}
     for imgs, *_ in loader:
         with torch.no_grad():
             pred = model(imgs.to(device).float() / 255)[0]
-        _sync(device)
-        t = time.perf_counter()
         ours = non_max_suppression(pred.clone(), 0.001, 0.65)
         _sync(device)
-        out['ours'] += time.perf_counter() - t
         t = time.perf_counter()
         published = _published_nms(pred.clone(), 0.001, 0.65)
         _sync(device)
@@ -364,9 +360,10 @@ def _test_cli_seconds(weights, opt, bs, channels_last, save_dir):
     """Wall time of `python test.py ...` in a fresh process, as a user runs it (imports, loader workers and
     plots included)."""
     import subprocess
-    cmd = [sys.executable, str(ROOT / 'test.py'), '--weights', str(weights), '--data', opt.source, '--img',
-           str(opt.img), '--batch', str(bs), '--conf', '0.001', '--iou', '0.65', '--save-json', '--project',
-           str(save_dir), '--device', str(opt.device)] + (['--channels-last'] if channels_last else [])
+    cmd = [sys.executable, str(ROOT / 'test.py'), '--weights', str(Path(weights).resolve()), '--data',
+           str(Path(opt.source).resolve()), '--img', str(opt.img), '--batch', str(bs), '--conf', '0.001', '--iou',
+           '0.65', '--save-json', '--project', str(save_dir), '--device', str(opt.device)]
+    cmd += ['--channels-last'] if channels_last else []
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=save_dir)
     if proc.returncode:
@@ -375,9 +372,9 @@ def _test_cli_seconds(weights, opt, bs, channels_last, save_dir):
 
 
 def bench_test(opt, device):
-    """test.py on the evaluation workload (see evaluation_workload_weights): in this process with its time split
-    (inference, NMS, COCO JSON and scoring, the rest: loader, model loading, matching, plots), then end to end
-    as a command in a fresh process."""
+    """test.py on the evaluation workload (see evaluation_workload_weights): in this process without plots, with
+    its time split (inference, NMS, COCO JSON and scoring, the rest: loader, model loading, matching), then end
+    to end as a command in a fresh process."""
     import test as test_script
     from utils.data_config import load_data_config
     data = load_data_config(opt.source)
