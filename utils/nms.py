@@ -42,14 +42,15 @@ def _overlaps(a, area_a, b, area_b, above):
     return above(inter / (area_a[:, None] + area_b[None] - inter))
 
 
-def _greedy(free, over):
-    """Positions kept by greedy suppression within one block: a box is kept when it is free (no box kept in an
-    earlier block overlaps it) and no box kept before it in the block overlaps it (`over`, upper triangular)."""
-    keep, over = free.cpu().numpy().copy(), over.cpu().numpy()
+def _greedy(over):
+    """Positions kept by greedy suppression among boxes in score order, given `over` (upper triangular: box i
+    overlaps a later box j): a box is kept when no box kept before it overlaps it."""
+    over = over.cpu().numpy()
+    keep = np.ones(len(over), dtype=bool)
     for i in range(len(keep)):
         if keep[i]:
             keep &= ~over[i]
-    return torch.from_numpy(np.flatnonzero(keep)).to(free.device)
+    return torch.from_numpy(np.flatnonzero(keep))
 
 
 NMS_BLOCK = 256  # boxes compared as one matrix
@@ -60,7 +61,7 @@ def nms_exact(boxes, scores, iou_thres, max_det=None):
     a box is suppressed when its IoU with a kept box is above iou_thres.
 
     The boxes are taken in blocks of NMS_BLOCK by score: a block is first checked against every box kept so
-    far, then resolved within itself. Whether a box is kept depends only on the boxes before it, so with
+    far, then the boxes it leaves free are resolved among themselves. Whether a box is kept depends only on the boxes before it, so with
     max_det it stops once max_det boxes are kept: exactly the first max_det of the full result, at the cost of
     the blocks that hold them.
     """
@@ -73,9 +74,9 @@ def nms_exact(boxes, scores, iou_thres, max_det=None):
     kept = torch.zeros(0, dtype=torch.long, device=device)
     for start in range(0, len(b), NMS_BLOCK):
         blk, blk_areas = b[start:start + NMS_BLOCK], areas[start:start + NMS_BLOCK]
-        free = ~_overlaps(b[kept], areas[kept], blk, blk_areas, above).any(0)
-        within = _overlaps(blk, blk_areas, blk, blk_areas, above).triu_(1)
-        kept = torch.cat((kept, _greedy(free, within) + start))
+        free = (~_overlaps(b[kept], areas[kept], blk, blk_areas, above).any(0)).nonzero().view(-1)
+        within = _overlaps(blk[free], blk_areas[free], blk[free], blk_areas[free], above).triu_(1)
+        kept = torch.cat((kept, free[_greedy(within).to(device)] + start))
         if len(kept) >= limit:
             break
     return order[kept[:limit]]
