@@ -318,16 +318,21 @@ def test_faster_coco_eval_gives_pycocotools_numbers(tmp_path):
     assert 0.05 < ref[0] < 0.95 and np.allclose(fast, ref, atol=1e-12, rtol=0), (ref, fast)
 
 
-@pytest.mark.parametrize('ties', [False, True])
-def test_blocked_nms_equals_torchvision(ties):
-    """Many blocks of candidates, class offsets as non_max_suppression makes them, with and without tied scores:
-    the full result and the one cut at max_det (which stops early) are torchvision's indices."""
+@pytest.mark.parametrize('ties,crowded', [(False, False), (True, False), (False, True)])
+def test_blocked_nms_equals_torchvision(ties, crowded):
+    """Many blocks of candidates, class offsets as non_max_suppression makes them, with and without tied scores,
+    spread out or crowded on 40 objects (most boxes suppressed by earlier blocks): the full result and the one
+    cut at max_det (which stops early) are torchvision's indices."""
     torchvision = pytest.importorskip('torchvision')
     g = torch.Generator().manual_seed(3)
     n = nms_module.NMS_BLOCK * 12 + 7
-    xy = torch.rand(n, 2, generator=g) * 600
+    if crowded:
+        xy = (torch.rand(40, 2, generator=g) * 600)[torch.randint(0, 40, (n,), generator=g)]
+        xy += torch.randn(n, 2, generator=g) * 4
+    else:
+        xy = torch.rand(n, 2, generator=g) * 600
     boxes = torch.cat((xy, xy + torch.rand(n, 2, generator=g) * 80 + 2), 1)
-    boxes += torch.randint(0, 80, (n, 1), generator=g).float() * 4096
+    boxes += torch.randint(0, 80 if not crowded else 12, (n, 1), generator=g).float() * 4096
     scores = torch.rand(n, generator=g)
     if ties:
         scores = (scores * 50).round() / 50
