@@ -47,10 +47,12 @@ def test_inference_runs_mish_in_place_with_the_same_bits():
     reference = model(x)[0].detach()
     assert torch.equal(fast, reference)
     conv, y = Conv(3, 8, 3).eval(), torch.randn(1, 3, 8, 8)
-    before = y.clone()
+    before, bn_outputs = y.clone(), []
+    conv.bn.register_forward_hook(lambda m, i, o: bn_outputs.append(o.data_ptr()))
     with torch.no_grad():
-        conv(y)
-    assert torch.equal(y, before)
+        out = conv(y)
+    assert torch.equal(y, before) and out.data_ptr() == bn_outputs[-1]  # Mish wrote over the BatchNorm output
+    assert conv(y).data_ptr() != bn_outputs[-1]  # with gradients, a new tensor
     z = torch.randn(100)
     expected = F.mish(z)
     with torch.no_grad():
