@@ -257,12 +257,12 @@ def _coco_labels(source, tmp):
 
 
 def bench_data(opt, device=None):
-    """Mosaic samples per second in one process (one worker): this pipeline, and with the published HSV
-    augmentation swapped in (the rest of the pipeline is the published one already)."""
+    """Mosaic samples per second in one process (no loader workers), read as a training loader reads them
+    (SampleKey: each sample seeded from (seed, epoch, position)) and by plain index (no per-sample seeding)."""
     import cv2
 
-    from utils.augmentations import augment_hsv
     from utils.datasets import LoadImagesAndLabels
+    from utils.sampling import SampleKey
     cv2.setNumThreads(0)
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
         hyp = yaml.safe_load(f)
@@ -272,17 +272,16 @@ def bench_data(opt, device=None):
         for size in opt.img_sizes:
             dataset = LoadImagesAndLabels(str(images), img_size=size, augment=True, hyp=hyp)
             n = min(opt.iters * 8, 400) if not opt.quick else 8
-            for variant, hsv in (('published', _published_augment_hsv), ('this project', augment_hsv)):
-                dataset.hsv_augment = hsv  # the published HSV: split, three LUTs, merge
+            for variant, key in (('per-sample seeds', lambda i: SampleKey(0, i, i)), ('plain index', int)):
                 np.random.seed(0)
                 random.seed(0)
-                dataset[0]
+                dataset[key(0)]
                 t = time.perf_counter()
                 for i in range(n):
-                    dataset[i % len(dataset)]
+                    dataset[key(i % len(dataset))]
                 dt = time.perf_counter() - t
                 rows.append([size, variant, n, f'{n / dt:.1f}'])
-    return rows, ['img', 'pipeline', 'samples', 'mosaics/s per worker'], 'one process, no loader workers'
+    return rows, ['img', 'items', 'samples', 'mosaics/s per worker'], 'one process, no loader workers'
 
 
 def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-4.0, cls_bias=-4.0, seed=0):
@@ -406,19 +405,6 @@ def bench_test(opt, device):
                            ('; then the published NMS on the same predictions (images it scored before its 10 s '
                             'limit per batch, and of those, images with detections identical to ours)'
                             if opt.compare_nms else ''))
-
-
-def _published_augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5):
-    """The published HSV augmentation (three LUTs on split channels), for the data benchmark's baseline."""
-    import cv2
-    r = np.random.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
-    x = np.arange(0, 256, dtype=np.int16)
-    lut_hue = ((x * r[0]) % 180).astype(img.dtype)
-    lut_sat = np.clip(x * r[1], 0, 255).astype(img.dtype)
-    lut_val = np.clip(x * r[2], 0, 255).astype(img.dtype)
-    img_hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val))).astype(img.dtype)
-    cv2.cvtColor(img_hsv, cv2.COLOR_HSV2BGR, dst=img)
 
 
 def parse_opt(argv=None):

@@ -7,6 +7,7 @@ streams, webcams) live in `utils.sources` and are re-exported here under their p
 import logging
 import os
 import random
+import signal
 from pathlib import Path
 
 import cv2
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, distributed
 
-from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placements, random_perspective, xywhn2xyxy
+from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placement, random_perspective, xywhn2xyxy
 from utils.errors import UserError
 from utils.boxes import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
+from utils.sampling import EpochSampler, SampleKey, seed_sample
 from utils.sources import LoadImages, LoadStreams, list_files, to_chw_rgb  # noqa: F401  (published import location)
 from utils.torch_utils import torch_distributed_zero_first
 
@@ -61,11 +63,11 @@ class LoadImagesAndLabels(Dataset):
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
                  image_weights=False, cache_images=False, single_cls=False, stride=32, pad=0.0, rank=-1,
-                 prefix='', hsv_augment=augment_hsv):
+                 prefix='', seed=0):
         self.img_size = img_size
         self.augment = augment
         self.hyp = hyp
-        self.hsv_augment = hsv_augment  # (img, hgain, sgain, vgain) -> None, in place; swappable for benchmarks
+        self.seed = seed  # a SampleKey's augmentation is seeded from (seed, epoch, index)
         self.image_weights = image_weights
         self.rect = False if image_weights else rect
         # load 4 images at a time into a mosaic (training); a hyp file may turn it off with mosaic: 0
@@ -160,7 +162,7 @@ class LoadImagesAndLabels(Dataset):
         path = self.img_files[index]
         img = cv2.imread(path)
         if img is None:
-            raise OSError(f'image {path} could not be read (it was readable when the dataset was scanned)')
+            raise DatasetError(f'image {path} could not be read (it was readable when the dataset was scanned)')
         h0, w0 = img.shape[:2]
         r = self.img_size / max(h0, w0)
         if r != 1:
@@ -179,7 +181,13 @@ class LoadImagesAndLabels(Dataset):
         return self._read_resized(index)
 
     def __getitem__(self, index):
-        index = self.indices[index]  # linear, or drawn by image weights
+        """Item `index` (int), or a training loader's SampleKey: its image, augmented with random numbers
+        seeded from (seed, epoch, position), whichever worker loads it."""
+        if isinstance(index, SampleKey):
+            seed_sample(self.seed, index.epoch, index.index)
+            index = index.image
+        else:
+            index = self.indices[index]  # linear, or drawn by image weights
         hyp = self.hyp
         if self.mosaic:
             img, labels = self.load_mosaic(index)
@@ -198,7 +206,7 @@ class LoadImagesAndLabels(Dataset):
                                                  scale=hyp['scale'], shear=hyp['shear'],
                                                  perspective=hyp['perspective'])
         if self.augment:
-            self.hsv_augment(img, hgain=hyp['hsv_h'], sgain=hyp['hsv_s'], vgain=hyp['hsv_v'])
+            augment_hsv(img, hgain=hyp['hsv_h'], sgain=hyp['hsv_s'], vgain=hyp['hsv_v'])
 
         nl = len(labels)
         if nl:
@@ -227,11 +235,11 @@ class LoadImagesAndLabels(Dataset):
         s = self.img_size
         xc = yc = s
         indices = [index] + [random.randint(0, self.n - 1) for _ in range(3)]
-        imgs = [self.load_image(i) for i in indices]
         img4 = np.full((s * 2, s * 2, 3), 114, dtype=np.uint8)
         labels4 = []
-        placements = mosaic_placements(s, xc, yc, [hw for _, _, hw in imgs])
-        for i, (img, _, (h, w)), ((x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b)) in zip(indices, imgs, placements):
+        for k, i in enumerate(indices):  # one decoded image held at a time (measurably faster than four)
+            img, _, (h, w) = self.load_image(i)
+            (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = mosaic_placement(k, s, xc, yc, h, w)
             img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
             x = self.labels[i]
             labels4.append(xywhn2xyxy(x, w, h, x1a - x1b, y1a - y1b) if x.size else x.copy())
@@ -251,32 +259,41 @@ class LoadImagesAndLabels(Dataset):
 
 
 def seed_worker(worker_id):
-    """Seed numpy and random in each dataloader worker from its torch seed (reproducible augmentation)."""
+    """Seed numpy and random in each dataloader worker from its torch seed, and leave SIGINT, SIGTERM and
+    SIGUSR1 to the training process: a scheduler or Ctrl+C signals the whole process group, and the workers
+    must keep serving batches until the training process has reached a batch boundary and saved."""
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=False,
                       pad=0.0, rect=False, rank=-1, world_size=1, workers=8, image_weights=False, prefix='',
                       shuffle=False, seed=0):
-    """(DataLoader, dataset). batch_size is per process; under DDP a DistributedSampler splits the data.
+    """(DataLoader, dataset). batch_size is per process.
 
-    Workers are capped by the cores per process; workers are seeded from `seed`, so two runs with the same
-    seed see the same batches.
+    Training loaders (augment=True) draw their order from an EpochSampler (its set_epoch selects the epoch
+    and where in it to start) and seed each sample from (seed, epoch, position): the batches are the same
+    for any number of workers and after a resume at any batch. Other loaders read in order, split over the
+    ranks under DDP. Workers are capped by the cores per process.
     """
     with torch_distributed_zero_first(rank):  # rank 0 scans and writes the label cache first
         dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                       cache_images=cache, single_cls=single_cls, stride=int(stride), pad=pad,
-                                      image_weights=image_weights, rank=rank, prefix=prefix)
+                                      image_weights=image_weights, rank=rank, prefix=prefix, seed=seed)
     batch_size = min(batch_size, len(dataset))
     nw = min((os.cpu_count() or 1) // max(world_size, 1), batch_size if batch_size > 1 else 0, workers)
     shuffle = shuffle and not rect and not image_weights
-    sampler = distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed) if rank != -1 else None
+    if augment:
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank,
+                               world_size=world_size if rank != -1 else 1)
+    else:
+        sampler = distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed) if rank != -1 else None
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
-                        sampler=sampler, pin_memory=torch.cuda.is_available(),
-                        collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker,
-                        generator=generator, persistent_workers=nw > 0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=nw, sampler=sampler,
+                        pin_memory=torch.cuda.is_available(), collate_fn=LoadImagesAndLabels.collate_fn,
+                        worker_init_fn=seed_worker, generator=generator, persistent_workers=nw > 0)
     return loader, dataset
