@@ -1,12 +1,16 @@
 """Train Scaled-YOLOv4 with the paper's recipe (docs/architecture.md, "Training") on one or many GPUs, or on CPUs.
 
     python train.py --cfg models/yolov4-p5.yaml --data data/coco.yaml --weights '' --img 896 896 --batch-size 64
-    torchrun --nproc_per_node 4 train.py ... --sync-bn          (or python -m torch.distributed.launch ...)
+    torchrun --nproc_per_node 4 --max-restarts 3 train.py ... --sync-bn      (or python -m torch.distributed.launch ...)
     python train.py --resume [runs/train/exp] [--epochs 450 --hyp data/hyp.finetune.yaml]
+    python train.py ... --name p5 --resume auto      (continue runs/train/p5 if it has a checkpoint, else start it)
 
 The stages, each a function: build the model (build_model) and optimizer (smart_optimizer), the loaders
-(build_train_loader), restore a resumed run (restore_training_state), then per epoch train_one_epoch and
-end_of_epoch (evaluate, log, save). main() turns flags (or a resumed run's saved options) into those inputs.
+(build_train_loader), restore a resumed run (utils.train_state), then per epoch train_one_epoch and end_of_epoch
+(evaluate, log, save). main() decides where the run writes and what it resumes (plan_run), turns flags (or a
+resumed run's saved options) into those inputs, and guards the run: signals stop it at a batch boundary with a
+checkpoint, a watchdog turns hangs into failures, and checkpoints come every --save-period-min minutes or
+--save-period-steps optimizer steps as well as at each epoch's end.
 """
 import argparse
 import datetime
@@ -30,32 +34,39 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import test as tester  # test.py
-from models.checkpoint import (CheckpointError, checkpoint_header, load_checkpoint, model_from_checkpoint,
-                               model_payload, remove_stale_temp_files, save_checkpoint, strip_optimizer)
+from models.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temp_files,
+                               strip_optimizer)
 from models.yolo import Model
+from utils.async_checkpoint import CheckpointWriter
 from utils.autoanchor import check_anchors
 from utils.data_config import load_data_config
 from utils.datasets import check_label_classes, create_dataloader
 from utils.errors import ArgumentError, ArgumentParser, UserError, check_at_least, run_cli
-from utils.general import check_img_size, increment_path, options_from_kwargs, set_logging
+from utils.general import check_img_size, options_from_kwargs, set_logging
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
-from utils.plots import plot_images, plot_labels, plot_results
-from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, select_device
 from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterations, warmup_step
+from utils.plots import plot_images, plot_labels, plot_results
+from utils.run_dir import RunLock, claim_new_run, elastic_job_key, elastic_restart, find_job_run
+from utils.sampling import batch_rng, epoch_rng
+from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, select_device
+from utils.train_state import RunState, plain, restore_training_state, training_checkpoint
 from utils.train_utils import (EVOLVE_META, class_weights_from_labels, image_weights_from_labels, load_hyp,
-                               mutate_hyp, rng_state, set_rng_state)
+                               mutate_hyp)
+from utils.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl+C; schedulers, timeout, torchrun; SLURM's warning
 
 
 class TrainingStopped(RuntimeError):
-    """Training ended early (signal or non-finite losses); exit_code is what train.py exits with."""
+    """Training ended early (signal, non-finite losses, a failed data loader); exit_code is what train.py exits
+    with; save: whether rank 0 saves the state reached (a batch boundary) before exiting."""
 
-    def __init__(self, message, exit_code=1):
+    def __init__(self, message, exit_code=1, save=False):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.save = exit_code, save
 
 
 @dataclass(frozen=True)
@@ -92,21 +103,59 @@ class EpochLoop:
     imgsz: int
     stride: int
     multi_scale: bool
+    seed: int = 0
     rank: int = -1
     world_size: int = 1
     amp_dtype: str = 'float16'  # autocast dtype: float16 (CUDA only, as published), bfloat16, or none
     channels_last: bool = False
     plot_dir: Path = None  # where train_batch*.jpg go (None: not plotted)
     names: list = field(default_factory=list)
+    opt: argparse.Namespace = None  # the run's options and hyperparameters as given: saved in checkpoints
+    hyp_given: dict = None
 
 
-def _plain(v):
-    """Options as plain data for weights_only checkpoints and yaml."""
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
+class Guard:
+    """What watches a run from outside the loop: stop signals (a stop is agreed by every rank and taken at
+    a batch boundary), the watchdog, and rank 0's checkpoints (every period_min minutes and/or period_steps
+    optimizer steps, at an optimizer-step boundary, written in the background)."""
+
+    def __init__(self, paths, period_min=0.0, period_steps=0, watchdog=None, main_proc=True):
+        self.paths, self.period_min, self.period_steps = paths, period_min, period_steps
+        self.watchdog = watchdog or Watchdog(0)
+        self.writer = CheckpointWriter() if main_proc else None
+        self.signal = None
+        self.last_save = time.monotonic()
+        self._old_handlers = {}
+
+    def __enter__(self):
+        def on_signal(signum, frame):
+            if self.signal == signal.SIGINT == signum:  # a second Ctrl+C: stop now
+                raise KeyboardInterrupt
+            self.signal = signum
+        self._old_handlers = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+        self.watchdog.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.watchdog.stop()
+        for s, h in self._old_handlers.items():
+            signal.signal(s, h)
+        if self.writer:
+            self.writer.wait()
+
+    def beat(self, phase, detail='', waiting=False):
+        self.watchdog.beat(phase, detail, waiting)
+
+    def due(self, steps):
+        """Whether a periodic checkpoint is due after optimizer step `steps` (rank 0 decides alone)."""
+        return self.writer is not None and (
+            (self.period_steps > 0 and steps % self.period_steps == 0)
+            or (self.period_min > 0 and time.monotonic() - self.last_save >= self.period_min * 60))
+
+    def save(self, ckpt, best=False, background=True):
+        self.beat('saving checkpoint', str(self.paths.last))
+        self.writer.write(ckpt, [self.paths.last] + ([self.paths.best] if best else []), background)
+        self.last_save = time.monotonic()
 
 
 def seed_everything(seed):
@@ -116,13 +165,13 @@ def seed_everything(seed):
 
 
 def prepare_run_folder(paths, hyp, opt):
-    """Create the run folder, remove temp files a killed save left behind, write hyp.yaml and opt.yaml."""
+    """Create the weights folder, remove temp files a killed save left behind, write hyp.yaml and opt.yaml."""
     paths.last.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(paths.last.parent)  # a run killed while saving leaves .last.pt.<pid>.tmp behind
     with open(paths.save_dir / 'hyp.yaml', 'w') as f:
         yaml.safe_dump(hyp, f, sort_keys=False)
     with open(paths.save_dir / 'opt.yaml', 'w') as f:
-        yaml.safe_dump({k: _plain(v) for k, v in vars(opt).items()}, f, sort_keys=False)
+        yaml.safe_dump({k: plain(v) for k, v in vars(opt).items()}, f, sort_keys=False)
 
 
 def build_model(opt, nc, device, ckpt=None, verbose=True):
@@ -157,25 +206,6 @@ def build_train_loader(opt, data, hyp, imgsz, stride, nc):
         LOGGER.warning('WARNING: --batch-size %d is more than the %d training images: batches of %d are used, '
                        'and weight decay and accumulation follow that', opt.total_batch_size, len(dataset), used)
     return loader, dataset, used
-
-
-def restore_training_state(ckpt, optimizer, scaler, ema, hyp, hyp_changed, rank):
-    """Load optimizer, scaler, EMA and RNG states of a resumed run; returns (start epoch, best fitness, results
-    lines). With a new --hyp (fine-tune) its lr0, momentum and weight decay take effect on every group."""
-    optimizer.load_state_dict(ckpt['optimizer'])
-    if ckpt.get('scaler'):
-        scaler.load_state_dict(ckpt['scaler'])
-    if ema and ckpt.get('ema'):
-        ema.ema.load_state_dict(ckpt['ema']['state_dict'])
-        ema.updates = ckpt['ema_updates']
-    if hyp_changed:
-        for j, g in enumerate(optimizer.param_groups):
-            g['initial_lr'] = hyp['lr0']
-            g['momentum'] = hyp['momentum']
-            if j == 1:
-                g['weight_decay'] = hyp['weight_decay']
-    set_rng_state(ckpt.get('rng'), rank)
-    return ckpt['epoch'] + 1, ckpt['best_fitness'], list(ckpt.get('results') or [])
 
 
 def rewrite_results(results_file, lines):
@@ -216,25 +246,20 @@ def wrap_ddp(model, rank, local_rank, device):
     return DDP(model, device_ids=[local_rank] if cuda else None, output_device=local_rank if cuda else None)
 
 
-def training_checkpoint(epoch, best_fitness, model, ema, optimizer, scaler, opt, hyp, results_lines, fitness_=None):
-    """Everything a resume needs, as plain data (loadable with weights_only=True); hyp as given, unscaled."""
-    return dict(checkpoint_header(epoch, best_fitness),
-                model=model_payload(de_parallel(model)), ema=model_payload(ema.ema), ema_updates=ema.updates,
-                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                opt={k: _plain(v) for k, v in vars(opt).items()}, hyp=hyp, rng=rng_state(),
-                results=list(results_lines), fitness=fitness_, torch=str(torch.__version__))
-
-
-def sample_image_weights(dataset, class_weights, maps, nc, rank, device):
-    """--image-weights: draw this epoch's images by class weights (rank 0 draws, the others follow)."""
+def image_order(dataset, class_weights, maps, seed, epoch, rank, device):
+    """--image-weights: the images drawn for this epoch's positions by class weights (rank 0 draws from
+    (seed, epoch) and the last per-class mAPs, which only it has; the others receive the draw)."""
+    nc = len(class_weights)
+    images = [0] * dataset.n
     if rank in (-1, 0):
-        w = class_weights * (1 - maps) ** 2
-        dataset.indices = random.choices(range(dataset.n), weights=image_weights_from_labels(dataset.labels, nc, w),
-                                         k=dataset.n)
+        w = class_weights * (1 - np.asarray(maps if maps is not None else np.zeros(nc))) ** 2
+        images = epoch_rng(seed, epoch).choices(range(dataset.n), k=dataset.n,
+                                                weights=image_weights_from_labels(dataset.labels, nc, w))
     if rank != -1:
-        indices = torch.tensor(dataset.indices if rank == 0 else [0] * dataset.n, device=device)
-        dist.broadcast(indices, 0)
-        dataset.indices = indices.cpu().tolist()
+        order = torch.tensor(images, device=device)
+        dist.broadcast(order, 0)
+        images = order.cpu().tolist()
+    return images
 
 
 def autocast(device, amp_dtype):
@@ -244,9 +269,9 @@ def autocast(device, amp_dtype):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
-def random_rescale(imgs, imgsz, stride):
+def random_rescale(imgs, imgsz, stride, rng):
     """--multi-scale: the batch resized to a random multiple of the stride in [0.5, 1.5] x imgsz."""
-    sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
+    sz = rng.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
     sf = sz / max(imgs.shape[2:])
     if sf != 1:
         ns = [math.ceil(x * sf / stride) * stride for x in imgs.shape[2:]]
@@ -254,71 +279,122 @@ def random_rescale(imgs, imgsz, stride):
     return imgs
 
 
-def agree_across_ranks(loop, finite, stop):
-    """Under DDP all ranks agree on skipping a step and on stopping, or they would wait on each other."""
+def agree_across_ranks(loop, finite, guard):
+    """(finite, stop): under DDP all ranks agree on skipping a step and on stopping, or they would wait on
+    each other; one small all-reduce per batch."""
     if loop.rank == -1:
-        return finite
-    flags = torch.tensor([0. if finite else 1., float(stop['signal'] or 0)], device=loop.device)
+        return finite, guard.signal is not None
+    guard.beat('all-reduce', 'agreeing on the step', waiting=True)
+    flags = torch.tensor([0. if finite else 1., float(guard.signal or 0)], device=loop.device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    stop['signal'] = int(flags[1].item()) or None
-    return flags[0].item() == 0
+    guard.signal = int(flags[1].item()) or None
+    return flags[0].item() == 0, guard.signal is not None
 
 
-def train_one_epoch(loop, epoch, accumulate, bad_steps, stop, last):
-    """One pass over the training data. Returns (mean losses [box, obj, cls, total], progress row, accumulation,
-    consecutive non-finite steps); stops early, with stop['signal'] set, on SIGINT/SIGTERM."""
+def loader_failure(e):
+    """A one-line account of a data-loader failure (a worker killed, an image gone), or None for other errors."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and text.startswith('DataLoader worker'):
+        return ' '.join(text.split('. ')[0].split())  # "DataLoader worker (pid 123) is killed by signal: Killed"
+    if isinstance(e, UserError) or 'in DataLoader worker process' in text:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return lines[-1].split(': ', 1)[-1] if 'Original Traceback' in text else ' '.join(text.split())
+    return None
+
+
+def next_batch(batches, guard, where, worker_pids):
+    """The next (i, batch) or None at the end; a failed data loader becomes TrainingStopped."""
+    guard.beat('loading data', f'{where}; data-loader workers {worker_pids or "none (in process)"}')
+    try:
+        return next(batches)
+    except StopIteration:
+        return None
+    except (RuntimeError, UserError, OSError) as e:
+        reason = loader_failure(e)
+        if reason is None:
+            raise
+        raise TrainingStopped(f'data loader failed at {where}: {reason}', save=True) from None
+
+
+def train_one_epoch(loop, state, guard):
+    """Train epoch state.epoch from batch state.batch on. Updates state at each batch (mean losses, progress
+    row, accumulation, steps); saves periodic checkpoints through guard. Returns True when a stop was agreed."""
     model, optimizer, device = loop.model, loop.optimizer, loop.device
     main_proc, cuda, nb = loop.rank in (-1, 0), device.type != 'cpu', len(loop.loader)
     model.train()
-    mloss, row = torch.zeros(4, device=device), ''
-    batches = enumerate(loop.loader)
+    it = iter(loop.loader)
+    worker_pids = [w.pid for w in getattr(it, '_workers', [])]
+    batches = enumerate(it, start=state.batch)
+    pbar = None
     if main_proc:
         LOGGER.info(('\n' + '%10s' * 8), 'Epoch', 'gpu_mem', 'box', 'obj', 'cls', 'total', 'targets', 'img_size')
-        batches = tqdm(batches, total=nb, leave=False)
-    optimizer.zero_grad()
-    for i, (imgs, targets, paths, _) in batches:
-        ni = i + nb * epoch  # iterations since the start of training
+        pbar = tqdm(total=nb, initial=state.batch, leave=False)
+    while (item := next_batch(batches, guard, f'epoch {state.epoch} batch {state.batch}', worker_pids)) is not None:
+        i, (imgs, targets, paths, _) = item
+        guard.beat('forward/backward', f'epoch {state.epoch} batch {i}', waiting=loop.rank != -1)  # DDP syncs
+        ni = i + nb * state.epoch  # iterations since the start of training
         imgs = imgs.to(device, non_blocking=True).float() / 255.0
         if loop.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         if ni <= loop.warmup_iters:
-            accumulate = warmup_step(optimizer, ni, loop.warmup_iters, loop.nominal_accumulate, loop.lr_lambda(epoch),
-                                     loop.hyp['momentum'])
+            state.accumulate = warmup_step(optimizer, ni, loop.warmup_iters, loop.nominal_accumulate,
+                                           loop.lr_lambda(state.epoch), loop.hyp['momentum'])
         if loop.multi_scale:
-            imgs = random_rescale(imgs, loop.imgsz, loop.stride)
+            imgs = random_rescale(imgs, loop.imgsz, loop.stride, batch_rng(loop.seed, state.epoch, i, loop.rank))
         with autocast(device, loop.amp_dtype):
             loss, loss_items = loop.loss_fn(model(imgs), targets.to(device))
             if loop.rank != -1:
                 loss *= loop.world_size  # gradients are averaged across ranks
-        finite = agree_across_ranks(loop, bool(torch.isfinite(loss).all()), stop)
-        if stop['signal']:
-            break
+        finite, stop = agree_across_ranks(loop, bool(torch.isfinite(loss).all()), guard)
+        stepped = finite and optimizer_step(loop, state, loss, ni, guard)
         if not finite:
-            bad_steps += 1
-            LOGGER.warning('WARNING: non-finite loss %s at epoch %g batch %g: step skipped', loss_items.tolist(),
-                           epoch, i)
-            optimizer.zero_grad()
-            if bad_steps >= MAX_BAD_STEPS:
-                raise TrainingStopped(f'{bad_steps} non-finite losses in a row: training stopped; the last good '
-                                      f'checkpoint is {last}. Lower lr0 or check the labels.')
-            continue
-        bad_steps = 0
-        loop.scaler.scale(loss).backward()
-        if ni % accumulate == 0:
-            loop.scaler.step(optimizer)
-            loop.scaler.update()
-            optimizer.zero_grad()
-            if loop.ema:
-                loop.ema.update(model)
-        if main_proc:
-            mloss = (mloss * i + loss_items) / (i + 1)
+            skip_step(loop, state, loss_items, i, guard)
+        state.batch = i + 1
+        if main_proc and finite:
+            state.mloss = (state.mloss * i + loss_items.detach().cpu()) / (i + 1)
             mem = '%.3gG' % (torch.cuda.memory_reserved() / 1E9 if cuda else 0)
-            row = ('%10s' * 2 + '%10.4g' * 6) % (f'{epoch}/{loop.epochs - 1}', mem, *mloss, targets.shape[0],
-                                                 imgs.shape[-1])
-            batches.set_description(row)
+            state.row = ('%10s' * 2 + '%10.4g' * 6) % (f'{state.epoch}/{loop.epochs - 1}', mem, *state.mloss,
+                                                       targets.shape[0], imgs.shape[-1])
+            pbar.set_description(state.row)
             if ni < 3 and loop.plot_dir is not None:
                 plot_images(imgs, targets, paths, loop.plot_dir / f'train_batch{ni}.jpg', loop.names)
-    return mloss, row, accumulate, bad_steps
+        if pbar is not None:
+            pbar.update(1)
+        if stop:
+            return True
+        if stepped and guard.due(state.steps):
+            guard.save(training_checkpoint(state, model, loop.ema, optimizer, loop.scaler, loop.opt, loop.hyp_given))
+    if pbar is not None:
+        pbar.close()
+    return False
+
+
+def optimizer_step(loop, state, loss, ni, guard):
+    """Backward, and an optimizer step (with the EMA update) at each accumulation boundary; returns whether it
+    stepped."""
+    state.bad_steps = 0
+    loop.scaler.scale(loss).backward()
+    if ni % state.accumulate:
+        return False
+    guard.beat('optimizer step')
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.optimizer.zero_grad()
+    if loop.ema:
+        loop.ema.update(loop.model)
+    state.steps += 1
+    return True
+
+
+def skip_step(loop, state, loss_items, i, guard):
+    """A non-finite loss: the step is skipped (accumulated gradients dropped); 10 in a row stop the run."""
+    state.bad_steps += 1
+    LOGGER.warning('WARNING: non-finite loss %s at epoch %g batch %g: step skipped', loss_items.tolist(),
+                   state.epoch, i)
+    loop.optimizer.zero_grad()
+    if state.bad_steps >= MAX_BAD_STEPS:
+        raise TrainingStopped(f'{state.bad_steps} non-finite losses in a row: training stopped; the last good '
+                              f'checkpoint is {guard.paths.last}. Lower lr0 or check the labels.')
 
 
 TB_TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
@@ -326,33 +402,52 @@ TB_TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precis
            'x/lr0', 'x/lr1', 'x/lr2']
 
 
-def end_of_epoch(loop, epoch, row, mloss, lr, state, paths, opt, data, testloader, imgsz_test, tb_writer, hyp_given):
+class BeatingLoader:
+    """The validation loader, reporting each batch to the watchdog (an evaluation is progress, not a hang)."""
+
+    def __init__(self, loader, guard):
+        self.loader, self.guard = loader, guard
+
+    def __iter__(self):
+        for n, batch in enumerate(self.loader):
+            self.guard.beat('evaluation', f'batch {n}')
+            yield batch
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_writer, guard):
     """Main process, after each epoch: evaluate the EMA, log, save last.pt/best.pt, then append to results.txt.
 
-    state holds best_fitness and results_lines (updated in place); returns (results, per-class mAPs).
-    """
+    Updates state (results, maps, best fitness, results lines) and moves it to the next epoch."""
+    epoch = state.epoch
     loop.ema.update_attr(de_parallel(loop.model), include=EMA_ATTRIBUTES)
     final_epoch = epoch + 1 == loop.epochs
-    results, maps = state['results'], state['maps']
     if not opt.notest or final_epoch:
         results, maps, _ = tester.test(data, batch_size=opt.batch_size, imgsz=imgsz_test, model=loop.ema.ema,
-                                       single_cls=opt.single_cls, dataloader=testloader, save_dir=paths.save_dir,
-                                       plots=final_epoch, compute_loss=loop.loss_fn)
-    state['results_lines'].append(row + '%10.4g' * 7 % tuple(results))
-    epoch_fitness = float(fitness(np.array(results).reshape(1, -1))[0])
-    state['best_fitness'] = max(state['best_fitness'], epoch_fitness)
+                                       single_cls=opt.single_cls, dataloader=BeatingLoader(testloader, guard),
+                                       save_dir=paths.save_dir, plots=final_epoch, compute_loss=loop.loss_fn)
+        state.results, state.maps = tuple(results), [float(x) for x in maps]
+    line = state.row + '%10.4g' * 7 % tuple(state.results)
+    state.results_lines.append(line)
+    epoch_fitness = float(fitness(np.array(state.results).reshape(1, -1))[0])
+    state.best_fitness = max(state.best_fitness, epoch_fitness)
     if tb_writer:
-        for x, tag in zip(list(mloss[:-1].tolist()) + list(results) + lr, TB_TAGS):
+        for x, tag in zip(list(state.mloss[:-1].tolist()) + list(state.results) + lr, TB_TAGS):
             tb_writer.add_scalar(tag, x, epoch)
+    state.start_epoch(epoch + 1)
     if not opt.nosave or final_epoch:  # checkpoint first: it carries the results lines
-        ck = training_checkpoint(epoch, state['best_fitness'], loop.model, loop.ema, loop.optimizer, loop.scaler,
-                                 opt, hyp_given, state['results_lines'], epoch_fitness)
-        save_checkpoint(ck, paths.last)
-        if state['best_fitness'] == epoch_fitness:
-            save_checkpoint(ck, paths.best)
+        ck = training_checkpoint(state, loop.model, loop.ema, loop.optimizer, loop.scaler, opt, loop.hyp_given,
+                                 epoch_fitness)
+        guard.save(ck, best=state.best_fitness == epoch_fitness, background=not final_epoch)
+        if final_epoch:
+            guard.writer.wait()
     with open(paths.results, 'a') as f:
-        f.write(state['results_lines'][-1] + '\n')
-    return results, maps
+        f.write(line + '\n')
 
 
 def train(hyp, opt, device, tb_writer=None, ckpt=None):
@@ -378,19 +473,20 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     scaler = torch.amp.GradScaler('cuda', enabled=device.type != 'cpu' and opt.amp_dtype == 'float16')
     ema = ModelEMA(model) if main_proc else None
 
-    start_epoch, best_fitness, results_lines = 0, 0.0, []
+    state = RunState(accumulate=max(round(nominal_accumulate), 1))
     if ckpt is not None:
-        start_epoch, best_fitness, results_lines = restore_training_state(ckpt, optimizer, scaler, ema, hyp,
-                                                                          opt.hyp_changed, rank)
-        if main_proc:
-            rewrite_results(paths.results, results_lines)
-        LOGGER.info('Resuming %s from epoch %g to %g', paths.save_dir, start_epoch, opt.epochs)
-        if start_epoch >= opt.epochs:
-            raise ArgumentError(f'{opt.weights} has already trained {start_epoch} epochs: give --epochs above '
+        state = restore_training_state(ckpt, model, optimizer, scaler, ema, hyp, opt.hyp_changed, rank,
+                                       state.accumulate)
+        LOGGER.info('Resuming %s at epoch %g%s, to %g epochs', paths.save_dir, state.epoch,
+                    f' batch {state.batch}' if state.batch else '', opt.epochs)
+        if state.epoch >= opt.epochs:
+            raise ArgumentError(f'{opt.weights} has already trained {state.epoch} epochs: give --epochs above '
                                 f'that to extend the run (e.g. the paper\'s fine-tune to 450)')
-    scheduler.last_epoch = start_epoch - 1
+    if main_proc:
+        rewrite_results(paths.results, state.results_lines)
+    scheduler.last_epoch = state.epoch - 1
     if ckpt is not None:
-        set_epoch_lr(optimizer, lr_lambda, start_epoch)
+        set_epoch_lr(optimizer, lr_lambda, state.epoch)
 
     model = maybe_sync_bn(model, opt.sync_bn, rank, device)
     testloader = None
@@ -412,54 +508,63 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
 
     loop = EpochLoop(model, loader, optimizer, scaler, ema, loss_fn, device, hyp, lr_lambda,
                      warmup_iterations(len(loader), hyp), nominal_accumulate, opt.epochs, imgsz, gs, opt.multi_scale,
-                     rank, opt.world_size, opt.amp_dtype, opt.channels_last,
-                     paths.save_dir if main_proc and ckpt is None else None, names)
+                     opt.seed, rank, opt.world_size, opt.amp_dtype, opt.channels_last,
+                     paths.save_dir if main_proc and ckpt is None else None, names, opt, hyp_given)
     LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
                 imgsz, imgsz_test, loader.num_workers, paths.save_dir, opt.epochs)
-    state = {'best_fitness': best_fitness, 'results_lines': results_lines, 'results': (0,) * 7, 'maps': np.zeros(nc)}
-    t0 = time.time()
-    run_epochs(loop, start_epoch, scheduler, state, paths, opt, data, testloader, imgsz_test, tb_writer, hyp_given,
-               dataset, class_weights)
+    t0, start_epoch = time.time(), state.epoch
+    watchdog = Watchdog(opt.watchdog, rank, opt.world_size, _store() if rank != -1 else None)
+    with Guard(paths, opt.save_period_min, opt.save_period_steps, watchdog, main_proc) as guard:
+        run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset,
+                   class_weights, guard)
     if main_proc:
         finish_run(paths)
         LOGGER.info('%g epochs completed in %.3f hours. Results in %s', opt.epochs - start_epoch,
                     (time.time() - t0) / 3600, paths.save_dir)
-    return state['results']
+    return state.results
 
 
-def run_epochs(loop, start_epoch, scheduler, state, paths, opt, data, testloader, imgsz_test, tb_writer, hyp_given,
-               dataset, class_weights):
-    """The epoch loop, with SIGINT/SIGTERM saving last.pt (the interrupted epoch is redone on resume)."""
-    main_proc, stop = loop.rank in (-1, 0), {'signal': None}
-
-    def on_signal(signum, frame):
-        stop['signal'] = signum
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    accumulate, bad_steps = max(round(loop.nominal_accumulate), 1), 0
+def _store():
+    """The process group's key-value store (the rendezvous store under torchrun), for the watchdog."""
     try:
-        for epoch in range(start_epoch, loop.epochs):
-            if opt.image_weights:
-                sample_image_weights(dataset, class_weights, state['maps'], len(class_weights), loop.rank, loop.device)
-            if loop.rank != -1:
-                loop.loader.sampler.set_epoch(epoch)
-            mloss, row, accumulate, bad_steps = train_one_epoch(loop, epoch, accumulate, bad_steps, stop, paths.last)
-            if stop['signal']:
+        return dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError) as e:
+        LOGGER.warning('WARNING: the watchdog cannot see the other ranks (%s): it watches this rank only', e)
+        return None
+
+
+def run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset, class_weights,
+               guard):
+    """The epoch loop. A stop signal (SIGINT, SIGTERM, SIGUSR1) or a failed data loader ends it at a batch
+    boundary with last.pt saved there: --resume continues with the next batch."""
+    main_proc = loop.rank in (-1, 0)
+    guard.watchdog.arm()
+    try:
+        for epoch in range(state.epoch, loop.epochs):
+            images = image_order(dataset, class_weights, state.maps, loop.seed, epoch, loop.rank, loop.device) \
+                if opt.image_weights else None
+            loop.loader.sampler.set_epoch(epoch, state.batch * loop.loader.batch_size, images)
+            stopped = train_one_epoch(loop, state, guard)
+            if not stopped:
+                lr = [g['lr'] for g in loop.optimizer.param_groups]
+                scheduler.step()
                 if main_proc:
-                    save_checkpoint(training_checkpoint(epoch - 1, state['best_fitness'], loop.model, loop.ema,
-                                                        loop.optimizer, loop.scaler, opt, hyp_given,
-                                                        state['results_lines']), paths.last)
-                what = f'{paths.last} saved; continue with python train.py --resume {paths.last}' if main_proc \
-                    else f'rank {loop.rank} stopping (rank 0 saves {paths.last})'
-                raise TrainingStopped(f'{signal.Signals(stop["signal"]).name} received: {what}',
-                                      exit_code=128 + stop['signal'])
-            lr = [g['lr'] for g in loop.optimizer.param_groups]
-            scheduler.step()
-            if main_proc:
-                state['results'], state['maps'] = end_of_epoch(loop, epoch, row, mloss, lr, state, paths, opt, data,
-                                                               testloader, imgsz_test, tb_writer, hyp_given)
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+                    end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_writer, guard)
+                else:
+                    state.start_epoch(epoch + 1)
+            if guard.signal and (stopped or loop.rank == -1):  # under DDP a stop is agreed inside the epoch
+                raise TrainingStopped(f'{signal.Signals(guard.signal).name} received', 128 + guard.signal,
+                                      save=True)
+    except TrainingStopped as e:
+        if not e.save:
+            raise
+        if not main_proc:
+            raise TrainingStopped(f'rank {loop.rank}: {e} (rank 0 saves {paths.last})', e.exit_code) from None
+        guard.save(training_checkpoint(state, loop.model, loop.ema, loop.optimizer, loop.scaler, opt,
+                                       loop.hyp_given), background=False)
+        where = f'epoch {state.epoch} batch {state.batch}' if state.batch else f'the start of epoch {state.epoch}'
+        raise TrainingStopped(f'{e}: {paths.last} saved at {where}; continue with python train.py --resume '
+                              f'{paths.save_dir}', e.exit_code) from None
 
 
 def finish_run(paths):
@@ -480,7 +585,9 @@ def parse_opt(argv=None):
     p.add_argument('--batch-size', type=int, default=16, help='total batch size across all processes')
     p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='train, test sizes')
     p.add_argument('--rect', action='store_true', help='rectangular training')
-    p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest or given last.pt')
+    p.add_argument('--resume', nargs='?', const=True, default=False,
+                   help='resume the latest run, a given run folder or last.pt, or "auto": continue <project>/<name> '
+                        'if it has a checkpoint, else start it there (for jobs that are restarted or requeued)')
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--notest', action='store_true', help='only test the final epoch')
     p.add_argument('--noautoanchor', action='store_true', help='disable the autoanchor check')
@@ -501,6 +608,13 @@ def parse_opt(argv=None):
     p.add_argument('--freeze', type=int, default=0, help='freeze the first N layers')
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--ddp-timeout', type=int, default=1800, help='seconds before a stuck DDP collective fails')
+    p.add_argument('--save-period-min', type=float, default=30,
+                   help='also save last.pt every this many minutes, at an optimizer step inside the epoch (0: off)')
+    p.add_argument('--save-period-steps', type=int, default=0,
+                   help='also save last.pt every this many optimizer steps inside the epoch (0: off)')
+    p.add_argument('--watchdog', type=float, default=300,
+                   help='seconds without progress on any rank before the job ends with a line naming the rank and '
+                        'what it was doing, so that torchrun can restart it (0: off)')
     p.add_argument('--amp-dtype', default='float16', choices=['float16', 'bfloat16', 'none'],
                    help='mixed precision: float16 with a gradient scaler on CUDA (published; no AMP on CPU), bfloat16 '
                         'on CUDA or a CPU that supports it, none for float32')
@@ -522,6 +636,12 @@ def check_options(opt):
     check_at_least('--freeze', opt.freeze, 0)
     check_at_least('--evolve', opt.evolve, 0)
     check_at_least('--ddp-timeout', opt.ddp_timeout, 1)
+    check_at_least('--seed', opt.seed, 0)
+    check_at_least('--save-period-min', opt.save_period_min, 0)
+    check_at_least('--save-period-steps', opt.save_period_steps, 0)
+    check_at_least('--watchdog', opt.watchdog, 0)
+    if opt.resume and opt.evolve:
+        raise ArgumentError('--resume and --evolve: evolution runs its generations anew; give one of them')
 
 
 def resume_path(resume, project):
@@ -548,6 +668,63 @@ def resume_path(resume, project):
     return path
 
 
+def run_folder_of(checkpoint):
+    """runs/train/exp for runs/train/exp/weights/last.pt (or a last.pt directly in the run folder)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == 'weights' else checkpoint.parent
+
+
+def plan_run(opt):
+    """Where this run writes and what it resumes, decided by the main process: (run folder, checkpoint path or
+    None, RunLock). The folder is claimed (locked) before anything is written.
+
+    - --resume auto: <project>/<name> itself; resumed when it has a last.pt, else a new run there;
+    - a restart by torchrun's elastic agent: the folder this job's first attempt claimed, resumed from its
+      newest last.pt (or started anew there when it has none);
+    - --resume [X]: X's run folder, from X (or, on an elastic restart, from the folder's newest last.pt);
+    - otherwise a new folder <project>/<name>, <name>2, ... (or <name> itself with --exist-ok).
+    """
+    job = elastic_job_key()
+    if opt.resume == 'auto':
+        save_dir = Path(opt.project) / opt.name
+    elif opt.resume:
+        checkpoint = resume_path(opt.resume, opt.project)
+        save_dir = run_folder_of(checkpoint)
+        if not elastic_restart():
+            return save_dir, checkpoint, RunLock(save_dir, job)
+    else:
+        save_dir = find_job_run(opt.project, opt.name, job) if elastic_restart() else None
+        if save_dir is None:
+            lock = claim_new_run(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or bool(opt.evolve),
+                                 job_key=job)
+            return lock.save_dir, None, lock
+    save_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(save_dir, job)
+    last = save_dir / 'weights' / 'last.pt'
+    if last.is_file():
+        LOGGER.info('Continuing %s from %s', save_dir, last)
+    return save_dir, last if last.is_file() else None, lock
+
+
+def agree_on_plan(opt):
+    """plan_run on the main process, shared with every rank (which then read the same checkpoint); an error
+    there (a folder in use) ends every rank with the same line."""
+    plan, lock = None, None
+    if opt.global_rank in (-1, 0):
+        try:
+            save_dir, checkpoint, lock = plan_run(opt)
+            plan = {'save_dir': str(save_dir), 'checkpoint': str(checkpoint) if checkpoint else None}
+        except (UserError, OSError) as e:
+            plan = {'error': str(e)}
+    if opt.global_rank != -1:
+        shared = [plan]
+        dist.broadcast_object_list(shared, 0)
+        plan = shared[0]
+    if 'error' in plan:
+        raise ArgumentError(plan['error'])
+    return plan['save_dir'], plan['checkpoint'], lock
+
+
 def resumed_options(opt, ckpt, path):
     """(options, hyp) of a resumed run: its saved options, with this command's --epochs, --hyp, --device and the
     process layout (rank, world size) taking precedence."""
@@ -562,12 +739,12 @@ def resumed_options(opt, ckpt, path):
     saved.hyp_changed = opt.hyp is not None
     saved.hyp = opt.hyp or saved.hyp
     saved.weights, saved.resume = str(path), True
-    saved.save_dir = str(path.parent.parent)
+    saved.save_dir = str(run_folder_of(path))
     return saved, (ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp))
 
 
 def new_run_options(opt):
-    """Fill a new run's defaults and its numbered run folder (in place); returns its hyperparameters."""
+    """Fill a new run's defaults (in place); returns its hyperparameters."""
     opt.hyp_changed = False
     opt.epochs = 300 if opt.epochs is None else opt.epochs
     opt.hyp = opt.hyp or 'data/hyp.scratch.yaml'
@@ -578,7 +755,6 @@ def new_run_options(opt):
             raise ArgumentError(f'{what} {f} not found')
     hyp = load_hyp(opt.hyp)
     opt.total_batch_size = opt.batch_size
-    opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or opt.evolve))
     return hyp
 
 
@@ -590,6 +766,14 @@ def run(**kwargs):
     return main(opt=options_from_kwargs(parse_opt, kwargs, 'train.run'))
 
 
+def device_hint(opt):
+    """The device the run will use, before the run is planned: this command's --device, or, for a resume of a
+    named checkpoint, the device it was trained on."""
+    if opt.device or not opt.resume or opt.resume == 'auto':
+        return opt.device
+    return (load_checkpoint(resume_path(opt.resume, opt.project)).get('opt') or {}).get('device', '')
+
+
 def main(argv=None, opt=None):
     opt = opt or parse_opt(argv)
     opt.local_rank = int(os.environ.get('LOCAL_RANK', opt.local_rank))
@@ -599,26 +783,29 @@ def main(argv=None, opt=None):
         opt.global_rank = opt.local_rank = -1
     set_logging(opt.global_rank)
     check_options(opt)
-    ckpt = None
-    if opt.resume:
-        path = resume_path(opt.resume, opt.project)
-        ckpt = load_checkpoint(path)
-        opt, hyp = resumed_options(opt, ckpt, path)
-    else:
-        hyp = new_run_options(opt)
-    if opt.total_batch_size % opt.world_size:
-        raise ArgumentError(f'--batch-size {opt.total_batch_size} must be a multiple of the number of processes '
-                            f'{opt.world_size}')
-    device = select_device(opt.device, batch_size=opt.batch_size if opt.world_size == 1 else None)
+    device = select_device(device_hint(opt), batch_size=opt.batch_size if opt.world_size == 1 else None)
     if opt.global_rank != -1:
         if device.type != 'cpu':
             torch.cuda.set_device(opt.local_rank)
             device = torch.device('cuda', opt.local_rank)
         dist.init_process_group(backend='nccl' if device.type != 'cpu' else 'gloo',
                                 timeout=datetime.timedelta(seconds=opt.ddp_timeout))
-    opt.batch_size = opt.total_batch_size // opt.world_size
-
+    lock = None
     try:
+        if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
+            new_run_options(deepcopy(opt))
+        save_dir, checkpoint, lock = agree_on_plan(opt)
+        ckpt = None
+        if checkpoint:
+            ckpt = load_checkpoint(checkpoint)
+            opt, hyp = resumed_options(opt, ckpt, Path(checkpoint))
+        else:
+            hyp = new_run_options(opt)
+            opt.save_dir, opt.resume = save_dir, False
+        if opt.total_batch_size % opt.world_size:
+            raise ArgumentError(f'--batch-size {opt.total_batch_size} must be a multiple of the number of processes '
+                                f'{opt.world_size}')
+        opt.batch_size = opt.total_batch_size // opt.world_size
         if opt.evolve:
             return evolve(hyp, opt, device)
         tb_writer = None
@@ -638,6 +825,8 @@ def main(argv=None, opt=None):
                      str(e).splitlines()[0] if str(e) else type(e).__name__)
         sys.exit(1)
     finally:
+        if lock is not None:
+            lock.release()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
