@@ -152,9 +152,9 @@ class Guard:
             (self.period_steps > 0 and steps % self.period_steps == 0)
             or (self.period_min > 0 and time.monotonic() - self.last_save >= self.period_min * 60))
 
-    def save(self, ckpt, best=False, background=True):
+    def save(self, ckpt, best=False, background=True, then=None):
         self.beat('saving checkpoint', str(self.paths.last))
-        self.writer.write(ckpt, [self.paths.last] + ([self.paths.best] if best else []), background)
+        self.writer.write(ckpt, [self.paths.last] + ([self.paths.best] if best else []), background, then)
         self.last_save = time.monotonic()
 
 
@@ -440,14 +440,16 @@ def end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_w
         for x, tag in zip(list(state.mloss[:-1].tolist()) + list(state.results) + lr, TB_TAGS):
             tb_writer.add_scalar(tag, x, epoch)
     state.start_epoch(epoch + 1)
-    if not opt.nosave or final_epoch:  # checkpoint first: it carries the results lines
+
+    def append_line():
+        with open(paths.results, 'a') as f:
+            f.write(line + '\n')
+    if opt.nosave and not final_epoch:
+        append_line()
+    else:  # the checkpoint first (it carries the results lines), then the line, once the checkpoint is on disk
         ck = training_checkpoint(state, loop.model, loop.ema, loop.optimizer, loop.scaler, opt, loop.hyp_given,
                                  epoch_fitness)
-        guard.save(ck, best=state.best_fitness == epoch_fitness, background=not final_epoch)
-        if final_epoch:
-            guard.writer.wait()
-    with open(paths.results, 'a') as f:
-        f.write(line + '\n')
+        guard.save(ck, best=state.best_fitness == epoch_fitness, background=not final_epoch, then=append_line)
 
 
 def train(hyp, opt, device, tb_writer=None, ckpt=None):
@@ -676,7 +678,8 @@ def run_folder_of(checkpoint):
 
 def plan_run(opt):
     """Where this run writes and what it resumes, decided by the main process: (run folder, checkpoint path or
-    None, RunLock). The folder is claimed (locked) before anything is written.
+    None, the checkpoint loaded, RunLock). The checkpoint is checked before the folder is claimed (locked), and
+    the folder is claimed before anything is written.
 
     - --resume auto: <project>/<name> itself; resumed when it has a last.pt, else a new run there;
     - a restart by torchrun's elastic agent: the folder this job's first attempt claimed, resumed from its
@@ -690,47 +693,53 @@ def plan_run(opt):
     elif opt.resume:
         checkpoint = resume_path(opt.resume, opt.project)
         save_dir = run_folder_of(checkpoint)
-        if not elastic_restart():
-            return save_dir, checkpoint, RunLock(save_dir, job)
     else:
         save_dir = find_job_run(opt.project, opt.name, job) if elastic_restart() else None
         if save_dir is None:
             lock = claim_new_run(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or bool(opt.evolve),
                                  job_key=job)
-            return lock.save_dir, None, lock
+            return lock.save_dir, None, None, lock
+    if opt.resume == 'auto' or elastic_restart():
+        last = save_dir / 'weights' / 'last.pt'
+        checkpoint = last if last.is_file() else None
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.get('optimizer') is None:
+            raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
+                                  f'run with --weights {checkpoint}')
+        LOGGER.info('Continuing %s from %s', save_dir, checkpoint)
     save_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(save_dir, job)
-    last = save_dir / 'weights' / 'last.pt'
-    if last.is_file():
-        LOGGER.info('Continuing %s from %s', save_dir, last)
-    return save_dir, last if last.is_file() else None, lock
+    return save_dir, checkpoint, ckpt, RunLock(save_dir, job)
 
 
 def agree_on_plan(opt):
-    """plan_run on the main process, shared with every rank (which then read the same checkpoint); an error
-    there (a folder in use) ends every rank with the same line."""
-    plan, lock = None, None
+    """plan_run on the main process, shared with every rank: (run folder, checkpoint path, checkpoint, lock).
+    The other ranks load the same checkpoint; an error on the main process (a folder in use, a file that is no
+    training checkpoint) ends every rank with the same line."""
+    plan, ckpt, lock = None, None, None
     if opt.global_rank in (-1, 0):
         try:
-            save_dir, checkpoint, lock = plan_run(opt)
+            save_dir, checkpoint, ckpt, lock = plan_run(opt)
             plan = {'save_dir': str(save_dir), 'checkpoint': str(checkpoint) if checkpoint else None}
         except (UserError, OSError) as e:
             plan = {'error': str(e)}
+            if opt.global_rank == -1:
+                raise
     if opt.global_rank != -1:
         shared = [plan]
         dist.broadcast_object_list(shared, 0)
         plan = shared[0]
     if 'error' in plan:
-        raise ArgumentError(plan['error'])
-    return plan['save_dir'], plan['checkpoint'], lock
+        raise UserError(plan['error'])
+    if plan['checkpoint'] and ckpt is None:
+        ckpt = load_checkpoint(plan['checkpoint'])
+    return plan['save_dir'], plan['checkpoint'], ckpt, lock
 
 
 def resumed_options(opt, ckpt, path):
     """(options, hyp) of a resumed run: its saved options, with this command's --epochs, --hyp, --device and the
     process layout (rank, world size) taking precedence."""
-    if ckpt.get('optimizer') is None:
-        raise CheckpointError(f'{path} holds no training state (a stripped or released file): start a new run with '
-                              f'--weights {path}')
     saved = argparse.Namespace(**{**vars(parse_opt([])), **ckpt['opt']})  # options added since: their defaults
     for k in ('local_rank', 'world_size', 'global_rank'):
         setattr(saved, k, getattr(opt, k))
@@ -774,6 +783,23 @@ def device_hint(opt):
     return (load_checkpoint(resume_path(opt.resume, opt.project)).get('opt') or {}).get('device', '')
 
 
+def check_world_size(total_batch_size, world_size):
+    if total_batch_size % world_size:
+        raise ArgumentError(f'--batch-size {total_batch_size} must be a multiple of the number of processes '
+                            f'{world_size}')
+
+
+def init_distributed(device, timeout):
+    """Join the process group (NCCL on CUDA, else gloo); a rendezvous that fails is one line, not a traceback."""
+    try:
+        dist.init_process_group(backend='nccl' if device.type != 'cpu' else 'gloo',
+                                timeout=datetime.timedelta(seconds=timeout))
+    except (RuntimeError, ValueError, dist.DistError) as e:
+        raise UserError(f'torch.distributed could not start ({" ".join(str(e).split())[:300]}): start train.py '
+                        f'with torchrun (or set MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE) and check that every '
+                        f'node reaches the rendezvous address') from None
+
+
 def main(argv=None, opt=None):
     opt = opt or parse_opt(argv)
     opt.local_rank = int(os.environ.get('LOCAL_RANK', opt.local_rank))
@@ -783,28 +809,24 @@ def main(argv=None, opt=None):
         opt.global_rank = opt.local_rank = -1
     set_logging(opt.global_rank)
     check_options(opt)
+    if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
+        new_run_options(deepcopy(opt))
+        check_world_size(opt.batch_size, opt.world_size)
     device = select_device(device_hint(opt), batch_size=opt.batch_size if opt.world_size == 1 else None)
     if opt.global_rank != -1:
         if device.type != 'cpu':
             torch.cuda.set_device(opt.local_rank)
             device = torch.device('cuda', opt.local_rank)
-        dist.init_process_group(backend='nccl' if device.type != 'cpu' else 'gloo',
-                                timeout=datetime.timedelta(seconds=opt.ddp_timeout))
+        init_distributed(device, opt.ddp_timeout)
     lock = None
     try:
-        if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
-            new_run_options(deepcopy(opt))
-        save_dir, checkpoint, lock = agree_on_plan(opt)
-        ckpt = None
+        save_dir, checkpoint, ckpt, lock = agree_on_plan(opt)
         if checkpoint:
-            ckpt = load_checkpoint(checkpoint)
             opt, hyp = resumed_options(opt, ckpt, Path(checkpoint))
         else:
             hyp = new_run_options(opt)
             opt.save_dir, opt.resume = save_dir, False
-        if opt.total_batch_size % opt.world_size:
-            raise ArgumentError(f'--batch-size {opt.total_batch_size} must be a multiple of the number of processes '
-                                f'{opt.world_size}')
+        check_world_size(opt.total_batch_size, opt.world_size)
         opt.batch_size = opt.total_batch_size // opt.world_size
         if opt.evolve:
             return evolve(hyp, opt, device)

@@ -224,6 +224,7 @@ def test_sigterm_under_torchrun_stops_every_rank(tiny_yaml, tmp_path):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)  # no rank is left waiting
     assert p.returncode != 0
-    assert 'weights/last.pt saved; continue with' in err and 'rank 1 stopping' in err
+    assert 'weights/last.pt saved at epoch' in err and 'continue with python train.py --resume' in err
+    assert 'rank 1: SIGTERM received (rank 0 saves' in err
     ck = torch.load(tmp_path / 'ds' / 'weights' / 'last.pt', weights_only=True)
     assert ck['epoch'] == results.read_text().count('\n') - 1

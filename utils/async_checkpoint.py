@@ -38,25 +38,28 @@ class CheckpointWriter:
         self._thread, self._error = None, None
         self.copy_s = self.write_s = 0.0
 
-    def write(self, ckpt, paths, background=True):
-        """Save ckpt to each of paths, after the previous write has finished. In the background, from a host
-        copy taken now; otherwise now, in this thread."""
+    def write(self, ckpt, paths, background=True, then=None):
+        """Save ckpt to each of paths, after the previous write has finished, then call `then()` (which should
+        happen only once the checkpoint is on disk). In the background, from a host copy taken now; otherwise
+        now, in this thread."""
         self.wait()
         if not background:
-            self._save(ckpt, paths)
+            self._save(ckpt, paths, then)
             self.wait()
             return
         t = time.perf_counter()
         snapshot = host_copy(ckpt)
         self.copy_s = time.perf_counter() - t
-        self._thread = threading.Thread(target=self._save, args=(snapshot, paths), name='checkpoint-writer')
+        self._thread = threading.Thread(target=self._save, args=(snapshot, paths, then), name='checkpoint-writer')
         self._thread.start()
 
-    def _save(self, ckpt, paths):
+    def _save(self, ckpt, paths, then=None):
         t = time.perf_counter()
         try:
             for path in paths:
                 save_checkpoint(ckpt, path)
+            if then is not None:
+                then()
         except Exception as e:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = e
         self.write_s = time.perf_counter() - t
