@@ -486,9 +486,9 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                                 f'that to extend the run (e.g. the paper\'s fine-tune to 450)')
     if main_proc:
         rewrite_results(paths.results, state.results_lines)
-    scheduler.last_epoch = state.epoch - 1
-    if ckpt is not None:
-        set_epoch_lr(optimizer, lr_lambda, state.epoch)
+    scheduler.last_epoch = state.epoch - 1  # as published: epoch e (> 0) runs at lambda(e - 1)
+    if ckpt is not None:  # the rate the uninterrupted run has now, on the schedule of this command's --epochs
+        set_epoch_lr(optimizer, lr_lambda, max(state.epoch - 1, 0))
 
     model = maybe_sync_bn(model, opt.sync_bn, rank, device)
     testloader = None
@@ -789,11 +789,28 @@ def check_world_size(total_batch_size, world_size):
                             f'{world_size}')
 
 
-def init_distributed(device, timeout):
+def attempt_store(rank, world_size, timeout):
+    """Under torchrun, the rendezvous store with a key prefix of its own for each attempt (None elsewhere).
+
+    A restart by the elastic agent keeps the agent's store, and with a static rendezvous (--master-port) the
+    process group's keys of the failed attempt are still there: a restarted rank read the dead rank 0's
+    address and the gloo connection failed. Fresh keys per attempt avoid that; the watchdog uses the store too.
+    """
+    if 'TORCHELASTIC_RESTART_COUNT' not in os.environ or 'MASTER_ADDR' not in os.environ:
+        return None
+    agent = os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size,
+                          is_master=not agent and rank == 0, timeout=timeout, multi_tenant=True)
+    return dist.PrefixStore(f'scaled-yolov4/attempt{os.environ["TORCHELASTIC_RESTART_COUNT"]}', store)
+
+
+def init_distributed(device, rank, world_size, timeout):
     """Join the process group (NCCL on CUDA, else gloo); a rendezvous that fails is one line, not a traceback."""
+    timeout = datetime.timedelta(seconds=timeout)
     try:
-        dist.init_process_group(backend='nccl' if device.type != 'cpu' else 'gloo',
-                                timeout=datetime.timedelta(seconds=timeout))
+        store = attempt_store(rank, world_size, timeout)
+        dist.init_process_group(backend='nccl' if device.type != 'cpu' else 'gloo', timeout=timeout,
+                                **(dict(store=store, rank=rank, world_size=world_size) if store else {}))
     except (RuntimeError, ValueError, dist.DistError) as e:
         raise UserError(f'torch.distributed could not start ({" ".join(str(e).split())[:300]}): start train.py '
                         f'with torchrun (or set MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE) and check that every '
@@ -817,7 +834,7 @@ def main(argv=None, opt=None):
         if device.type != 'cpu':
             torch.cuda.set_device(opt.local_rank)
             device = torch.device('cuda', opt.local_rank)
-        init_distributed(device, opt.ddp_timeout)
+        init_distributed(device, opt.global_rank, opt.world_size, opt.ddp_timeout)
     lock = None
     try:
         save_dir, checkpoint, ckpt, lock = agree_on_plan(opt)
