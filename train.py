@@ -487,8 +487,8 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     if main_proc:
         rewrite_results(paths.results, state.results_lines)
     scheduler.last_epoch = state.epoch - 1  # as published: epoch e (> 0) runs at lambda(e - 1)
-    if ckpt is not None:  # the rate the uninterrupted run has now, on the schedule of this command's --epochs
-        set_epoch_lr(optimizer, lr_lambda, max(state.epoch - 1, 0))
+    if ckpt is not None and (opt.hyp_changed or ckpt['opt'].get('epochs') != opt.epochs):
+        set_epoch_lr(optimizer, lr_lambda, max(state.epoch - 1, 0))  # a new schedule (fine-tune, more epochs)
 
     model = maybe_sync_bn(model, opt.sync_bn, rank, device)
     testloader = None
