@@ -319,9 +319,8 @@ def next_batch(batches, guard, where, worker_pids):
 def train_one_epoch(loop, state, guard):
     """Train epoch state.epoch from batch state.batch on. Updates state at each batch (mean losses, progress
     row, accumulation, steps); saves periodic checkpoints through guard. Returns True when a stop was agreed."""
-    model, optimizer, device = loop.model, loop.optimizer, loop.device
-    main_proc, cuda, nb = loop.rank in (-1, 0), device.type != 'cpu', len(loop.loader)
-    model.train()
+    main_proc, nb = loop.rank in (-1, 0), len(loop.loader)
+    loop.model.train()
     it = iter(loop.loader)
     worker_pids = [w.pid for w in getattr(it, '_workers', [])]
     batches = enumerate(it, start=state.batch)
@@ -329,44 +328,53 @@ def train_one_epoch(loop, state, guard):
     if main_proc:
         LOGGER.info(('\n' + '%10s' * 8), 'Epoch', 'gpu_mem', 'box', 'obj', 'cls', 'total', 'targets', 'img_size')
         pbar = tqdm(total=nb, initial=state.batch, leave=False)
-    while (item := next_batch(batches, guard, f'epoch {state.epoch} batch {state.batch}', worker_pids)) is not None:
-        i, (imgs, targets, paths, _) = item
-        guard.beat('forward/backward', f'epoch {state.epoch} batch {i}', waiting=loop.rank != -1)  # DDP syncs
-        ni = i + nb * state.epoch  # iterations since the start of training
-        imgs = imgs.to(device, non_blocking=True).float() / 255.0
-        if loop.channels_last:
-            imgs = imgs.contiguous(memory_format=torch.channels_last)
-        if ni <= loop.warmup_iters:
-            state.accumulate = warmup_step(optimizer, ni, loop.warmup_iters, loop.nominal_accumulate,
-                                           loop.lr_lambda(state.epoch), loop.hyp['momentum'])
-        if loop.multi_scale:
-            imgs = random_rescale(imgs, loop.imgsz, loop.stride, batch_rng(loop.seed, state.epoch, i, loop.rank))
-        with autocast(device, loop.amp_dtype):
-            loss, loss_items = loop.loss_fn(model(imgs), targets.to(device))
-            if loop.rank != -1:
-                loss *= loop.world_size  # gradients are averaged across ranks
-        finite, stop = agree_across_ranks(loop, bool(torch.isfinite(loss).all()), guard)
-        stepped = finite and optimizer_step(loop, state, loss, ni, guard)
-        if not finite:
-            skip_step(loop, state, loss_items, i, guard)
-        state.batch = i + 1
-        if main_proc and finite:
-            state.mloss = (state.mloss * i + loss_items.detach().cpu()) / (i + 1)
-            mem = '%.3gG' % (torch.cuda.memory_reserved() / 1E9 if cuda else 0)
-            state.row = ('%10s' * 2 + '%10.4g' * 6) % (f'{state.epoch}/{loop.epochs - 1}', mem, *state.mloss,
-                                                       targets.shape[0], imgs.shape[-1])
-            pbar.set_description(state.row)
-            if ni < 3 and loop.plot_dir is not None:
-                plot_images(imgs, targets, paths, loop.plot_dir / f'train_batch{ni}.jpg', loop.names)
+    try:
+        while (item := next_batch(batches, guard, f'epoch {state.epoch} batch {state.batch}', worker_pids)):
+            if train_batch(loop, state, guard, item, pbar):
+                return True
+    finally:
         if pbar is not None:
-            pbar.update(1)
-        if stop:
-            return True
-        if stepped and guard.due(state.steps):
-            guard.save(training_checkpoint(state, model, loop.ema, optimizer, loop.scaler, loop.opt, loop.hyp_given))
-    if pbar is not None:
-        pbar.close()
+            pbar.close()
     return False
+
+
+def train_batch(loop, state, guard, item, pbar):
+    """One batch: forward, the ranks' agreement, backward and (at accumulation boundaries) an optimizer step,
+    progress, and a periodic checkpoint when due. Returns whether a stop was agreed."""
+    model, optimizer, device = loop.model, loop.optimizer, loop.device
+    i, (imgs, targets, paths, _) = item
+    guard.beat('forward/backward', f'epoch {state.epoch} batch {i}', waiting=loop.rank != -1)  # DDP syncs inside
+    ni = i + len(loop.loader) * state.epoch  # iterations since the start of training
+    imgs = imgs.to(device, non_blocking=True).float() / 255.0
+    if loop.channels_last:
+        imgs = imgs.contiguous(memory_format=torch.channels_last)
+    if ni <= loop.warmup_iters:
+        state.accumulate = warmup_step(optimizer, ni, loop.warmup_iters, loop.nominal_accumulate,
+                                       loop.lr_lambda(state.epoch), loop.hyp['momentum'])
+    if loop.multi_scale:
+        imgs = random_rescale(imgs, loop.imgsz, loop.stride, batch_rng(loop.seed, state.epoch, i, loop.rank))
+    with autocast(device, loop.amp_dtype):
+        loss, loss_items = loop.loss_fn(model(imgs), targets.to(device))
+        if loop.rank != -1:
+            loss *= loop.world_size  # gradients are averaged across ranks
+    finite, stop = agree_across_ranks(loop, bool(torch.isfinite(loss).all()), guard)
+    stepped = finite and optimizer_step(loop, state, loss, ni, guard)
+    if not finite:
+        skip_step(loop, state, loss_items, i, guard)
+    state.batch = i + 1
+    if pbar is not None and finite:
+        state.mloss = (state.mloss * i + loss_items.detach().cpu()) / (i + 1)
+        mem = '%.3gG' % (torch.cuda.memory_reserved() / 1E9 if device.type != 'cpu' else 0)
+        state.row = ('%10s' * 2 + '%10.4g' * 6) % (f'{state.epoch}/{loop.epochs - 1}', mem, *state.mloss,
+                                                   targets.shape[0], imgs.shape[-1])
+        pbar.set_description(state.row)
+        if ni < 3 and loop.plot_dir is not None:
+            plot_images(imgs, targets, paths, loop.plot_dir / f'train_batch{ni}.jpg', loop.names)
+    if pbar is not None:
+        pbar.update(1)
+    if stepped and not stop and guard.due(state.steps):
+        guard.save(training_checkpoint(state, model, loop.ema, optimizer, loop.scaler, loop.opt, loop.hyp_given))
+    return stop
 
 
 def optimizer_step(loop, state, loss, ni, guard):
@@ -516,14 +524,31 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
                 imgsz, imgsz_test, loader.num_workers, paths.save_dir, opt.epochs)
     t0, start_epoch = time.time(), state.epoch
     watchdog = Watchdog(opt.watchdog, rank, opt.world_size, _store() if rank != -1 else None)
-    with Guard(paths, opt.save_period_min, opt.save_period_steps, watchdog, main_proc) as guard:
-        run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset,
-                   class_weights, guard)
+    try:
+        with Guard(paths, opt.save_period_min, opt.save_period_steps, watchdog, main_proc) as guard:
+            run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset,
+                       class_weights, guard)
+    finally:
+        stop_loader_workers(loader, testloader)
     if main_proc:
         finish_run(paths)
         LOGGER.info('%g epochs completed in %.3f hours. Results in %s', opt.epochs - start_epoch,
                     (time.time() - t0) / 3600, paths.save_dir)
     return state.results
+
+
+def stop_loader_workers(*loaders):
+    """End the loaders' worker processes. They ignore SIGTERM (a stop signal is the training process's to
+    handle), so multiprocessing's exit handler, which terminates and then joins them, would wait forever."""
+    for loader in loaders:
+        it = getattr(loader, '_iterator', None)
+        if it is None:
+            continue
+        it._shutdown_workers()  # asks them to stop, waits a little
+        for w in getattr(it, '_workers', []):
+            if w.is_alive():
+                w.kill()
+                w.join()
 
 
 def _store():
@@ -567,6 +592,11 @@ def run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test,
         where = f'epoch {state.epoch} batch {state.batch}' if state.batch else f'the start of epoch {state.epoch}'
         raise TrainingStopped(f'{e}: {paths.last} saved at {where}; continue with python train.py --resume '
                               f'{paths.save_dir}', e.exit_code) from None
+    except RuntimeError as e:  # the loader's SIGCHLD handler raises wherever this thread is: no save then
+        reason = loader_failure(e)
+        if reason is None:
+            raise
+        raise TrainingStopped(f'data loader failed: {reason}; the last checkpoint is {paths.last}') from None
 
 
 def finish_run(paths):

@@ -140,7 +140,7 @@ def _exit_now(message):
     """One line on stderr, then exit at once: the training thread may be blocked in C++ (a collective)."""
     try:
         sys.stdout.flush()
-        sys.stderr.write(message + '\n')
+        sys.stderr.write('\n' + message + '\n')  # after a progress bar's carriage return
         sys.stderr.flush()
     finally:
         os._exit(1)

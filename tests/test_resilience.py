@@ -1,0 +1,266 @@
+"""Long runs that heal themselves: exact resumes at any batch, elastic restarts, signals, the watchdog, one writer
+per run folder, and batches that do not depend on the number of loader workers.
+
+The training runs use a tiny P5 on coco8 at 64 px with mosaic and MixUp (and multi-scale where one process has
+two images a batch), so every source of randomness takes part. "Bit-identical" compares every tensor of the final last.pt's model and EMA with
+torch.equal, and results.txt line by line.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, tiny_cfg
+
+DATA = str(ROOT / 'data' / 'coco8.yaml')
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    """A tiny model config and a hyp with mosaic, MixUp, a short warm-up and a step every 2 images."""
+    d = tmp_path_factory.mktemp('cfg')
+    (d / 'tiny.yaml').write_text(yaml.safe_dump(tiny_cfg('yolov4-p5', depth=0.33, width=0.125)))
+    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
+    hyp.update(nbs=2, warmup_min_iters=4, warmup_epochs=0, mixup=0.5)
+    (d / 'hyp.yaml').write_text(yaml.safe_dump(hyp))
+    return d
+
+
+def _args(files, project, name, epochs=3, workers=0, batch=2, *extra):
+    return ['--cfg', files / 'tiny.yaml', '--hyp', files / 'hyp.yaml', '--data', DATA, '--batch-size', batch,
+            '--img', '64', '64', '--device', 'cpu', '--noautoanchor', '--epochs', epochs,
+            '--workers', workers, '--project', project, '--name', name, *extra]
+
+
+def _popen(args, torchrun=None, **kw):
+    cmd = [sys.executable, 'train.py'] if torchrun is None else \
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', _free_port(),
+         *torchrun, 'train.py']
+    return subprocess.Popen(cmd + [str(a) for a in args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), **kw)
+
+
+def _train(args, torchrun=None):
+    p = _popen(args, torchrun)
+    _, err = p.communicate(timeout=600)
+    return p.returncode, err
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def _progress(last):
+    """(epoch, batch) of a last.pt (it is replaced atomically, but may not exist yet)."""
+    try:
+        p = torch.load(last, weights_only=True)['progress']
+        return p['epoch'], p['batch']
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return -1, -1
+
+
+def _wait_for(proc, last, position, timeout=300):
+    deadline = time.time() + timeout
+    while _progress(last) < position:
+        assert proc.poll() is None and time.time() < deadline, f'{last} never reached {position}'
+        time.sleep(0.01)
+
+
+def _children(pid):
+    out = []
+    for d in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            stat = open(f'/proc/{d}/stat').read()
+        except OSError:
+            continue
+        if int(stat.rsplit(')', 1)[1].split()[1]) == pid:
+            out.append(int(d))
+    return out
+
+
+def _worker_of_rank(agent_pid, local_rank):
+    for pid in _children(agent_pid):
+        env = open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')
+        if f'LOCAL_RANK={local_rank}'.encode() in env:
+            return pid
+    raise AssertionError(f'no worker of local rank {local_rank} under {agent_pid}')
+
+
+def assert_same_run(a, b):
+    ka, kb = (torch.load(r / 'weights' / 'last.pt', weights_only=True) for r in (a, b))
+    for key in ('model', 'ema'):
+        sa, sb = ka[key]['state_dict'], kb[key]['state_dict']
+        differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+        assert not differ, f'{key}: {len(differ)} tensors differ, e.g. {differ[:3]}'
+    assert (a / 'results.txt').read_text().splitlines() == (b / 'results.txt').read_text().splitlines()
+
+
+def _last_line(err):
+    return [ln for ln in err.splitlines() if ln.strip()][-1]
+
+
+@pytest.fixture(scope='module')
+def reference(files, tmp_path_factory):
+    """An uninterrupted 3-epoch run, 0 loader workers."""
+    project = tmp_path_factory.mktemp('ref')
+    code, err = _train(_args(files, project, 'ref', 3, 0, 2, '--multi-scale'))
+    assert code == 0, err[-3000:]
+    return project / 'ref'
+
+
+def test_worker_count_does_not_change_the_run(files, reference, tmp_path):
+    code, err = _train(_args(files, tmp_path, 'w2', 3, 2, 2, '--multi-scale'))
+    assert code == 0, err[-3000:]
+    assert_same_run(reference, tmp_path / 'w2')
+
+
+def test_sigterm_mid_epoch_resumes_with_the_next_batch(files, reference, tmp_path):
+    p = _popen(_args(files, tmp_path, 'b', 3, 2, 2, '--multi-scale', '--save-period-steps', '1'))
+    last = tmp_path / 'b' / 'weights' / 'last.pt'
+    _wait_for(p, last, (1, 1))
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+    epoch, batch = _progress(last)
+    assert 0 < batch, (epoch, batch)  # stopped inside an epoch
+    assert _last_line(err) == (f'SIGTERM received: {last} saved at epoch {epoch} batch {batch}; continue with '
+                               f'python train.py --resume {tmp_path / "b"}') and 'Traceback' not in err
+    ck = torch.load(last, weights_only=True)
+    assert ck['epoch'] == epoch - 1  # the label: the last completed epoch
+    code, err = _train(['--resume', tmp_path / 'b'])
+    assert code == 0, err[-3000:]
+    assert f'at epoch {epoch} batch {batch}, to 3 epochs' in err
+    assert_same_run(reference, tmp_path / 'b')
+
+
+def test_torchrun_restarts_after_two_sigkills_give_the_same_run(files, tmp_path):
+    """torchrun --max-restarts 2: rank 1 is killed twice inside epochs; the job ends by itself, bit-identical to
+    the same command run without a failure."""
+    args = _args(files, tmp_path, 'ref', 4, 1, 2, '--notest', '--save-period-steps', '1')
+    code, err = _train(args, torchrun=['--max-restarts', '0'])
+    assert code == 0, err[-3000:]
+    p = _popen(_args(files, tmp_path, 'k', 4, 1, 2, '--notest', '--save-period-steps', '1'),
+               torchrun=['--max-restarts', '2'])
+    last = tmp_path / 'k' / 'weights' / 'last.pt'
+    for position in ((1, 2), (2, 3)):
+        _wait_for(p, last, position)
+        os.kill(_worker_of_rank(p.pid, 1), signal.SIGKILL)
+        time.sleep(1)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert err.count('Continuing') == 2 and err.count('Resuming') == 2
+    assert sorted(x.name for x in tmp_path.iterdir()) == ['k', 'ref']  # the restarts continued in k
+    assert_same_run(tmp_path / 'ref', tmp_path / 'k')
+
+
+def test_stopped_rank_ends_the_job_then_it_restarts(files, tmp_path):
+    """A rank stopped with SIGSTOP: within the watchdog time (plus a margin) the other rank ends the job with one
+    line naming it; torchrun --max-restarts then restarts it and the run finishes."""
+    p = _popen(_args(files, tmp_path, 's', 3, 0, 2, '--notest', '--save-period-steps', '1', '--watchdog', '4'),
+               torchrun=['--max-restarts', '1'])
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend((time.time(), ln) for ln in p.stderr), daemon=True)
+    reader.start()
+    _wait_for(p, tmp_path / 's' / 'weights' / 'last.pt', (1, 1))
+    stopped_at = time.time()
+    victim = _worker_of_rank(p.pid, 1)
+    os.kill(victim, signal.SIGSTOP)
+    p.wait(timeout=300)
+    reader.join(timeout=10)
+    hang = [(t, ln) for t, ln in lines if 'shows no sign of life' in ln]
+    assert hang, ''.join(ln for _, ln in lines)[-3000:]
+    t, line = hang[0]
+    assert line.startswith(f'train.py: error: rank 1 (pid {victim} on ') and 'torchrun --max-restarts' in line
+    assert t - stopped_at < 4 + 10
+    assert p.returncode == 0, ''.join(ln for _, ln in lines)[-3000:]
+    assert len((tmp_path / 's' / 'results.txt').read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize('sig,group', [(signal.SIGTERM, True), (signal.SIGUSR1, False)])
+def test_scheduler_signals_save_and_exit_with_one_line(files, tmp_path, sig, group):
+    """SIGTERM to the whole process group (SLURM, timeout), loader workers included, and SLURM's SIGUSR1
+    warning: last.pt is saved at a batch boundary and the run ends with one line."""
+    p = _popen(_args(files, tmp_path, 'g', 30, 2, 2, '--save-period-steps', '1', '--notest'), start_new_session=True)
+    last = tmp_path / 'g' / 'weights' / 'last.pt'
+    _wait_for(p, last, (0, 2))
+    os.killpg(p.pid, sig) if group else p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + sig, err[-3000:]
+    assert _last_line(err).startswith(f'{signal.Signals(sig).name} received: {last} saved at ')
+    assert 'Traceback' not in err and 'DataLoader worker' not in err
+    epoch, batch = _progress(last)
+    assert f'saved at epoch {epoch} batch {batch};' in err or f'the start of epoch {epoch};' in err
+
+
+def test_two_runs_with_one_name_get_two_folders(files, tmp_path):
+    procs = [_popen(_args(files, tmp_path, 'same', 1)) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ['same', 'same2']
+    for run in ('same', 'same2'):
+        assert len((tmp_path / run / 'results.txt').read_text().splitlines()) == 1
+
+
+def test_a_live_run_has_one_writer(files, tmp_path):
+    p = _popen(_args(files, tmp_path, 'live', 200))
+    try:
+        _wait_for(p, tmp_path / 'live' / 'weights' / 'last.pt', (1, 0))
+        for extra in (['--resume', tmp_path / 'live'], _args(files, tmp_path, 'live', 2, 0, 2, '--exist-ok'),
+                      _args(files, tmp_path, 'live', 2, 0, 2, '--resume', 'auto')):
+            code, err = _train(extra)
+            errors = [ln for ln in err.splitlines() if ln.startswith('train.py: error:')]
+            assert code == 1 and len(errors) == 1 and 'Traceback' not in err, err[-2000:]
+            assert f'is being written by another run (pid {p.pid} on {socket.gethostname()}, started' in errors[0]
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_resume_auto_starts_then_continues(files, tmp_path):
+    code, err = _train(_args(files, tmp_path, 'auto', 1, 0, 2, '--resume', 'auto'))
+    assert code == 0, err[-3000:]
+    code, err = _train(_args(files, tmp_path, 'auto', 2, 0, 2, '--resume', 'auto'))
+    assert code == 0 and 'Continuing' in err, err[-3000:]
+    assert [x.name for x in tmp_path.iterdir()] == ['auto']
+    assert [ln.split()[0] for ln in (tmp_path / 'auto' / 'results.txt').read_text().splitlines()] == ['0/0', '1/1']
+
+
+def test_killed_loader_worker_is_one_line_and_saves(files, tmp_path):
+    p = _popen(_args(files, tmp_path, 'wk', 30, 2, 2, '--save-period-steps', '1', '--notest'))
+    last = tmp_path / 'wk' / 'weights' / 'last.pt'
+    _wait_for(p, last, (0, 2))
+    worker = _children(p.pid)[0]
+    os.kill(worker, signal.SIGKILL)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err[-3000:]
+    line = _last_line(err)  # where the loader's SIGCHLD handler raises decides whether a batch boundary was reached
+    assert line.startswith('data loader failed') and f'DataLoader worker (pid {worker}) is killed by signal: ' \
+        f'Killed' in line and str(last) in line, err[-3000:]
+    assert 'Traceback' not in err
+
+
+def test_image_deleted_during_a_run_is_named(files, tmp_path):
+    import shutil
+    shutil.copytree(ROOT / 'data' / 'coco8', tmp_path / 'coco8')
+    data = tmp_path / 'data.yaml'
+    data.write_text(yaml.safe_dump(dict(yaml.safe_load(open(DATA)), train=str(tmp_path / 'coco8' / 'images'),
+                                        val=str(tmp_path / 'coco8' / 'images'))))
+    args = [str(a) for a in _args(files, tmp_path / 'runs', 'del', 30, 2, 2, '--notest', '--save-period-steps', '1')]
+    args[args.index(DATA)] = str(data)
+    p = _popen(args)
+    _wait_for(p, tmp_path / 'runs' / 'del' / 'weights' / 'last.pt', (0, 1))
+    gone = sorted((tmp_path / 'coco8' / 'images').glob('*.jpg'))[0]
+    gone.unlink()
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err[-3000:]
+    assert f'image {gone} could not be read' in _last_line(err) and 'Traceback' not in err, err[-3000:]
