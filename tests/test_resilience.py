@@ -105,7 +105,8 @@ def assert_same_run(a, b):
 
 
 def _last_line(err):
-    return [ln for ln in err.splitlines() if ln.strip()][-1]
+    """The last line a terminal shows (a progress bar ends its lines with carriage returns)."""
+    return [ln for ln in err.replace('\r', '\n').splitlines() if ln.strip()][-1]
 
 
 @pytest.fixture(scope='module')
