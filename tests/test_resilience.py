@@ -6,6 +6,7 @@ two images a batch), so every source of randomness takes part. "Bit-identical" c
 torch.equal, and results.txt line by line.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -265,3 +266,95 @@ def test_image_deleted_during_a_run_is_named(files, tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1, err[-3000:]
     assert f'image {gone} could not be read' in _last_line(err) and 'Traceback' not in err, err[-3000:]
+
+
+def test_epoch_sampler_is_distributed_samplers_order_and_resumes_inside_an_epoch():
+    from torch.utils.data.distributed import DistributedSampler
+
+    from utils.sampling import EpochSampler
+    for n, world in ((10, 1), (10, 3), (2, 4)):
+        for rank in range(world):
+            ours = EpochSampler(n, shuffle=True, seed=5, rank=rank if world > 1 else -1, world_size=world)
+            theirs = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=5)
+            for epoch in (0, 3):
+                ours.set_epoch(epoch)
+                theirs.set_epoch(epoch)
+                keys = list(ours)
+                assert [k.index for k in keys] == list(theirs) and {k.epoch for k in keys} == {epoch}
+                ours.set_epoch(epoch, start=2)
+                assert list(ours) == keys[2:]
+    s = EpochSampler(4, shuffle=False)
+    s.set_epoch(1, images=[3, 3, 0, 1])  # --image-weights: positions keep their seeds, images are drawn
+    assert [(k.index, k.image) for k in s] == [(0, 3), (1, 3), (2, 0), (3, 1)]
+
+
+def test_a_sample_is_the_same_whenever_it_is_loaded():
+    from utils.datasets import LoadImagesAndLabels
+    from utils.sampling import SampleKey
+    hyp = dict(yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text()), mixup=0.5)
+    ds = LoadImagesAndLabels(str(ROOT / 'data' / 'coco8' / 'images'), img_size=64, augment=True, hyp=hyp, seed=1)
+    first = [ds[SampleKey(2, i, i)] for i in range(4)]
+    again = [ds[SampleKey(2, i, i)] for i in reversed(range(4))][::-1]
+    for (a, la, _, _), (b, lb, _, _) in zip(first, again):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    other_epoch = ds[SampleKey(3, 0, 0)]
+    assert not torch.equal(first[0][0], other_epoch[0])
+
+
+class FakeStore:
+    """The part of a c10d store the watchdog uses, shared by the 'ranks' of one test."""
+
+    def __init__(self):
+        self.data = {}
+
+    def set(self, key, value):
+        self.data[key] = value
+
+    def check(self, keys):
+        return all(k in self.data for k in keys)
+
+    def get(self, key):
+        return self.data[key].encode()
+
+
+def _watchdogs(timeout=0.6):
+    from utils.watchdog import Watchdog
+    store, ended = FakeStore(), {}
+    dogs = [Watchdog(timeout, r, 2, store, exit_fn=lambda m, r=r: ended.setdefault(r, m)) for r in (0, 1)]
+    for d in dogs:
+        d.arm()
+        d.beat('forward/backward', 'epoch 0 batch 0')
+        d.start()
+    return dogs, ended
+
+
+def test_watchdog_waits_while_rank_0_evaluates_then_names_a_stopped_rank():
+    dogs, ended = _watchdogs()
+    try:
+        dogs[1].beat('all-reduce', 'agreeing on the step', waiting=True)
+        t = time.time()
+        while time.time() - t < 2.5:  # rank 0 evaluates for 4 timeouts; rank 1 waits: not a hang
+            dogs[0].beat('evaluation', 'batch 3')
+            time.sleep(0.05)
+        assert not ended
+        dogs[0]._stop.set()  # rank 0 stops: no sign of life (its records are no longer published)
+        time.sleep(2.5)
+        assert 0 not in ended and ended[1].startswith('train.py: error: rank 0 (pid ') and \
+            'shows no sign of life' in ended[1] and 'last seen evaluation (batch 3)' in ended[1]
+    finally:
+        for d in dogs:
+            d.stop()
+
+
+def test_watchdog_names_a_rank_stuck_in_its_own_phase():
+    dogs, ended = _watchdogs()
+    try:
+        dogs[0].beat('loading data', 'epoch 2 batch 5; data-loader workers [123, 124]')
+        dogs[1].beat('all-reduce', 'agreeing on the step', waiting=True)
+        time.sleep(2.5)
+        assert re.fullmatch(r'train\.py: error: rank 0 made no progress for \d+ s while loading data \(epoch 2 batch '
+                            r'5; data-loader workers \[123, 124\]\); ending this process so that the job can be '
+                            r'restarted \(torchrun --max-restarts\) or resumed \(--resume\)', ended[0]), ended[0]
+    finally:
+        for d in dogs:
+            d.stop()
