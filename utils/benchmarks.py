@@ -5,6 +5,7 @@
     python -m utils.benchmarks --mode train --cfg models/yolov4-p5.yaml --img 896 --batch-size 16 --device 0 \
         --mish native auto
     python -m utils.benchmarks --mode data --img 640 896 --source path/to/coco128   (or a data yaml, or an images folder)
+    python -m utils.benchmarks --mode checkpoint --cfg models/yolov4-p5.yaml --img 640 --batch-size 2 --device cpu
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
     python -m utils.benchmarks --mode test --cfg models/yolov4-p5.yaml --img 320 --batch-size 8 --device cpu \
         --source path/to/data16.yaml      (test.py on the early-training evaluation workload: its time split,
@@ -178,6 +179,77 @@ def _train_step(model, loss_fn, optimizer, scaler, x, targets, device, dtype):
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def _synthetic_batch(bs, img, nc, device, seed=0):
+    """A random image batch and 8 random boxes per image, as train.py's targets."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(bs, 3, img, img, generator=g).to(device)
+    n = 8 * bs
+    targets = torch.cat((torch.arange(bs).repeat_interleave(8)[:, None].float(),
+                         torch.randint(0, nc, (n, 1), generator=g).float(),
+                         torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05),
+                        1).to(device)
+    return x, targets
+
+
+def bench_checkpoint(opt, device):
+    """The cost of a training checkpoint as train.py takes it (model, EMA, SGD momentum, RunState): its size,
+    a synchronous save, and a background save (the pause to copy the state into host memory, the write, and
+    the training steps taken meanwhile), with the overhead at the periodic-save default (--save-period-min)."""
+    import argparse
+
+    from utils.async_checkpoint import CheckpointWriter
+    from utils.loss import ComputeLoss
+    from utils.optim import smart_optimizer
+    from utils.torch_utils import ModelEMA
+    from utils.train_state import RunState, training_checkpoint
+    model = _model(opt, device).float().train()
+    with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
+        hyp = yaml.safe_load(f)
+    optimizer, hyp, _ = smart_optimizer(model, hyp, 64)
+    ema, scaler = ModelEMA(model), torch.amp.GradScaler('cuda', enabled=device.type == 'cuda')
+    loss_fn = ComputeLoss(model, hyp)
+    bs = opt.batch_size[0]
+    x, targets = _synthetic_batch(bs, opt.img, model.nc, device)
+
+    def step():
+        _train_step(model, loss_fn, optimizer, scaler, x, targets, device, 'float16' if device.type == 'cuda'
+                    else 'float32')
+        ema.update(model)
+    for _ in range(max(opt.warmup, 1)):
+        step()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(opt.iters):
+        step()
+    _sync(device)
+    step_s = (time.perf_counter() - t) / opt.iters
+    ckpt = training_checkpoint(RunState(), model, ema, optimizer, scaler, argparse.Namespace(), hyp)
+    writer = CheckpointWriter()
+    with tempfile.TemporaryDirectory(dir=opt.save_dir or None) as tmp:
+        path = Path(tmp) / 'last.pt'
+        t = time.perf_counter()
+        writer.write(ckpt, [path], background=False)
+        sync_s = time.perf_counter() - t
+        size = path.stat().st_size
+        t = time.perf_counter()
+        writer.write(ckpt, [path])
+        steps = 0
+        while writer.busy():
+            step()
+            steps += 1
+        _sync(device)
+        during_s = time.perf_counter() - t - writer.copy_s
+        writer.wait()
+    extra_s = max(during_s - steps * step_s, 0.0)  # steps slowed down by the write, beyond their usual time
+    overhead = (writer.copy_s + extra_s) / (opt.save_period_min * 60) * 100
+    row = [bs, opt.img, f'{size / 2 ** 20:.0f}', f'{sync_s:.2f}', f'{writer.copy_s:.2f}', f'{writer.write_s:.2f}',
+           f'{step_s:.2f}', steps, f'{extra_s:.2f}', f'{overhead:.3f}%']
+    return [row], ['batch', 'img', 'MiB', 'sync save s', 'pause s', 'background write s', 's/step', 'steps during write',
+                   'steps slowed by s', f'overhead every {opt.save_period_min:g} min'], (
+        'pause: training stops while the state is copied to host memory; the write then runs beside training. '
+        'Overhead: (pause + the slowdown of the steps taken during the write) / the period')
 
 
 def bench_train(opt, device):
@@ -411,7 +483,7 @@ def parse_opt(argv=None):
     from models.activations import mish_mode
     from utils.errors import ArgumentParser
     p = ArgumentParser(prog='python -m utils.benchmarks', description=__doc__.split('\n\n')[0])
-    p.add_argument('--mode', choices=['infer', 'train', 'data', 'test'], default='infer')
+    p.add_argument('--mode', choices=['infer', 'train', 'data', 'test', 'checkpoint'], default='infer')
     p.add_argument('--cfg', default='models/yolov4-p5.yaml', help='model config (when no --weights)')
     p.add_argument('--weights', default='', help='checkpoint to benchmark instead of a fresh model')
     p.add_argument('--img', '--img-size', type=int, nargs='+', default=None, help='image size(s)')
@@ -438,6 +510,9 @@ def parse_opt(argv=None):
                         'annotations/)')
     p.add_argument('--compare-nms', action='store_true',
                    help='test: also run the published NMS on the same predictions (one more inference pass)')
+    p.add_argument('--save-period-min', type=float, default=30,
+                   help="checkpoint: the period the overhead is given for (train.py's default)")
+    p.add_argument('--save-dir', default='', help='checkpoint: the folder written to (default: a temporary folder)')
     p.add_argument('--quick', action='store_true', help='a tiny CPU run (tests)')
     p.add_argument('--json', default='', help='also append the table as one JSON line to this file')
     opt = p.parse_args(argv)
@@ -447,7 +522,7 @@ def parse_opt(argv=None):
             opt.cfg = opt.cfg if 'tiny' in opt.cfg or opt.cfg.endswith('csp.yaml') else 'models/yolov4-p5-tiny.yaml'
     opt.img_sizes = opt.img or ([640, 896] if opt.mode == 'data' else [640])
     opt.img = opt.img_sizes[0]
-    opt.batch_size = opt.batch_size or {'infer': [1, 32], 'test': [8]}.get(opt.mode, [16])
+    opt.batch_size = opt.batch_size or {'infer': [1, 32], 'test': [8], 'checkpoint': [2]}.get(opt.mode, [16])
     opt.mish = opt.mish or [mish_mode()]
     opt.memory_format = opt.memory_format or (['contiguous'] if opt.quick or opt.mode != 'infer' else
                                               ['contiguous', 'channels_last'])
@@ -476,11 +551,12 @@ def main(argv=None):
     from utils.torch_utils import select_device
     device = select_device(opt.device)
     _check_cuda_options(opt, device)
-    fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data, 'test': bench_test}[opt.mode]
+    fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data, 'test': bench_test,
+          'checkpoint': bench_checkpoint}[opt.mode]
     what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode not in ('data', 'test') else \
         f'{opt.source} ({opt.weights or opt.cfg})'
     name = torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
-    with torch.set_grad_enabled(opt.mode == 'train'):
+    with torch.set_grad_enabled(opt.mode in ('train', 'checkpoint')):
         rows, columns, note = fn(opt, device)
     header = f'{opt.mode} benchmark: {what} on {name}, torch {torch.__version__}'
     table = _table(rows, columns)
