@@ -7,13 +7,12 @@
 
 The stages, each a function: build the model (build_model) and optimizer (smart_optimizer), the loaders
 (build_train_loader), restore a resumed run (utils.train_state), then per epoch train_one_epoch and end_of_epoch
-(evaluate, log, save). main() decides where the run writes and what it resumes (plan_run), turns flags (or a
+(evaluate, log, save). main() decides where the run writes and what it resumes (utils.run_dir), turns flags (or a
 resumed run's saved options) into those inputs, and guards the run: signals stop it at a batch boundary with a
 checkpoint, a watchdog turns hangs into failures, and checkpoints come every --save-period-min minutes or
 --save-period-steps optimizer steps as well as at each epoch's end.
 """
 import argparse
-import datetime
 import logging
 import math
 import os
@@ -34,20 +33,20 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import test as tester  # test.py
-from models.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temp_files,
-                               strip_optimizer)
+from models.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temp_files, strip_optimizer
 from models.yolo import Model
-from utils.async_checkpoint import CheckpointWriter
 from utils.autoanchor import check_anchors
 from utils.data_config import load_data_config
-from utils.datasets import check_label_classes, create_dataloader
+from utils.datasets import check_label_classes, create_dataloader, loader_failure, stop_loader_workers
 from utils.errors import ArgumentError, ArgumentParser, UserError, check_at_least, run_cli
 from utils.general import check_img_size, options_from_kwargs, set_logging
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterations, warmup_step
 from utils.plots import plot_images, plot_labels, plot_results
-from utils.run_dir import RunLock, claim_new_run, elastic_job_key, elastic_restart, find_job_run
+from utils.distributed import init_distributed, process_group_store
+from utils.run_dir import agree_on_plan, resume_path, run_folder_of
+from utils.run_guard import BeatingLoader, Guard
 from utils.sampling import batch_rng, epoch_rng
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, select_device
 from utils.train_state import RunState, plain, restore_training_state, training_checkpoint
@@ -57,7 +56,6 @@ from utils.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl+C; schedulers, timeout, torchrun; SLURM's warning
 
 
 class TrainingStopped(RuntimeError):
@@ -112,50 +110,6 @@ class EpochLoop:
     names: list = field(default_factory=list)
     opt: argparse.Namespace = None  # the run's options and hyperparameters as given: saved in checkpoints
     hyp_given: dict = None
-
-
-class Guard:
-    """What watches a run from outside the loop: stop signals (a stop is agreed by every rank and taken at
-    a batch boundary), the watchdog, and rank 0's checkpoints (every period_min minutes and/or period_steps
-    optimizer steps, at an optimizer-step boundary, written in the background)."""
-
-    def __init__(self, paths, period_min=0.0, period_steps=0, watchdog=None, main_proc=True):
-        self.paths, self.period_min, self.period_steps = paths, period_min, period_steps
-        self.watchdog = watchdog or Watchdog(0)
-        self.writer = CheckpointWriter() if main_proc else None
-        self.signal = None
-        self.last_save = time.monotonic()
-        self._old_handlers = {}
-
-    def __enter__(self):
-        def on_signal(signum, frame):
-            if self.signal == signal.SIGINT == signum:  # a second Ctrl+C: stop now
-                raise KeyboardInterrupt
-            self.signal = signum
-        self._old_handlers = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
-        self.watchdog.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.watchdog.stop()
-        for s, h in self._old_handlers.items():
-            signal.signal(s, h)
-        if self.writer:
-            self.writer.wait()
-
-    def beat(self, phase, detail='', waiting=False):
-        self.watchdog.beat(phase, detail, waiting)
-
-    def due(self, steps):
-        """Whether a periodic checkpoint is due after optimizer step `steps` (rank 0 decides alone)."""
-        return self.writer is not None and (
-            (self.period_steps > 0 and steps % self.period_steps == 0)
-            or (self.period_min > 0 and time.monotonic() - self.last_save >= self.period_min * 60))
-
-    def save(self, ckpt, best=False, background=True, then=None):
-        self.beat('saving checkpoint', str(self.paths.last))
-        self.writer.write(ckpt, [self.paths.last] + ([self.paths.best] if best else []), background, then)
-        self.last_save = time.monotonic()
 
 
 def seed_everything(seed):
@@ -291,17 +245,6 @@ def agree_across_ranks(loop, finite, guard):
     return flags[0].item() == 0, guard.signal is not None
 
 
-def loader_failure(e):
-    """A one-line account of a data-loader failure (a worker killed, an image gone), or None for other errors."""
-    text = str(e)
-    if isinstance(e, RuntimeError) and text.startswith('DataLoader worker'):
-        return ' '.join(text.split('. ')[0].split())  # "DataLoader worker (pid 123) is killed by signal: Killed"
-    if isinstance(e, UserError) or 'in DataLoader worker process' in text:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        return lines[-1].split(': ', 1)[-1] if 'Original Traceback' in text else ' '.join(text.split())
-    return None
-
-
 def next_batch(batches, guard, where, worker_pids):
     """The next (i, batch) or None at the end; a failed data loader becomes TrainingStopped."""
     guard.beat('loading data', f'{where}; data-loader workers {worker_pids or "none (in process)"}')
@@ -310,7 +253,7 @@ def next_batch(batches, guard, where, worker_pids):
     except StopIteration:
         return None
     except (RuntimeError, UserError, OSError) as e:
-        reason = loader_failure(e)
+        reason = loader_failure(e) or (' '.join(str(e).split()) if isinstance(e, UserError) else None)
         if reason is None:
             raise
         raise TrainingStopped(f'data loader failed at {where}: {reason}', save=True) from None
@@ -332,6 +275,7 @@ def train_one_epoch(loop, state, guard):
         while (item := next_batch(batches, guard, f'epoch {state.epoch} batch {state.batch}', worker_pids)):
             if train_batch(loop, state, guard, item, pbar):
                 return True
+            guard.watchdog.arm()  # after this process's first batch (start-up and torch.compile are not timed)
     finally:
         if pbar is not None:
             pbar.close()
@@ -408,24 +352,6 @@ def skip_step(loop, state, loss_items, i, guard):
 TB_TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
            'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
            'x/lr0', 'x/lr1', 'x/lr2']
-
-
-class BeatingLoader:
-    """The validation loader, reporting each batch to the watchdog (an evaluation is progress, not a hang)."""
-
-    def __init__(self, loader, guard):
-        self.loader, self.guard = loader, guard
-
-    def __iter__(self):
-        for n, batch in enumerate(self.loader):
-            self.guard.beat('evaluation', f'batch {n}')
-            yield batch
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
 
 
 def end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_writer, guard):
@@ -523,9 +449,10 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
                 imgsz, imgsz_test, loader.num_workers, paths.save_dir, opt.epochs)
     t0, start_epoch = time.time(), state.epoch
-    watchdog = Watchdog(opt.watchdog, rank, opt.world_size, _store() if rank != -1 else None)
+    watchdog = Watchdog(opt.watchdog, rank, opt.world_size, process_group_store() if rank != -1 else None)
+    periods = (0, 0) if opt.nosave else (opt.save_period_min, opt.save_period_steps)
     try:
-        with Guard(paths, opt.save_period_min, opt.save_period_steps, watchdog, main_proc) as guard:
+        with Guard(paths, *periods, watchdog, main_proc) as guard:
             run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset,
                        class_weights, guard)
     finally:
@@ -537,35 +464,11 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     return state.results
 
 
-def stop_loader_workers(*loaders):
-    """End the loaders' worker processes. They ignore SIGTERM (a stop signal is the training process's to
-    handle), so multiprocessing's exit handler, which terminates and then joins them, would wait forever."""
-    for loader in loaders:
-        it = getattr(loader, '_iterator', None)
-        if it is None:
-            continue
-        it._shutdown_workers()  # asks them to stop, waits a little
-        for w in getattr(it, '_workers', []):
-            if w.is_alive():
-                w.kill()
-                w.join()
-
-
-def _store():
-    """The process group's key-value store (the rendezvous store under torchrun), for the watchdog."""
-    try:
-        return dist.distributed_c10d._get_default_store()
-    except (AttributeError, RuntimeError, ValueError) as e:
-        LOGGER.warning('WARNING: the watchdog cannot see the other ranks (%s): it watches this rank only', e)
-        return None
-
-
 def run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset, class_weights,
                guard):
     """The epoch loop. A stop signal (SIGINT, SIGTERM, SIGUSR1) or a failed data loader ends it at a batch
     boundary with last.pt saved there: --resume continues with the next batch."""
     main_proc = loop.rank in (-1, 0)
-    guard.watchdog.arm()
     try:
         for epoch in range(state.epoch, loop.epochs):
             images = image_order(dataset, class_weights, state.maps, loop.seed, epoch, loop.rank, loop.device) \
@@ -676,97 +579,6 @@ def check_options(opt):
         raise ArgumentError('--resume and --evolve: evolution runs its generations anew; give one of them')
 
 
-def resume_path(resume, project):
-    """The last.pt to resume: the newest under --project for a bare --resume, a run folder's weights/last.pt,
-    or the given file."""
-    if resume is True:
-        runs = sorted(Path(project).glob('**/last.pt'), key=lambda x: x.stat().st_mtime)
-        if not runs:
-            raise ArgumentError(f'--resume: no last.pt found under {project}: name the run folder or its '
-                                f'weights/last.pt')
-        return runs[-1]
-    path = Path(resume)
-    if path.is_dir():
-        candidates = [path / 'weights' / 'last.pt', path / 'last.pt']
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise ArgumentError(f'--resume {path}: a folder without weights/last.pt (looked for '
-                                f'{candidates[0]}); was the run started with --nosave, or is this the project '
-                                f'folder rather than a run folder?')
-        return found
-    if not path.is_file():
-        raise ArgumentError(f'--resume {path}: no such file; give a run folder (runs/train/exp) or its '
-                            f'weights/last.pt')
-    return path
-
-
-def run_folder_of(checkpoint):
-    """runs/train/exp for runs/train/exp/weights/last.pt (or a last.pt directly in the run folder)."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent.parent if checkpoint.parent.name == 'weights' else checkpoint.parent
-
-
-def plan_run(opt):
-    """Where this run writes and what it resumes, decided by the main process: (run folder, checkpoint path or
-    None, the checkpoint loaded, RunLock). The checkpoint is checked before the folder is claimed (locked), and
-    the folder is claimed before anything is written.
-
-    - --resume auto: <project>/<name> itself; resumed when it has a last.pt, else a new run there;
-    - a restart by torchrun's elastic agent: the folder this job's first attempt claimed, resumed from its
-      newest last.pt (or started anew there when it has none);
-    - --resume [X]: X's run folder, from X (or, on an elastic restart, from the folder's newest last.pt);
-    - otherwise a new folder <project>/<name>, <name>2, ... (or <name> itself with --exist-ok).
-    """
-    job = elastic_job_key()
-    if opt.resume == 'auto':
-        save_dir = Path(opt.project) / opt.name
-    elif opt.resume:
-        checkpoint = resume_path(opt.resume, opt.project)
-        save_dir = run_folder_of(checkpoint)
-    else:
-        save_dir = find_job_run(opt.project, opt.name, job) if elastic_restart() else None
-        if save_dir is None:
-            lock = claim_new_run(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or bool(opt.evolve),
-                                 job_key=job)
-            return lock.save_dir, None, None, lock
-    if opt.resume == 'auto' or elastic_restart():
-        last = save_dir / 'weights' / 'last.pt'
-        checkpoint = last if last.is_file() else None
-    ckpt = None
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt.get('optimizer') is None:
-            raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
-                                  f'run with --weights {checkpoint}')
-        LOGGER.info('Continuing %s from %s', save_dir, checkpoint)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    return save_dir, checkpoint, ckpt, RunLock(save_dir, job)
-
-
-def agree_on_plan(opt):
-    """plan_run on the main process, shared with every rank: (run folder, checkpoint path, checkpoint, lock).
-    The other ranks load the same checkpoint; an error on the main process (a folder in use, a file that is no
-    training checkpoint) ends every rank with the same line."""
-    plan, ckpt, lock = None, None, None
-    if opt.global_rank in (-1, 0):
-        try:
-            save_dir, checkpoint, ckpt, lock = plan_run(opt)
-            plan = {'save_dir': str(save_dir), 'checkpoint': str(checkpoint) if checkpoint else None}
-        except (UserError, OSError) as e:
-            plan = {'error': str(e)}
-            if opt.global_rank == -1:
-                raise
-    if opt.global_rank != -1:
-        shared = [plan]
-        dist.broadcast_object_list(shared, 0)
-        plan = shared[0]
-    if 'error' in plan:
-        raise UserError(plan['error'])
-    if plan['checkpoint'] and ckpt is None:
-        ckpt = load_checkpoint(plan['checkpoint'])
-    return plan['save_dir'], plan['checkpoint'], ckpt, lock
-
-
 def resumed_options(opt, ckpt, path):
     """(options, hyp) of a resumed run: its saved options, with this command's --epochs, --hyp, --device and the
     process layout (rank, world size) taking precedence."""
@@ -817,34 +629,6 @@ def check_world_size(total_batch_size, world_size):
     if total_batch_size % world_size:
         raise ArgumentError(f'--batch-size {total_batch_size} must be a multiple of the number of processes '
                             f'{world_size}')
-
-
-def attempt_store(rank, world_size, timeout):
-    """Under torchrun, the rendezvous store with a key prefix of its own for each attempt (None elsewhere).
-
-    A restart by the elastic agent keeps the agent's store, and with a static rendezvous (--master-port) the
-    process group's keys of the failed attempt are still there: a restarted rank read the dead rank 0's
-    address and the gloo connection failed. Fresh keys per attempt avoid that; the watchdog uses the store too.
-    """
-    if 'TORCHELASTIC_RESTART_COUNT' not in os.environ or 'MASTER_ADDR' not in os.environ:
-        return None
-    agent = os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'
-    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size,
-                          is_master=not agent and rank == 0, timeout=timeout, multi_tenant=True)
-    return dist.PrefixStore(f'scaled-yolov4/attempt{os.environ["TORCHELASTIC_RESTART_COUNT"]}', store)
-
-
-def init_distributed(device, rank, world_size, timeout):
-    """Join the process group (NCCL on CUDA, else gloo); a rendezvous that fails is one line, not a traceback."""
-    timeout = datetime.timedelta(seconds=timeout)
-    try:
-        store = attempt_store(rank, world_size, timeout)
-        dist.init_process_group(backend='nccl' if device.type != 'cpu' else 'gloo', timeout=timeout,
-                                **(dict(store=store, rank=rank, world_size=world_size) if store else {}))
-    except (RuntimeError, ValueError, dist.DistError) as e:
-        raise UserError(f'torch.distributed could not start ({" ".join(str(e).split())[:300]}): start train.py '
-                        f'with torchrun (or set MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE) and check that every '
-                        f'node reaches the rendezvous address') from None
 
 
 def main(argv=None, opt=None):

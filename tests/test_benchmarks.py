@@ -60,18 +60,26 @@ def test_train_quick_prints_table(capsys):
 def test_data_quick_prints_table(capsys):
     main(['--mode', 'data', '--img', '128', '--source', str(ROOT / 'data' / 'coco8'), '--quick'])
     out = capsys.readouterr().out
-    assert re.search(r'128\s+published\s+8\s+[\d.]+', out) and re.search(r'128\s+this project\s+8\s+[\d.]+', out)
+    assert re.search(r'128\s+per-sample seeds\s+8\s+[\d.]+', out) and re.search(r'128\s+plain index\s+8\s+[\d.]+', out)
 
 
 @pytest.mark.parametrize('source', ['data/coco8/images', 'data/coco8.yaml'])
 def test_data_source_images_folder_or_data_yaml(capsys, source):
     main(['--mode', 'data', '--img', '96', '--source', str(ROOT / source), '--quick'])
-    assert re.search(r'96\s+this project\s+8\s+[\d.]+', capsys.readouterr().out)
+    assert re.search(r'96\s+per-sample seeds\s+8\s+[\d.]+', capsys.readouterr().out)
 
 
 def test_data_source_missing_is_named(tmp_path):
     with pytest.raises(SystemExit, match=f'--source {tmp_path / "nope"} not found'):
         main(['--mode', 'data', '--source', str(tmp_path / 'nope'), '--quick'])
+
+
+def test_checkpoint_mode_times_a_save(capsys, tmp_path):
+    main(['--mode', 'checkpoint', '--quick', '--save-dir', str(tmp_path)])
+    row = re.search(r'\n\s+2\s+640\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)%',
+                    capsys.readouterr().out)
+    assert row and int(row.group(1)) > 1 and int(row.group(6)) >= 1  # MiB; a training step ran during the write
+    assert not list(tmp_path.iterdir())  # its temporary folder is gone
 
 
 def test_train_options_one_row_each(capsys):

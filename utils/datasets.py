@@ -297,3 +297,28 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
                         pin_memory=torch.cuda.is_available(), collate_fn=LoadImagesAndLabels.collate_fn,
                         worker_init_fn=seed_worker, generator=generator, persistent_workers=nw > 0)
     return loader, dataset
+
+
+def loader_failure(e):
+    """A one-line account of a data-loader worker's failure (killed; an error in it, such as an image gone), or
+    None for other errors."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and text.startswith('DataLoader worker'):
+        return ' '.join(text.split('. ')[0].split())  # "DataLoader worker (pid 123) is killed by signal: Killed"
+    if 'in DataLoader worker process' in text and 'Original Traceback' in text:
+        return [ln for ln in text.splitlines() if ln.strip()][-1].split(': ', 1)[-1]  # the worker's error message
+    return None
+
+
+def stop_loader_workers(*loaders):
+    """End the loaders' worker processes. They ignore SIGTERM (a stop signal is the training process's to
+    handle), so multiprocessing's exit handler, which terminates and then joins them, would wait forever."""
+    for loader in loaders:
+        it = getattr(loader, '_iterator', None)
+        if it is None:
+            continue
+        it._shutdown_workers()  # asks them to stop, waits a little
+        for w in getattr(it, '_workers', []):
+            if w.is_alive():
+                w.kill()
+                w.join()

@@ -12,12 +12,18 @@ import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 from pathlib import Path
 
-from utils.errors import UserError
+import torch.distributed as dist
 
+from models.checkpoint import CheckpointError, load_checkpoint
+
+from utils.errors import ArgumentError, UserError
+
+LOGGER = logging.getLogger(__name__)
 LOCK_NAME = '.lock'
 
 
@@ -105,3 +111,94 @@ def find_job_run(project, name, job_key):
     found = [p for p in Path(project).glob(f'{name}*') if (p / LOCK_NAME).is_file()
              and read_lock(p / LOCK_NAME).get('job') == job_key]
     return max(found, key=lambda p: (p / LOCK_NAME).stat().st_mtime) if found else None
+
+
+def resume_path(resume, project):
+    """The last.pt to resume: the newest under --project for a bare --resume, a run folder's weights/last.pt,
+    or the given file."""
+    if resume is True:
+        runs = sorted(Path(project).glob('**/last.pt'), key=lambda x: x.stat().st_mtime)
+        if not runs:
+            raise ArgumentError(f'--resume: no last.pt found under {project}: name the run folder or its '
+                                f'weights/last.pt')
+        return runs[-1]
+    path = Path(resume)
+    if path.is_dir():
+        candidates = [path / 'weights' / 'last.pt', path / 'last.pt']
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ArgumentError(f'--resume {path}: a folder without weights/last.pt (looked for '
+                                f'{candidates[0]}); was the run started with --nosave, or is this the project '
+                                f'folder rather than a run folder?')
+        return found
+    if not path.is_file():
+        raise ArgumentError(f'--resume {path}: no such file; give a run folder (runs/train/exp) or its '
+                            f'weights/last.pt')
+    return path
+
+
+def run_folder_of(checkpoint):
+    """runs/train/exp for runs/train/exp/weights/last.pt (or a last.pt directly in the run folder)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == 'weights' else checkpoint.parent
+
+
+def plan_run(opt):
+    """Where this run writes and what it resumes, decided by the main process: (run folder, checkpoint path or
+    None, the checkpoint loaded, RunLock). The checkpoint is checked before the folder is claimed (locked), and
+    the folder is claimed before anything is written.
+
+    - --resume auto: <project>/<name> itself; resumed when it has a last.pt, else a new run there;
+    - a restart by torchrun's elastic agent: the folder this job's first attempt claimed, resumed from its
+      newest last.pt (or started anew there when it has none);
+    - --resume [X]: X's run folder, from X (or, on an elastic restart, from the folder's newest last.pt);
+    - otherwise a new folder <project>/<name>, <name>2, ... (or <name> itself with --exist-ok).
+    """
+    job = elastic_job_key()
+    if opt.resume == 'auto':
+        save_dir = Path(opt.project) / opt.name
+    elif opt.resume:
+        checkpoint = resume_path(opt.resume, opt.project)
+        save_dir = run_folder_of(checkpoint)
+    else:
+        save_dir = find_job_run(opt.project, opt.name, job) if elastic_restart() else None
+        if save_dir is None:
+            lock = claim_new_run(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or bool(opt.evolve),
+                                 job_key=job)
+            return lock.save_dir, None, None, lock
+    if opt.resume == 'auto' or elastic_restart():
+        last = save_dir / 'weights' / 'last.pt'
+        checkpoint = last if last.is_file() else None
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.get('optimizer') is None:
+            raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
+                                  f'run with --weights {checkpoint}')
+        LOGGER.info('Continuing %s from %s', save_dir, checkpoint)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return save_dir, checkpoint, ckpt, RunLock(save_dir, job)
+
+
+def agree_on_plan(opt):
+    """plan_run on the main process, shared with every rank: (run folder, checkpoint path, checkpoint, lock).
+    The other ranks load the same checkpoint; an error on the main process (a folder in use, a file that is no
+    training checkpoint) ends every rank with the same line."""
+    plan, ckpt, lock = None, None, None
+    if opt.global_rank in (-1, 0):
+        try:
+            save_dir, checkpoint, ckpt, lock = plan_run(opt)
+            plan = {'save_dir': str(save_dir), 'checkpoint': str(checkpoint) if checkpoint else None}
+        except (UserError, OSError) as e:
+            plan = {'error': str(e)}
+            if opt.global_rank == -1:
+                raise
+    if opt.global_rank != -1:
+        shared = [plan]
+        dist.broadcast_object_list(shared, 0)
+        plan = shared[0]
+    if 'error' in plan:
+        raise UserError(plan['error'])
+    if plan['checkpoint'] and ckpt is None:
+        ckpt = load_checkpoint(plan['checkpoint'])
+    return plan['save_dir'], plan['checkpoint'], ckpt, lock

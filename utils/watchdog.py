@@ -11,7 +11,8 @@ collective). A thread checks every few seconds:
   making progress (rank 0 evaluating or saving while the others wait) is not a hang.
 Then one line goes to stderr and the process exits with status 1. A peer found stopped on this host is killed
 too, so that the agent need not wait for it. The watchdog arms itself at the first beat that is not a wait
-after `arm()` (the first batch: start-up, dataset caching and torch.compile are not timed).
+after `arm()`, which train.py calls once the first batch is done: start-up, dataset caching and torch.compile's
+first step are not timed.
 """
 import json
 import logging
@@ -51,7 +52,9 @@ class Watchdog:
         self._stop.set()
 
     def arm(self):
-        self.armed = None  # armed at the next beat that is not a wait
+        """Start timing from the next beat that is not a wait (called after each batch; only the first counts)."""
+        if self.armed is False:
+            self.armed = None
 
     def beat(self, phase, detail='', waiting=False):
         """Progress: the training thread enters `phase` (waiting=True: a wait for the other ranks)."""
