@@ -293,9 +293,10 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
         sampler = distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed) if rank != -1 else None
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=nw, sampler=sampler,
-                        pin_memory=torch.cuda.is_available(), collate_fn=LoadImagesAndLabels.collate_fn,
-                        worker_init_fn=seed_worker, generator=generator, persistent_workers=nw > 0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
+                        sampler=sampler, pin_memory=torch.cuda.is_available(),
+                        collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker,
+                        generator=generator, persistent_workers=nw > 0)
     return loader, dataset
 
 
