@@ -46,7 +46,7 @@ from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterati
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.distributed import init_distributed, process_group_store
 from utils.run_dir import agree_on_plan, resume_path, run_folder_of
-from utils.run_guard import BeatingLoader, Guard
+from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard
 from utils.sampling import batch_rng, epoch_rng
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, select_device
 from utils.train_state import RunState, plain, restore_training_state, training_checkpoint
@@ -357,14 +357,18 @@ TB_TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precis
 def end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_writer, guard):
     """Main process, after each epoch: evaluate the EMA, log, save last.pt/best.pt, then append to results.txt.
 
-    Updates state (results, maps, best fitness, results lines) and moves it to the next epoch."""
+    Updates state (results, maps, best fitness, results lines) and moves it to the next epoch. Returns False,
+    with state unchanged, when a stop signal ended the evaluation."""
     epoch = state.epoch
     loop.ema.update_attr(de_parallel(loop.model), include=EMA_ATTRIBUTES)
     final_epoch = epoch + 1 == loop.epochs
     if not opt.notest or final_epoch:
-        results, maps, _ = tester.test(data, batch_size=opt.batch_size, imgsz=imgsz_test, model=loop.ema.ema,
-                                       single_cls=opt.single_cls, dataloader=BeatingLoader(testloader, guard),
-                                       save_dir=paths.save_dir, plots=final_epoch, compute_loss=loop.loss_fn)
+        try:
+            results, maps, _ = tester.test(data, batch_size=opt.batch_size, imgsz=imgsz_test, model=loop.ema.ema,
+                                           single_cls=opt.single_cls, dataloader=BeatingLoader(testloader, guard),
+                                           save_dir=paths.save_dir, plots=final_epoch, compute_loss=loop.loss_fn)
+        except EvaluationInterrupted:
+            return False
         state.results, state.maps = tuple(results), [float(x) for x in maps]
     line = state.row + '%10.4g' * 7 % tuple(state.results)
     state.results_lines.append(line)
@@ -384,6 +388,7 @@ def end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_w
         ck = training_checkpoint(state, loop.model, loop.ema, loop.optimizer, loop.scaler, opt, loop.hyp_given,
                                  epoch_fitness)
         guard.save(ck, best=state.best_fitness == epoch_fitness, background=not final_epoch, then=append_line)
+    return True
 
 
 def train(hyp, opt, device, tb_writer=None, ckpt=None):
@@ -478,8 +483,9 @@ def run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test,
             if not stopped:
                 lr = [g['lr'] for g in loop.optimizer.param_groups]
                 scheduler.step()
-                if main_proc:
-                    end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_writer, guard)
+                if main_proc:  # a stop during its evaluation saves with every batch of the epoch done
+                    stopped = not end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test,
+                                               tb_writer, guard)
                 else:
                     state.start_epoch(epoch + 1)
             if guard.signal and (stopped or loop.rank == -1):  # under DDP a stop is agreed inside the epoch
@@ -669,6 +675,10 @@ def main(argv=None, opt=None):
     except TrainingStopped as e:
         LOGGER.error('%s', e)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl+C
+        LOGGER.error('\nInterrupted twice: stopped at once, without a checkpoint of this moment; continue from the '
+                     'last one with python train.py --resume %s', getattr(opt, 'save_dir', opt.project))
+        sys.exit(128 + signal.SIGINT)
     except UserError:
         raise
     except (RuntimeError, dist.DistBackendError) as e:

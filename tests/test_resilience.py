@@ -359,3 +359,28 @@ def test_watchdog_names_a_rank_stuck_in_its_own_phase():
     finally:
         for d in dogs:
             d.stop()
+
+
+def test_sigterm_during_evaluation_saves_the_finished_epoch(files, reference, tmp_path):
+    """A stop signal during the end-of-epoch evaluation (minutes on COCO) ends it at once: last.pt holds the
+    epoch's trained weights (every batch done), and the resume evaluates and continues as if never stopped."""
+    script = f'''
+import os, signal, sys
+import train
+real_test = train.tester.test
+def test_after_sigterm(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the validation batches are read
+    return real_test(*args, **kwargs)
+train.tester.test = test_after_sigterm
+train.main({[str(a) for a in _args(files, tmp_path, 'ev', 3, 0, 2, '--multi-scale')]!r})
+'''
+    r = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))  # as the reference: threads change float sums
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    last = tmp_path / 'ev' / 'weights' / 'last.pt'
+    assert _last_line(r.stderr) == (f'SIGTERM received: {last} saved at epoch 0 batch 4; continue with python '
+                                    f'train.py --resume {tmp_path / "ev"}')
+    assert torch.load(last, weights_only=True)['epoch'] == -1 and not (tmp_path / 'ev' / 'results.txt').read_text()
+    code, err = _train(['--resume', tmp_path / 'ev'])
+    assert code == 0, err[-3000:]
+    assert_same_run(reference, tmp_path / 'ev')

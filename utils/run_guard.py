@@ -52,14 +52,22 @@ class Guard:
         self.last_save = time.monotonic()
 
 
+class EvaluationInterrupted(Exception):
+    """A stop signal arrived during the end-of-epoch evaluation."""
+
+
 class BeatingLoader:
-    """The validation loader, reporting each batch to the watchdog (an evaluation is progress, not a hang)."""
+    """The validation loader, reporting each batch to the watchdog (an evaluation is progress, not a hang) and
+    ending the evaluation when a stop signal arrives (a COCO evaluation takes minutes; a scheduler's grace
+    period before SIGKILL is often 30 s)."""
 
     def __init__(self, loader, guard):
         self.loader, self.guard = loader, guard
 
     def __iter__(self):
         for n, batch in enumerate(self.loader):
+            if self.guard.signal:
+                raise EvaluationInterrupted
             self.guard.beat('evaluation', f'batch {n}')
             yield batch
 
