@@ -14,7 +14,6 @@ checkpoint, a watchdog turns hangs into failures, and checkpoints come every --s
 """
 import argparse
 import logging
-import math
 import os
 import random
 import signal
@@ -27,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -47,11 +45,10 @@ from utils.plots import plot_images, plot_labels, plot_results
 from utils.distributed import init_distributed, process_group_store
 from utils.run_dir import agree_on_plan, resume_path, run_folder_of
 from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard
-from utils.sampling import batch_rng, epoch_rng
-from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, select_device
+from utils.sampling import batch_rng
+from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, random_rescale, select_device
 from utils.train_state import RunState, plain, restore_training_state, training_checkpoint
-from utils.train_utils import (EVOLVE_META, class_weights_from_labels, image_weights_from_labels, load_hyp,
-                               mutate_hyp)
+from utils.train_utils import EVOLVE_META, class_weights_from_labels, image_order, load_hyp, mutate_hyp
 from utils.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
@@ -200,37 +197,11 @@ def wrap_ddp(model, rank, local_rank, device):
     return DDP(model, device_ids=[local_rank] if cuda else None, output_device=local_rank if cuda else None)
 
 
-def image_order(dataset, class_weights, maps, seed, epoch, rank, device):
-    """--image-weights: the images drawn for this epoch's positions by class weights (rank 0 draws from
-    (seed, epoch) and the last per-class mAPs, which only it has; the others receive the draw)."""
-    nc = len(class_weights)
-    images = [0] * dataset.n
-    if rank in (-1, 0):
-        w = class_weights * (1 - np.asarray(maps if maps is not None else np.zeros(nc))) ** 2
-        images = epoch_rng(seed, epoch).choices(range(dataset.n), k=dataset.n,
-                                                weights=image_weights_from_labels(dataset.labels, nc, w))
-    if rank != -1:
-        order = torch.tensor(images, device=device)
-        dist.broadcast(order, 0)
-        images = order.cpu().tolist()
-    return images
-
-
 def autocast(device, amp_dtype):
     """Mixed precision for the forward pass and loss: float16 on CUDA (published), bfloat16 on CUDA or CPU."""
     enabled = amp_dtype == 'bfloat16' or (amp_dtype == 'float16' and device.type == 'cuda')
     dtype = torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
-
-
-def random_rescale(imgs, imgsz, stride, rng):
-    """--multi-scale: the batch resized to a random multiple of the stride in [0.5, 1.5] x imgsz."""
-    sz = rng.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
-    sf = sz / max(imgs.shape[2:])
-    if sf != 1:
-        ns = [math.ceil(x * sf / stride) * stride for x in imgs.shape[2:]]
-        imgs = F.interpolate(imgs, size=ns, mode='bilinear', align_corners=False)
-    return imgs
 
 
 def agree_across_ranks(loop, finite, guard):

@@ -1,4 +1,5 @@
-"""PyTorch helpers: device selection, BatchNorm folding, model summary and FLOPs, EMA, image scaling."""
+"""PyTorch helpers: device selection, BatchNorm folding, model summary and FLOPs, EMA, image scaling (and
+--multi-scale resizing)."""
 import logging
 import math
 import os
@@ -194,3 +195,13 @@ class ModelEMA:
 
     def update_attr(self, model, include=(), exclude=('process_group', 'reducer')):
         copy_attr(self.ema, model, include, exclude)
+
+
+def random_rescale(imgs, imgsz, stride, rng):
+    """--multi-scale: the batch resized to a random multiple of the stride in [0.5, 1.5] x imgsz."""
+    sz = rng.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + stride) // stride * stride
+    sf = sz / max(imgs.shape[2:])
+    if sf != 1:
+        ns = [math.ceil(x * sf / stride) * stride for x in imgs.shape[2:]]
+        imgs = F.interpolate(imgs, size=ns, mode='bilinear', align_corners=False)
+    return imgs

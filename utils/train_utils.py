@@ -1,12 +1,15 @@
-"""Training helpers: hyp files, class and image weights, RNG state capture, hyperparameter mutation for --evolve."""
+"""Training helpers: hyp files, class and image weights (and the --image-weights draw), RNG state capture,
+hyperparameter mutation for --evolve."""
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 
 from utils.errors import ArgumentError
+from utils.sampling import epoch_rng
 
 # hyperparameter: (mutation gain, lower limit, upper limit), as published
 EVOLVE_META = {'lr0': (1, 1e-5, 1e-1), 'momentum': (0.1, 0.6, 0.98), 'weight_decay': (1, 0.0, 0.001),
@@ -48,6 +51,22 @@ def image_weights_from_labels(labels, nc=80, class_weights=None):
     cw = np.ones(nc) if class_weights is None else np.asarray(class_weights)
     counts = np.array([np.bincount(x[:, 0].astype(int), minlength=nc) for x in labels])
     return (cw.reshape(1, nc) * counts).sum(1) + 1e-9
+
+
+def image_order(dataset, class_weights, maps, seed, epoch, rank, device):
+    """--image-weights: the images drawn for this epoch's positions by class weights (rank 0 draws from
+    (seed, epoch) and the last per-class mAPs, which only it has; the others receive the draw)."""
+    nc = len(class_weights)
+    images = [0] * dataset.n
+    if rank in (-1, 0):
+        w = class_weights * (1 - np.asarray(maps if maps is not None else np.zeros(nc))) ** 2
+        images = epoch_rng(seed, epoch).choices(range(dataset.n), k=dataset.n,
+                                                weights=image_weights_from_labels(dataset.labels, nc, w))
+    if rank != -1:
+        order = torch.tensor(images, device=device)
+        dist.broadcast(order, 0)
+        images = order.cpu().tolist()
+    return images
 
 
 def rng_state():
