@@ -564,11 +564,12 @@ def resumed_options(opt, ckpt, path):
         setattr(saved, k, getattr(opt, k))
     saved.device = opt.device or saved.device
     saved.epochs = opt.epochs or saved.epochs
-    saved.hyp_changed = opt.hyp is not None
+    hyp = ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp)
+    saved.hyp_changed = hyp != ckpt['hyp']  # the same --hyp again (a restart, --resume auto) is no change
     saved.hyp = opt.hyp or saved.hyp
     saved.weights, saved.resume = str(path), True
     saved.save_dir = str(run_folder_of(path))
-    return saved, (ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp))
+    return saved, hyp
 
 
 def new_run_options(opt):

@@ -125,22 +125,38 @@ def test_worker_count_does_not_change_the_run(files, reference, tmp_path):
     assert_same_run(reference, tmp_path / 'w2')
 
 
+def _train_with_sigterm(args, at):
+    """train.main(args) in a fresh process that sends itself SIGTERM in the optimizer step of batch `at`
+    (epoch, batch): a stop at a chosen place, as a scheduler's signal would make it."""
+    script = f'''
+import os, signal
+import train
+real_step = train.optimizer_step
+def step_then_sigterm(loop, state, *args):
+    if (state.epoch, state.batch) == {tuple(at)!r}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_step(loop, state, *args)
+train.optimizer_step = step_then_sigterm
+train.main({[str(a) for a in args]!r})
+'''
+    return subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))  # as the reference: threads change float sums
+
+
 def test_sigterm_mid_epoch_resumes_with_the_next_batch(files, reference, tmp_path):
-    p = _popen(_args(files, tmp_path, 'b', 3, 2, 2, '--multi-scale', '--save-period-steps', '1'))
+    """Stopped in epoch 1 after warm-up ended there (its rates set by warm-up, not by the schedule), then the
+    same command again with --resume auto: the next batch follows, and the run ends bit-identical."""
+    args = _args(files, tmp_path, 'b', 3, 2, 2, '--multi-scale')
+    r = _train_with_sigterm(args, (1, 1))
     last = tmp_path / 'b' / 'weights' / 'last.pt'
-    _wait_for(p, last, (1, 1))
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
-    epoch, batch = _progress(last)
-    assert 0 < batch, (epoch, batch)  # stopped inside an epoch
-    assert _last_line(err) == (f'SIGTERM received: {last} saved at epoch {epoch} batch {batch}; continue with '
-                               f'python train.py --resume {tmp_path / "b"}') and 'Traceback' not in err
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    assert _last_line(r.stderr) == (f'SIGTERM received: {last} saved at epoch 1 batch 3; continue with python '
+                                    f'train.py --resume {tmp_path / "b"}') and 'Traceback' not in r.stderr
     ck = torch.load(last, weights_only=True)
-    assert ck['epoch'] == epoch - 1  # the label: the last completed epoch
-    code, err = _train(['--resume', tmp_path / 'b'])
+    assert ck["epoch"] == 0 and ck["progress"]["batch"] == 3  # the label: the last completed epoch
+    code, err = _train(args + ['--resume', 'auto'])
     assert code == 0, err[-3000:]
-    assert f'at epoch {epoch} batch {batch}, to 3 epochs' in err
+    assert "at epoch 1 batch 3, to 3 epochs" in err
     assert_same_run(reference, tmp_path / 'b')
 
 
@@ -384,3 +400,20 @@ train.main({[str(a) for a in _args(files, tmp_path, 'ev', 3, 0, 2, '--multi-scal
     code, err = _train(['--resume', tmp_path / 'ev'])
     assert code == 0, err[-3000:]
     assert_same_run(reference, tmp_path / 'ev')
+
+
+def test_only_a_different_hyp_is_a_new_schedule(files, tmp_path):
+    """Resuming with the run's own --hyp again (a restart, --resume auto) keeps the checkpoint's rates; a hyp
+    with other values (the paper's fine-tune) is a change."""
+    import argparse
+
+    import train
+    hyp = yaml.safe_load((files / 'hyp.yaml').read_text())
+    ckpt = {'opt': {'epochs': 3, 'hyp': str(files / 'hyp.yaml')}, 'hyp': hyp}
+    layout = dict(local_rank=-1, world_size=1, global_rank=-1, device='', epochs=None)
+    same, _ = train.resumed_options(argparse.Namespace(hyp=str(files / 'hyp.yaml'), **layout), ckpt,
+                                    tmp_path / 'weights' / 'last.pt')
+    (tmp_path / 'ft.yaml').write_text(yaml.safe_dump(dict(hyp, lr0=0.002)))
+    other, new = train.resumed_options(argparse.Namespace(hyp=str(tmp_path / 'ft.yaml'), **layout), ckpt,
+                                       tmp_path / 'weights' / 'last.pt')
+    assert not same.hyp_changed and other.hyp_changed and new['lr0'] == 0.002
