@@ -473,6 +473,9 @@ def run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test,
         raise TrainingStopped(f'{e}: {paths.last} saved at {where}; continue with python train.py --resume '
                               f'{paths.save_dir}', e.exit_code) from None
     except RuntimeError as e:  # the loader's SIGCHLD handler raises wherever this thread is: no save then
+        if guard.signal and not main_proc:  # rank 0 stopped in its evaluation and left this rank's collective
+            raise TrainingStopped(f'rank {loop.rank}: {signal.Signals(guard.signal).name} received (rank 0 saves '
+                                  f'{paths.last})', 128 + guard.signal) from None
         reason = loader_failure(e)
         if reason is None:
             raise
