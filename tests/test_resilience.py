@@ -417,3 +417,21 @@ def test_only_a_different_hyp_is_a_new_schedule(files, tmp_path):
     other, new = train.resumed_options(argparse.Namespace(hyp=str(tmp_path / 'ft.yaml'), **layout), ckpt,
                                        tmp_path / 'weights' / 'last.pt')
     assert not same.hyp_changed and other.hyp_changed and new['lr0'] == 0.002
+
+
+def test_watchdog_without_a_store_leaves_waits_to_the_process_group():
+    from utils.watchdog import Watchdog
+    ended = []
+    dog = Watchdog(0.5, 1, 2, None, exit_fn=ended.append)
+    dog.arm()
+    dog.beat('forward/backward')
+    dog.beat('all-reduce', 'agreeing on the step', waiting=True)
+    dog.start()
+    try:
+        time.sleep(1.5)
+        assert not ended  # it cannot tell a slow rank 0 from a lost one
+        dog.beat('loading data', 'epoch 0 batch 1')
+        time.sleep(1.5)
+        assert ended and 'rank 1 made no progress' in ended[0] and 'while loading data' in ended[0]
+    finally:
+        dog.stop()

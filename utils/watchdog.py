@@ -106,6 +106,8 @@ class Watchdog:
         where = f' ({self.detail})' if self.detail else ''
         if not self.waiting:
             return f'rank {max(self.rank, 0)} made no progress for {stuck_for:.0f} s while {self.phase}{where}'
+        if self.store is None:  # the others cannot be seen: a wait is left to the process group's timeout
+            return None
         for r, p in sorted(self.peers.items()):  # a rank that shows no sign of life
             rec = p['record']
             if now - p['alive'] > self.timeout:
