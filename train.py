@@ -598,12 +598,13 @@ def run(**kwargs):
     return main(opt=options_from_kwargs(parse_opt, kwargs, 'train.run'))
 
 
-def device_hint(opt):
-    """The device the run will use, before the run is planned: this command's --device, or, for a resume of a
-    named checkpoint, the device it was trained on."""
-    if opt.device or not opt.resume or opt.resume == 'auto':
-        return opt.device
-    return (load_checkpoint(resume_path(opt.resume, opt.project)).get('opt') or {}).get('device', '')
+def named_resume(opt):
+    """(path, loaded checkpoint) of a resume of a named (or the latest) checkpoint, else None: read before the
+    run is planned for the device it was trained on, and handed on so that it is read only once."""
+    if not opt.resume or opt.resume == 'auto':
+        return None
+    path = resume_path(opt.resume, opt.project)
+    return path, load_checkpoint(path)
 
 
 def check_world_size(total_batch_size, world_size):
@@ -624,7 +625,9 @@ def main(argv=None, opt=None):
     if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
         new_run_options(deepcopy(opt))
         check_world_size(opt.batch_size, opt.world_size)
-    device = select_device(device_hint(opt), batch_size=opt.batch_size if opt.world_size == 1 else None)
+    preloaded = named_resume(opt)
+    saved_device = (preloaded[1].get('opt') or {}).get('device', '') if preloaded else ''
+    device = select_device(opt.device or saved_device, batch_size=opt.batch_size if opt.world_size == 1 else None)
     if opt.global_rank != -1:
         if device.type != 'cpu':
             torch.cuda.set_device(opt.local_rank)
@@ -632,7 +635,7 @@ def main(argv=None, opt=None):
         init_distributed(device, opt.global_rank, opt.world_size, opt.ddp_timeout)
     lock = None
     try:
-        save_dir, checkpoint, ckpt, lock = agree_on_plan(opt)
+        save_dir, checkpoint, ckpt, lock = agree_on_plan(opt, preloaded)
         if checkpoint:
             opt, hyp = resumed_options(opt, ckpt, Path(checkpoint))
         else:

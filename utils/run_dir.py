@@ -143,7 +143,7 @@ def run_folder_of(checkpoint):
     return checkpoint.parent.parent if checkpoint.parent.name == 'weights' else checkpoint.parent
 
 
-def plan_run(opt):
+def plan_run(opt, preloaded=None):
     """Where this run writes and what it resumes, decided by the main process: (run folder, checkpoint path or
     None, the checkpoint loaded, RunLock). The checkpoint is checked before the folder is claimed (locked), and
     the folder is claimed before anything is written.
@@ -171,7 +171,7 @@ def plan_run(opt):
         checkpoint = last if last.is_file() else None
     ckpt = None
     if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = _load(checkpoint, preloaded)
         if ckpt.get('optimizer') is None:
             raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
                                   f'run with --weights {checkpoint}')
@@ -180,14 +180,21 @@ def plan_run(opt):
     return save_dir, checkpoint, ckpt, RunLock(save_dir, job)
 
 
-def agree_on_plan(opt):
+def _load(checkpoint, preloaded):
+    """The checkpoint, from preloaded (path, checkpoint) when it is the same file."""
+    if preloaded is not None and Path(preloaded[0]) == Path(checkpoint):
+        return preloaded[1]
+    return load_checkpoint(checkpoint)
+
+
+def agree_on_plan(opt, preloaded=None):
     """plan_run on the main process, shared with every rank: (run folder, checkpoint path, checkpoint, lock).
     The other ranks load the same checkpoint; an error on the main process (a folder in use, a file that is no
     training checkpoint) ends every rank with the same line."""
     plan, ckpt, lock = None, None, None
     if opt.global_rank in (-1, 0):
         try:
-            save_dir, checkpoint, ckpt, lock = plan_run(opt)
+            save_dir, checkpoint, ckpt, lock = plan_run(opt, preloaded)
             plan = {'save_dir': str(save_dir), 'checkpoint': str(checkpoint) if checkpoint else None}
         except (UserError, OSError) as e:
             plan = {'error': str(e)}
@@ -200,5 +207,5 @@ def agree_on_plan(opt):
     if 'error' in plan:
         raise UserError(plan['error'])
     if plan['checkpoint'] and ckpt is None:
-        ckpt = load_checkpoint(plan['checkpoint'])
+        ckpt = _load(plan['checkpoint'], preloaded)
     return plan['save_dir'], plan['checkpoint'], ckpt, lock
