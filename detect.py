@@ -7,6 +7,8 @@ videos (same frame count, size and rate), and with --save-txt YOLO-format labels
 video frames). Nothing is deleted.
 """
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import torch
 
 from models.experimental import attempt_load
 from utils.datasets import LoadImages, LoadStreams
-from utils.errors import ArgumentParser, check_at_least, check_fraction, run_cli
+from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fraction, run_cli
 from utils.boxes import scale_coords, xyxy2xywh
 from utils.general import check_img_size, increment_path, set_logging
 from utils.nms import non_max_suppression
@@ -28,6 +30,18 @@ LOGGER = logging.getLogger('detect')
 def _is_stream(source):
     s = str(source)
     return s.isnumeric() or s.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://')) or s.endswith('.txt')
+
+
+def check_display():
+    """--view-img needs a window: refused up front where there is none, since OpenCV's Qt aborts the whole
+    process (exit 134) when it cannot open one, and an OpenCV build without a GUI raises on the first frame."""
+    gui = cv2.getBuildInformation().split('GUI:', 1)[-1].split('\n', 1)[0].strip()
+    if gui.upper() in ('NONE', ''):
+        raise ArgumentError('--view-img: this OpenCV has no GUI (a headless build): drop --view-img (the annotated '
+                            'images are saved), or install opencv-python instead of opencv-python-headless')
+    if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        raise ArgumentError('--view-img: no display to show results on (DISPLAY is not set: a headless machine, or '
+                            'ssh without -X): drop --view-img; the annotated images are saved')
 
 
 def load_source(source, imgsz):
@@ -91,11 +105,14 @@ def _frame_name(dataset, path, streams, i):
 def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=640, conf_thres=0.4,
            iou_thres=0.5, device='', view_img=False, save_txt=False, save_conf=False, nosave=False, classes=None,
            agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False, channels_last=False):
-    """Run detection; returns (save_dir, {path: detections tensor (n, 6) in original-image pixels}).
+    """Run detection; returns (save_dir, {path: detections tensor (n, 6) in original-image pixels}); save_dir is
+    None when nothing is written (nosave without save_txt).
     `channels_last`: the model in that memory format (faster on many devices; last float bits differ)."""
     check_at_least('--img-size', img_size, 1)
     check_fraction('--conf-thres', conf_thres)
     check_fraction('--iou-thres', iou_thres, allow_zero=False)
+    if view_img:
+        check_display()
     device = select_device(device)
     half = device.type != 'cpu'
     model = attempt_load(weights, map_location=device)
@@ -106,8 +123,10 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
         model = model.to(memory_format=torch.channels_last)
     names, colors = list(model.names), color_list()
     dataset, streams = load_source(source, imgsz)
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # made once weights and source are good
-    (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+    save_dir = None  # --nosave without --save-txt writes nothing
+    if save_txt or not nosave:  # made once the weights, source and display are good
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+        (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
 
     videos, results, n_frames, n_boxes, t0 = VideoWriters(streams), {}, 0, 0, time.time()
     for path, img, im0s, vid_cap in dataset:
@@ -150,8 +169,9 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
             cv2.destroyAllWindows()
             break
     videos.close()
-    LOGGER.info('Done: %d images/frames, %d boxes in %.1fs. Results saved to %s%s', n_frames, n_boxes,
-                time.time() - t0, save_dir, '' if not save_txt else f' (labels in {save_dir / "labels"})')
+    saved = 'nothing saved (--nosave)' if save_dir is None else f'results saved to {save_dir}' + \
+        (f' (labels in {save_dir / "labels"})' if save_txt else '')
+    LOGGER.info('Done: %d images/frames, %d boxes in %.1fs; %s', n_frames, n_boxes, time.time() - t0, saved)
     return save_dir, results
 
 
@@ -163,7 +183,8 @@ def parse_opt(argv=None):
     p.add_argument('--img-size', '--img', type=int, default=640, help='inference size (pixels)')
     p.add_argument('--conf-thres', '--conf', type=float, default=0.4, help='object confidence threshold')
     p.add_argument('--iou-thres', '--iou', type=float, default=0.5, help='IoU threshold for NMS')
-    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu '
+                      '(default: the GPU when there is one, else cpu)')
     p.add_argument('--view-img', action='store_true', help='display results')
     p.add_argument('--save-txt', action='store_true', help='save results to labels/*.txt')
     p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')

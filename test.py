@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from utils.progress import progress
 
 from models.experimental import attempt_load
 from utils.data_config import DataConfigError, load_data_config
@@ -170,7 +170,7 @@ def evaluate_batches(model, dataloader, device, conf_thres, iou_thres, merge, au
     out = {'stats': [], 'seen': 0, 't_inference': 0., 't_nms': 0., 'loss': torch.zeros(3, device=device),
            'confusion': ConfusionMatrix(nc=nc)}
     desc = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Targets', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')
-    for batch_i, (img, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=desc, leave=False)):
+    for batch_i, (img, targets, paths, shapes) in enumerate(progress(dataloader, desc=desc, leave=False)):
         img = img.to(device, non_blocking=True)
         img = (img.half() if half else img.float()) / 255.0
         targets = targets.to(device)
@@ -344,7 +344,8 @@ def parse_opt(argv=None):
     parser.add_argument('--iou-thres', '--iou', type=float, default=0.65, help='IoU threshold for NMS')
     parser.add_argument('--save-json', action='store_true', help='write a COCO JSON and score it with pycocotools')
     parser.add_argument('--task', default='val', choices=['val', 'test', 'study', 'speed'], help='what to run')
-    parser.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    parser.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu '
+                           '(default: the GPU when there is one, else cpu)')
     parser.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
     parser.add_argument('--augment', action='store_true', help='augmented inference (TTA)')
     parser.add_argument('--merge', action='store_true', help='use Merge NMS')

@@ -28,11 +28,11 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
+from utils.progress import progress
 
 import test as tester  # test.py
 from models.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temp_files, strip_optimizer
-from models.yolo import Model
+from models.yolo import CONFIG_DIR, Model
 from utils.autoanchor import check_anchors
 from utils.data_config import load_data_config
 from utils.datasets import check_label_classes, create_dataloader, loader_failure, stop_loader_workers
@@ -43,7 +43,7 @@ from utils.metrics import fitness
 from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterations, warmup_step
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.distributed import init_distributed, process_group_store
-from utils.run_dir import agree_on_plan, resume_path, run_folder_of
+from utils.run_dir import agree_on_plan, release_run, resume_path, run_folder_of
 from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard
 from utils.sampling import batch_rng
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, random_rescale, select_device
@@ -52,6 +52,7 @@ from utils.train_utils import EVOLVE_META, class_weights_from_labels, image_orde
 from utils.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
+DEFAULT_HYP = Path(__file__).resolve().parent / 'data' / 'hyp.scratch.yaml'  # the paper's recipe
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
 
 
@@ -241,7 +242,7 @@ def train_one_epoch(loop, state, guard):
     pbar = None
     if main_proc:
         LOGGER.info(('\n' + '%10s' * 8), 'Epoch', 'gpu_mem', 'box', 'obj', 'cls', 'total', 'targets', 'img_size')
-        pbar = tqdm(total=nb, initial=state.batch, leave=False)
+        pbar = progress(total=nb, initial=state.batch, leave=False)
     try:
         while (item := next_batch(batches, guard, f'epoch {state.epoch} batch {state.batch}', worker_pids)):
             if train_batch(loop, state, guard, item, pbar):
@@ -513,7 +514,8 @@ def parse_opt(argv=None):
     p.add_argument('--name', default='exp', help='run name: runs go to <project>/<name>')
     p.add_argument('--project', default='runs/train', help='runs go to <project>/<name>')
     p.add_argument('--exist-ok', action='store_true', help='reuse <project>/<name> instead of numbering')
-    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu '
+                      '(default: the GPU when there is one, else cpu)')
     p.add_argument('--multi-scale', action='store_true', help='vary img-size +/- 50%%')
     p.add_argument('--single-cls', action='store_true', help='train as single-class dataset')
     p.add_argument('--adam', action='store_true', help='use torch.optim.Adam() optimizer')
@@ -579,12 +581,12 @@ def new_run_options(opt):
     """Fill a new run's defaults (in place); returns its hyperparameters."""
     opt.hyp_changed = False
     opt.epochs = 300 if opt.epochs is None else opt.epochs
-    opt.hyp = opt.hyp or 'data/hyp.scratch.yaml'
+    opt.hyp = opt.hyp or str(DEFAULT_HYP)
     if not opt.cfg and not opt.weights:
         raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
-    for f, what in ((opt.cfg, 'model cfg'), (opt.data, 'data yaml'), (opt.hyp, 'hyp yaml')):
-        if f and not Path(f).exists() and not (what == 'model cfg' and (Path('models') / Path(f).name).exists()):
-            raise ArgumentError(f'{what} {f} not found')
+    for f, flag in ((opt.cfg, '--cfg'), (opt.data, '--data'), (opt.hyp, '--hyp')):
+        if f and not Path(f).exists() and not (flag == '--cfg' and (CONFIG_DIR / Path(f).name).exists()):
+            raise ArgumentError(f'{flag} {f}: file not found')
     hyp = load_hyp(opt.hyp)
     opt.total_batch_size = opt.batch_size
     return hyp
@@ -633,7 +635,7 @@ def main(argv=None, opt=None):
             torch.cuda.set_device(opt.local_rank)
             device = torch.device('cuda', opt.local_rank)
         init_distributed(device, opt.global_rank, opt.world_size, opt.ddp_timeout)
-    lock = None
+    lock, tb_writer, failed = None, None, True
     try:
         save_dir, checkpoint, ckpt, lock = agree_on_plan(opt, preloaded)
         if checkpoint:
@@ -644,12 +646,14 @@ def main(argv=None, opt=None):
         check_world_size(opt.total_batch_size, opt.world_size)
         opt.batch_size = opt.total_batch_size // opt.world_size
         if opt.evolve:
-            return evolve(hyp, opt, device)
-        tb_writer = None
-        if opt.global_rank in (-1, 0):
-            from torch.utils.tensorboard import SummaryWriter
-            tb_writer = SummaryWriter(log_dir=opt.save_dir)
-        return train(hyp, opt, device, tb_writer, ckpt)
+            result = evolve(hyp, opt, device)
+        else:
+            if opt.global_rank in (-1, 0):
+                from torch.utils.tensorboard import SummaryWriter
+                tb_writer = SummaryWriter(log_dir=opt.save_dir)
+            result = train(hyp, opt, device, tb_writer, ckpt)
+        failed = False
+        return result
     except TrainingStopped as e:
         LOGGER.error('%s', e)
         sys.exit(e.exit_code)
@@ -666,8 +670,10 @@ def main(argv=None, opt=None):
                      str(e).splitlines()[0] if str(e) else type(e).__name__)
         sys.exit(1)
     finally:
+        if tb_writer is not None:
+            tb_writer.close()
         if lock is not None:
-            lock.release()
+            release_run(lock, failed)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -16,7 +16,7 @@ if __package__ in (None, ''):  # `python models/yolo.py`: make the repository ro
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, SPPCSP  # noqa: E402
-from utils.errors import ArgumentParser, UserError  # noqa: E402
+from utils.errors import ArgumentParser, UserError, check_at_least, run_cli  # noqa: E402
 from utils.general import make_divisible  # noqa: E402
 from utils.torch_utils import (fuse_conv_and_bn, initialize_weights, model_info, scale_img,  # noqa: E402
                                select_device)
@@ -295,10 +295,12 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     parser.add_argument('--nc', type=int, default=None, help='override the number of classes')
     opt = parser.parse_args(argv)
+    check_at_least('--img-size', opt.img_size, 32)
+    check_at_least('--nc', opt.nc, 1)
     logging.basicConfig(format='%(message)s', level=logging.INFO)
     device = select_device(opt.device)
     model = Model(opt.cfg, nc=opt.nc, verbose=True).to(device)
-    img_size = opt.img_size or TEST_SIZES.get(Path(opt.cfg).stem, 640)
+    img_size = opt.img_size if opt.img_size is not None else TEST_SIZES.get(Path(opt.cfg).stem, 640)
     model.info(verbose=False, img_size=img_size)
     return model
 
@@ -306,4 +308,4 @@ def main(argv=None):
 if __name__ == '__main__':
     # Run main() of the importable module so that classes are models.yolo.*, not __main__.* (pickling, isinstance).
     from models.yolo import main as _main
-    _main()
+    run_cli(_main, 'models/yolo.py')

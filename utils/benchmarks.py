@@ -488,7 +488,8 @@ def parse_opt(argv=None):
     p.add_argument('--weights', default='', help='checkpoint to benchmark instead of a fresh model')
     p.add_argument('--img', '--img-size', type=int, nargs='+', default=None, help='image size(s)')
     p.add_argument('--batch-size', type=int, nargs='+', default=None, help='batch size(s)')
-    p.add_argument('--device', default='', help='cuda device, i.e. 0, or cpu')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0, or cpu '
+                      '(default: the GPU when there is one, else cpu)')
     p.add_argument('--dtype', nargs='+', choices=['float32', 'float16', 'bfloat16'], default=None,
                    help='precisions (infer default: float32, and float16 on CUDA; train: float32 on CPU, AMP '
                         'float16 on CUDA; bfloat16 is AMP bfloat16 in training)')
@@ -568,4 +569,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(0 if main() is not None else 1)
+    from utils.errors import run_cli
+    run_cli(main, 'python -m utils.benchmarks')

@@ -127,9 +127,9 @@ class LoadImagesAndLabels(Dataset):
             self._cache_images('disk' if cache_images == 'disk' else 'ram', prefix)
 
     def _cache_images(self, mode, prefix):
-        from tqdm import tqdm
+        from utils.progress import progress
         gb = 0
-        pbar = tqdm(range(self.n), desc=f'{prefix}Caching images ({mode})', leave=False)
+        pbar = progress(range(self.n), desc=f'{prefix}Caching images ({mode})', leave=False)
         for i in pbar:
             if mode == 'disk':
                 npy = self.npy_files[i]

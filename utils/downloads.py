@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
+from utils.progress import progress
 
 from utils.errors import UserError
 
@@ -70,7 +70,7 @@ def _fetch(url, part, timeout):
             done = 0
         length = response.headers.get('Content-Length')
         total = done + int(length) if length is not None else None
-        with open(part, 'ab' if done else 'wb') as f, tqdm(total=total, initial=done, unit='B', unit_scale=True,
+        with open(part, 'ab' if done else 'wb') as f, progress(total=total, initial=done, unit='B', unit_scale=True,
                                                              unit_divisor=1024, desc=part.name[:-5]) as bar:
             while True:
                 chunk = response.read(CHUNK)

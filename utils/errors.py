@@ -37,11 +37,24 @@ def write_error_reason(exc):
     return None
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows '(default: X)' after a flag's help where X says something: not for flags whose help already names
+    their default, switches, or empty and None defaults (the help says what those mean)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        default = action.default
+        if ('(default' in text.lower() or default in (None, '', False, argparse.SUPPRESS) or default == []
+                or action.option_strings == [] or isinstance(action, argparse._StoreTrueAction)):
+            return text
+        return f'{text} (default: %(default)s)'
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the defaults shown in --help and errors on one line (no usage block)."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault('formatter_class', DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
-from tqdm import tqdm
+from utils.progress import progress
 
 LOGGER = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def scan_dataset(img_files, label_files, prefix=''):
     desc = f'{prefix}Scanning images and labels'
     with ThreadPool(NUM_THREADS) as pool:
         it = pool.imap(verify_image_label, zip(img_files, label_files), chunksize=16)
-        pbar = tqdm(it, desc=desc, total=len(img_files), disable=not img_files, leave=False)
+        pbar = progress(it, desc=desc, total=len(img_files), disable=not img_files, leave=False)
         for im_file, lb, shape, status, msg, n_dup in pbar:
             stats[status] += 1
             stats['duplicate'] += n_dup

@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -48,8 +49,9 @@ def elastic_restart():
 class RunLock:
     """An exclusive lock on a run folder, held until release() or the end of the process."""
 
-    def __init__(self, save_dir, job_key=None):
+    def __init__(self, save_dir, job_key=None, created=False):
         self.save_dir = Path(save_dir)
+        self.created = created  # the folder was made by this claim (a run that never starts leaves nothing)
         path = self.save_dir / LOCK_NAME
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -91,16 +93,30 @@ def claim_new_run(path, exist_ok=False, job_key=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if exist_ok:
+        created = not path.exists()
         path.mkdir(exist_ok=True)
-        return RunLock(path, job_key)
+        return RunLock(path, job_key, created)
     n = 1
     while True:
         candidate = path if n == 1 else path.with_name(f'{path.name}{n}')
         try:
             candidate.mkdir()
-            return RunLock(candidate, job_key)
+            return RunLock(candidate, job_key, created=True)
         except FileExistsError:
             n += 1
+
+
+def release_run(lock, failed):
+    """Release the run folder's lock. A run that failed before it produced anything (no checkpoint, results.txt
+    or evolve.txt) in a folder it created is removed first, so that a failed start does not take the name (the
+    next run would be exp2, and runs/train/exp/weights/best.pt would not exist)."""
+    save_dir = lock.save_dir
+    produced = any((save_dir / name).exists() for name in ('results.txt', 'evolve.txt')) or \
+        any((save_dir / 'weights').glob('*.pt'))
+    if failed and lock.created and not produced:
+        shutil.rmtree(save_dir, ignore_errors=True)
+        LOGGER.info('Removed %s: the run failed before it started', save_dir)
+    lock.release()
 
 
 def find_job_run(project, name, job_key):
@@ -176,8 +192,9 @@ def plan_run(opt, preloaded=None):
             raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
                                   f'run with --weights {checkpoint}')
         LOGGER.info('Continuing %s from %s', save_dir, checkpoint)
+    created = not save_dir.exists()
     save_dir.mkdir(parents=True, exist_ok=True)
-    return save_dir, checkpoint, ckpt, RunLock(save_dir, job)
+    return save_dir, checkpoint, ckpt, RunLock(save_dir, job, created)
 
 
 def _load(checkpoint, preloaded):

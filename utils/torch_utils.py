@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import re
 import time
 from contextlib import contextmanager
 from copy import deepcopy
@@ -12,28 +13,34 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.errors import ArgumentError
+
 LOGGER = logging.getLogger(__name__)
 
 
 def select_device(device='', batch_size=None):
     """Return the torch.device for '' (CUDA if available), 'cpu', '0' or '0,1,2,3'.
 
-    Asking for CUDA where none is available is an error that says so, rather than a silent CPU run.
+    Asking for CUDA where none is available, or a device that is not 'cpu' or GPU indices, is an error naming
+    --device (one line from the scripts), rather than a silent CPU run or a traceback.
     """
-    device = str(device).strip().lower().replace('cuda:', '')
+    device = str(device).strip().lower().replace('cuda:', '').replace(' ', '')
     if device == 'cpu':
         LOGGER.info('Using CPU')
         return torch.device('cpu')
+    if device and not re.fullmatch(r'\d+(,\d+)*', device):
+        raise ArgumentError(f'--device {device}: give cpu, a GPU index (0) or several (0,1,2,3)')
     if device:
-        os.environ['CUDA_VISIBLE_DEVICES'] = device
+        os.environ['CUDA_VISIBLE_DEVICES'] = device  # before CUDA is first queried, as published
         if not torch.cuda.is_available():
-            raise RuntimeError(f'CUDA device {device!r} requested but CUDA is not available; use --device cpu')
+            why = f'no CUDA GPU {device} is visible' if torch.version.cuda else 'this PyTorch is a CPU-only build'
+            raise ArgumentError(f'--device {device}: {why}; use --device cpu')
     if not torch.cuda.is_available():
         LOGGER.info('Using CPU')
         return torch.device('cpu')
     n = torch.cuda.device_count()
     if n > 1 and batch_size and batch_size % n:
-        raise ValueError(f'batch-size {batch_size} is not a multiple of the GPU count {n}')
+        raise ArgumentError(f'--batch-size {batch_size} is not a multiple of the GPU count {n}')
     for i in range(n):
         p = torch.cuda.get_device_properties(i)
         LOGGER.info('Using CUDA device%g %s (%.0f MiB)', i, p.name, p.total_memory / 2 ** 20)

@@ -1,0 +1,176 @@
+"""What a new user meets after the quick start: a GPU flag on a CPU machine, runs that fail before they start,
+--nosave, a headless --view-img, model configs from models/yolo.py, --help and logs written to files."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, tiny_cfg
+from models.checkpoint import model_payload, save_checkpoint
+from models.yolo import Model
+from test_robustness import assert_one_line_error
+
+COCO8_YAML = ROOT / 'data' / 'coco8.yaml'
+
+
+def _script(*args, env=None, cwd=ROOT, timeout=300):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Model(tiny_cfg('yolov4-p5', nc=80))
+    model.names = yaml.safe_load(COCO8_YAML.read_text())['names']
+    path = tmp_path_factory.mktemp('w') / 'w.pt'
+    save_checkpoint({'model': model_payload(model)}, path)
+    return path
+
+
+# --- 1. --device 0 without CUDA: one line, in every script that takes --device ---------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a CUDA GPU: --device 0 is valid here')
+@pytest.mark.parametrize('script', ['train.py', 'test.py', 'detect.py', 'models/yolo.py', 'utils.benchmarks'])
+def test_gpu_device_on_a_cpu_machine(tmp_path, weights, script):
+    args = {'train.py': ['--cfg', 'models/yolov4-p5-tiny.yaml', '--data', COCO8_YAML, '--project', tmp_path],
+            'test.py': ['--weights', weights, '--data', COCO8_YAML, '--project', tmp_path],
+            'detect.py': ['--weights', weights, '--project', tmp_path],
+            'models/yolo.py': [], 'utils.benchmarks': ['--cfg', 'models/yolov4-p5-tiny.yaml']}[script]
+    cmd = ['-m', script] if script.startswith('utils.') else [script]
+    r = _script(*cmd, *args, '--device', '0', timeout=120)
+    prog = 'python -m utils.benchmarks' if script.startswith('utils.') else script
+    assert_one_line_error(r, prog, '--device 0', 'use --device cpu')
+    assert not any(tmp_path.iterdir())
+
+
+def test_device_that_is_not_one(tmp_path):
+    from utils.errors import ArgumentError
+    from utils.torch_utils import select_device
+    with pytest.raises(ArgumentError, match=r'--device gpu: give cpu, a GPU index \(0\) or several'):
+        select_device('gpu')
+    assert select_device('CPU').type == 'cpu'
+
+
+# --- 2. a run that fails before it starts leaves no folder; --nosave writes nothing -----------------------------
+def _bad_labels(tmp_path):
+    """A copy of coco8 whose first label file has class 5, and a data yaml that says nc: 3."""
+    import shutil
+    shutil.copytree(ROOT / 'data' / 'coco8' / 'images', tmp_path / 'images')
+    shutil.copytree(ROOT / 'data' / 'coco8' / 'labels', tmp_path / 'labels')
+    (tmp_path / 'labels' / '000000000009.txt').write_text('5 0.5 0.5 0.2 0.2\n')
+    data = tmp_path / 'd.yaml'
+    data.write_text(f'train: {tmp_path / "images"}\nval: {tmp_path / "images"}\nnc: 3\n')
+    return data
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path):
+    data = _bad_labels(tmp_path)
+    project = tmp_path / 'runs'
+    r = _script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', data, '--img', 64, 64, '--device',
+                'cpu', '--workers', 0, '--project', project, timeout=300)
+    assert_one_line_error(r, 'train.py', '000000000009.txt: class 5', 'nc=3')
+    assert list(project.iterdir()) == []  # was runs/train/exp with hyp.yaml, opt.yaml, events and weights/
+
+
+def test_failed_start_keeps_folders_it_did_not_make(tmp_path):
+    import train
+    from utils.errors import UserError
+    data = _bad_labels(tmp_path)
+    kept = tmp_path / 'runs' / 'mine'
+    kept.mkdir(parents=True)
+    (kept / 'notes.txt').write_text('mine')
+    common = dict(cfg=str(ROOT / 'models' / 'yolov4-p5-tiny.yaml'), data=str(data), img_size=[64, 64], device='cpu',
+                  workers=0, project=str(tmp_path / 'runs'))
+    with pytest.raises(UserError, match='class 5'):
+        train.run(name='mine', exist_ok=True, **common)
+    with pytest.raises(UserError, match='class 5'):
+        train.run(name='auto', resume='auto', **common)
+    assert sorted(p.name for p in (tmp_path / 'runs').iterdir()) == ['mine']
+    assert (kept / 'notes.txt').read_text() == 'mine'
+
+
+def test_nosave_writes_nothing(tmp_path, weights, caplog):
+    import logging
+
+    import detect
+    with caplog.at_level(logging.INFO):
+        save_dir, dets = detect.detect(str(weights), str(ROOT / 'data' / 'coco8' / 'images'), img_size=64,
+                                       device='cpu', nosave=True, project=str(tmp_path / 'runs'))
+    assert save_dir is None and len(dets) == 8 and not (tmp_path / 'runs').exists()
+    assert 'nothing saved (--nosave)' in caplog.text and 'saved to' not in caplog.text
+
+
+# --- 3. models/yolo.py: one line for a bad config or size ---------------------------------------------------------
+def test_model_script_unknown_config():
+    r = _script('models/yolo.py', '--cfg', 'yolov4-p9.yaml', timeout=120)
+    assert_one_line_error(r, 'models/yolo.py', 'model config yolov4-p9.yaml not found', 'models/')
+
+
+@pytest.mark.parametrize('args, needle', [(['--img', '0'], '--img-size 0'), (['--nc', '0'], '--nc 0'),
+                                          (['--cfg', 'MISSING_KEYS'], "missing keys ['anchors']")])
+def test_model_script_bad_input(tmp_path, capsys, args, needle):
+    from models.yolo import main
+    from utils.errors import run_cli
+    cfg = tiny_cfg('yolov4-p5')
+    del cfg['anchors']
+    (tmp_path / 'm.yaml').write_text(yaml.safe_dump(cfg))
+    args = [str(tmp_path / 'm.yaml') if a == 'MISSING_KEYS' else a for a in args]
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main(args), 'models/yolo.py')
+    assert str(e.value).startswith('models/yolo.py: error: ') and needle in str(e.value)
+    assert '\n' not in str(e.value)
+
+
+# --- 4. --view-img without a display: one line before anything is written ------------------------------------
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='display detection is for Linux (X11/Wayland)')
+def test_view_img_without_display(tmp_path, weights):
+    env = {k: v for k, v in os.environ.items() if k not in ('DISPLAY', 'WAYLAND_DISPLAY')}
+    r = _script('detect.py', '--weights', weights, '--device', 'cpu', '--img', 64, '--view-img', '--project',
+                tmp_path, env=env, timeout=120)
+    assert r.returncode == 1  # was 134: Qt aborted the process
+    assert_one_line_error(r, 'detect.py', '--view-img', 'drop --view-img')
+    assert not any(tmp_path.iterdir())
+
+
+# --- 9. --help without doubled or empty defaults; plain progress lines in logs -------------------------------------
+@pytest.mark.parametrize('script', ['train.py', 'test.py', 'detect.py', 'models/export.py', 'models/yolo.py',
+                                    '-m utils.benchmarks', '-m utils.coco2yolo'])
+def test_help_defaults_once_and_never_empty(script):
+    r = _script(*script.split(), '--help', timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = ' '.join(r.stdout.split())  # help entries are wrapped over lines
+    assert '(default:' in text
+    for bad in ('(default: )', '(default: None)', '(default: False)', '(default: [])'):
+        assert bad not in text, bad
+    entries = text.split(' --')
+    assert not [e for e in entries if e.count('(default') > 1]
+
+
+def test_progress_bars_print_plain_lines_to_a_file(tmp_path):
+    from utils.progress import progress
+    out = tmp_path / 'log.txt'
+    with open(out, 'w') as f:
+        bar = progress(total=3, file=f, leave=False)
+        for i in range(3):
+            bar.set_description(f'epoch {i}')
+            bar.update(1)
+        bar.close()
+        for _ in progress(range(2), desc='scan', file=f):
+            pass
+    text = out.read_text()
+    assert '\r' not in text and '\x1b' not in text
+    assert text.splitlines() == ['epoch 2 100% 3/3 ' + text.splitlines()[0].split(' 3/3 ', 1)[1],
+                                 text.splitlines()[1]] and text.splitlines()[1].startswith('scan 100% 2/2 ')
+
+
+def test_training_log_to_a_file_has_no_carriage_returns(tmp_path):
+    r = _script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', COCO8_YAML, '--epochs', 2,
+                '--batch-size', 4, '--img', 64, 64, '--device', 'cpu', '--workers', 0, '--noautoanchor',
+                '--project', tmp_path, '--name', 'log', timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '\r' not in r.stderr + r.stdout
+    rows = [ln for ln in r.stderr.splitlines() if ln.lstrip().startswith(('0/1', '1/1'))]
+    assert len(rows) == 2 and all('100% 2/2' in ln for ln in rows), r.stderr[-3000:]  # each epoch's last row
