@@ -46,7 +46,8 @@ from utils.distributed import init_distributed, process_group_store
 from utils.run_dir import agree_on_plan, release_run, resume_path, run_folder_of
 from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard
 from utils.sampling import batch_rng
-from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, random_rescale, select_device
+from utils.torch_utils import (EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, random_rescale, select_device,
+                               set_bn_momentum)
 from utils.train_state import RunState, plain, restore_training_state, training_checkpoint
 from utils.train_utils import EVOLVE_META, class_weights_from_labels, image_order, load_hyp, mutate_hyp
 from utils.watchdog import Watchdog
@@ -375,6 +376,8 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
     names = ['item'] if opt.single_cls else data['names']
 
     model = build_model(opt, nc, device, ckpt, verbose=main_proc)
+    if 'bn_momentum' in hyp:  # published: 0.03, which needs thousands of steps to forget the initial statistics
+        set_bn_momentum(model, hyp['bn_momentum'])
     gs = int(model.stride.max())
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
     loader, dataset, total_batch_size = build_train_loader(opt, data, hyp, imgsz, gs, nc)

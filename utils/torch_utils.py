@@ -75,6 +75,13 @@ def de_parallel(model):
     return getattr(model, '_orig_mod', model)
 
 
+def set_bn_momentum(model, momentum):
+    """Set the running-statistics momentum of every BatchNorm layer (a hyp file's bn_momentum)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = float(momentum)
+
+
 def initialize_weights(model):
     """Published initialisation: default conv init; BatchNorm eps 1e-3 and momentum 0.03, as released."""
     for m in model.modules():

@@ -34,6 +34,8 @@ def load_hyp(path):
     missing = [k for k in REQUIRED_HYP if not isinstance(hyp, dict) or k not in hyp]
     if missing:
         raise ArgumentError(f'hyp yaml {path} lacks {", ".join(missing)} (see data/hyp.scratch.yaml)')
+    if 'bn_momentum' in hyp and not (isinstance(hyp['bn_momentum'], (int, float)) and 0 < hyp['bn_momentum'] <= 1):
+        raise ArgumentError(f'hyp yaml {path}: bn_momentum {hyp["bn_momentum"]} must be above 0 and at most 1')
     return hyp
 
 
