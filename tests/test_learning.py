@@ -2,7 +2,6 @@
 to a training-set mAP@0.5 well above 0. It fails when the loss, target assignment, optimizer groups, warm-up,
 learning-rate schedule or EMA break (each of those leaves the mAP at or near 0 here). And the model evaluated
 mid-run has BatchNorm statistics of its data, not of its initialisation (docs/batchnorm-statistics.md)."""
-import pytest
 import torch
 import yaml
 
