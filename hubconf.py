@@ -2,6 +2,7 @@
 
     model = torch.hub.load('path/to/this/repo', 'yolov4_p5', source='local')            # released weights
     model = torch.hub.load('path/to/this/repo', 'yolov4_p6', source='local', pretrained=False, classes=3)
+    model = torch.hub.load('path/to/this/repo', 'custom', source='local', path='runs/train/exp/weights/best.pt')
     detections = model('data/coco8/images/000000000009.jpg')   # [(n, 6) x1, y1, x2, y2, conf, class]
 
 The returned Detector takes an image path, an RGB uint8 numpy array (HWC), a PIL image, or a list of those,
@@ -60,28 +61,54 @@ class Detector(torch.nn.Module):
         return out[0] if single else out
 
 
-def _create(cfg, pretrained, classes, device):
-    from models.checkpoint import model_from_checkpoint, load_checkpoint
-    from models.yolo import Model
+def _user_errors_in_one_line(build):
+    """build() with a bad input (offline without the file, a refused checkpoint, a --device without CUDA) turned
+    into one line and exit status 1, as the scripts do, rather than a traceback."""
     from utils.errors import UserError, one_line
-    from utils.torch_utils import intersect_dicts, select_device
-    device = select_device(device or '')  # '' : CUDA when there is one, else the CPU
     try:
-        if pretrained:
-            weights = f'{cfg}.pt'
-            model = model_from_checkpoint(load_checkpoint(weights), weights)
-            if classes != model.nc:  # a new head for `classes`, everything else from the release
-                new = Model(model.yaml, nc=classes)
-                new.load_state_dict(intersect_dicts(model.state_dict(), new.state_dict()), strict=False)
-                model = new
-        else:
-            model = Model(ROOT / 'models' / f'{cfg}.yaml', nc=classes)
-    except UserError as e:  # offline without the file, a refused checkpoint: one line, not a traceback
+        return build()
+    except UserError as e:
         raise SystemExit(f'hubconf: error: {one_line(e)}') from None
+
+
+def _detector(model, device, img_size):
     model = model.to(device).fuse().eval()
     for q in model.parameters():
         q.requires_grad_(False)
-    return Detector(model, img_size=TEST_SIZES[cfg])
+    return Detector(model, img_size=img_size)
+
+
+def _create(cfg, pretrained, classes, device):
+    return _user_errors_in_one_line(lambda: _build(cfg, pretrained, classes, device))
+
+
+def _build(cfg, pretrained, classes, device):
+    from models.checkpoint import model_from_checkpoint, load_checkpoint
+    from models.yolo import Model
+    from utils.torch_utils import intersect_dicts, select_device
+    device = select_device(device or '')  # '' : CUDA when there is one, else the CPU
+    if pretrained:
+        weights = f'{cfg}.pt'
+        model = model_from_checkpoint(load_checkpoint(weights), weights)
+        if classes != model.nc:  # a new head for `classes`, everything else from the release
+            new = Model(model.yaml, nc=classes)
+            new.load_state_dict(intersect_dicts(model.state_dict(), new.state_dict()), strict=False)
+            model = new
+    else:
+        model = Model(ROOT / 'models' / f'{cfg}.yaml', nc=classes)
+    return _detector(model, device, TEST_SIZES[cfg])
+
+
+def custom(path, device=None, img_size=640):
+    """Your own weights: a run's best.pt, last.pt or final.pt (any class count), or a released file, as
+    torch.hub.load(repo, 'custom', path='runs/train/exp/weights/best.pt'); img_size: the default inference size
+    (a call's size= overrides it; use the size the model was trained at)."""
+    def build():
+        from models.checkpoint import model_from_checkpoint, load_checkpoint
+        from utils.torch_utils import select_device
+        dev = select_device(device or '')
+        return _detector(model_from_checkpoint(load_checkpoint(path), str(path)), dev, img_size)
+    return _user_errors_in_one_line(build)
 
 
 def yolov4_p5(pretrained=True, classes=80, device=None):

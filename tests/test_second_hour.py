@@ -124,6 +124,25 @@ def test_model_script_bad_input(tmp_path, capsys, args, needle):
     assert '\n' not in str(e.value)
 
 
+def test_python_callers_get_the_same_one_line(tmp_path, weights):
+    """From Python the scripts' errors are UserError subclasses (catchable) whose message is the scripts' line,
+    raised without a chained 'During handling of the above exception' traceback."""
+    import detect
+    import test as test_script
+    from models.experimental import attempt_load
+    from utils.errors import UserError
+    from utils.torch_utils import select_device
+    garbage = tmp_path / 'garbage.pt'
+    garbage.write_text('not a checkpoint')
+    calls = [lambda: attempt_load(str(garbage)), lambda: Model('yolov4-p9.yaml'), lambda: select_device('gpu'),
+             lambda: test_script.test(str(COCO8_YAML), str(garbage), device='cpu'),
+             lambda: detect.detect(str(weights), str(tmp_path / 'no_such_folder'), device='cpu')]
+    for call in calls:
+        with pytest.raises(UserError) as e:
+            call()
+        assert '\n' not in str(e.value) and (e.value.__context__ is None or e.value.__suppress_context__)
+
+
 # --- 4. --view-img without a display: one line before anything is written ------------------------------------
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='display detection is for Linux (X11/Wayland)')
 def test_view_img_without_display(tmp_path, weights):
@@ -174,3 +193,54 @@ def test_training_log_to_a_file_has_no_carriage_returns(tmp_path):
     assert '\r' not in r.stderr + r.stdout
     rows = [ln for ln in r.stderr.splitlines() if ln.lstrip().startswith(('0/1', '1/1'))]
     assert len(rows) == 2 and all('100% 2/2' in ln for ln in rows), r.stderr[-3000:]  # each epoch's last row
+
+
+# --- 5. your own weights through torch.hub ----------------------------------------------------------------------
+def test_hub_custom_loads_your_own_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = Model(tiny_cfg('yolov4-p5', nc=2))
+    model.names = ['cat', 'hat']
+    head = model.model[-1]
+    for conv in head.m:  # a confident 'hat' everywhere, so that there are boxes
+        conv.bias.detach().view(head.na, -1)[:, 4] = 8.0
+        conv.bias.detach().view(head.na, -1)[:, 6] = 8.0
+    w = tmp_path / 'best.pt'
+    save_checkpoint({'model': model_payload(model)}, w)
+    hub = torch.hub.load(str(ROOT), 'custom', source='local', path=str(w), device='cpu', img_size=128)
+    assert hub.names == ['cat', 'hat'] and hub.img_size == 128
+    det = hub(str(ROOT / 'data' / 'coco8' / 'images' / '000000000009.jpg'))
+    assert len(det) and (det[:, 5] == 1).all()
+    with pytest.raises(SystemExit, match=r'^hubconf: error: .*nothing\.pt'):
+        torch.hub.load(str(ROOT), 'custom', source='local', path=str(tmp_path / 'nothing.pt'), device='cpu')
+
+
+# --- 7. bn_momentum in a hyp file ---------------------------------------------------------------------------------
+@pytest.mark.parametrize('value', [0, 1.5, 'fast'])
+def test_bn_momentum_out_of_range_is_refused(tmp_path, value):
+    from utils.errors import ArgumentError
+    from utils.train_utils import load_hyp
+    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.quick.yaml').read_text())
+    (tmp_path / 'h.yaml').write_text(yaml.safe_dump(dict(hyp, bn_momentum=value)))
+    with pytest.raises(ArgumentError, match=f'bn_momentum {value} must be above 0 and at most 1'):
+        load_hyp(tmp_path / 'h.yaml')
+
+
+def test_bn_momentum_reaches_every_batchnorm_and_survives_a_resume(tmp_path):
+    import train
+    from utils.torch_utils import set_bn_momentum
+    model = Model(tiny_cfg('yolov4-p5', nc=2))
+    set_bn_momentum(model, 0.1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.1 for m in bns)
+    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.quick.yaml').read_text())
+    seen = []
+    real = train.set_bn_momentum
+    train.set_bn_momentum = lambda m, v: (seen.append(v), real(m, v))
+    try:
+        train.run(cfg=str(ROOT / 'models' / 'yolov4-p5-tiny.yaml'), data=str(COCO8_YAML), hyp=str(ROOT / 'data' /
+                  'hyp.quick.yaml'), epochs=1, batch_size=8, img_size=[64, 64], device='cpu', workers=0,
+                  noautoanchor=True, notest=True, project=str(tmp_path), name='bn')
+        train.run(resume=str(tmp_path / 'bn'), epochs=2)
+    finally:
+        train.set_bn_momentum = real
+    assert seen == [hyp['bn_momentum']] * 2
