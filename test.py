@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from utils.progress import progress
 
 from models.experimental import attempt_load
 from utils.data_config import DataConfigError, load_data_config
@@ -24,6 +23,7 @@ from utils.general import check_img_size, increment_path, options_from_kwargs, s
 from utils.nms import non_max_suppression
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.plots import plot_images, plot_study
+from utils.progress import progress
 from utils.torch_utils import select_device, time_synchronized
 
 LOGGER = logging.getLogger('test')

@@ -28,7 +28,6 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
-from utils.progress import progress
 
 import test as tester  # test.py
 from models.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temp_files, strip_optimizer
@@ -42,6 +41,7 @@ from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterations, warmup_step
 from utils.plots import plot_images, plot_labels, plot_results
+from utils.progress import progress
 from utils.distributed import init_distributed, process_group_store
 from utils.run_dir import agree_on_plan, release_run, resume_path, run_folder_of
 from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard

@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from utils.progress import progress
 
 from utils.errors import UserError
+from utils.progress import progress
 
 LOGGER = logging.getLogger(__name__)
 

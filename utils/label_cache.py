@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
+
 from utils.progress import progress
 
 LOGGER = logging.getLogger(__name__)
