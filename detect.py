@@ -104,10 +104,12 @@ def _frame_name(dataset, path, streams, i):
 
 def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=640, conf_thres=0.4,
            iou_thres=0.5, device='', view_img=False, save_txt=False, save_conf=False, nosave=False, classes=None,
-           agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False, channels_last=False):
+           agnostic_nms=False, augment=False, project='runs/detect', name='exp', exist_ok=False, channels_last=False,
+           cfg=None):
     """Run detection; returns (save_dir, {path: detections tensor (n, 6) in original-image pixels}); save_dir is
     None when nothing is written (nosave without save_txt).
-    `channels_last`: the model in that memory format (faster on many devices; last float bits differ)."""
+    `channels_last`: the model in that memory format (faster on many devices; last float bits differ); `cfg`: the
+    darknet cfg of .weights (default: the cfg of the same name in models/)."""
     check_at_least('--img-size', img_size, 1)
     check_fraction('--conf-thres', conf_thres)
     check_fraction('--iou-thres', iou_thres, allow_zero=False)
@@ -115,7 +117,7 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
         check_display()
     device = select_device(device)
     half = device.type != 'cpu'
-    model = attempt_load(weights, map_location=device)
+    model = attempt_load(weights, map_location=device, cfg=cfg)
     imgsz = check_img_size(img_size, s=int(model.stride.max()))
     if half:
         model.half()
@@ -177,7 +179,8 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
 
 def parse_opt(argv=None):
     p = ArgumentParser(prog='detect.py', description='Run Scaled-YOLOv4 detection.')
-    p.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt path(s)')
+    p.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt or darknet .weights path(s)')
+    p.add_argument('--cfg', type=str, default=None, help='darknet cfg of --weights X.weights (default: models/X.cfg)')
     p.add_argument('--source', type=str, default='data/coco8/images', help='file/folder/glob/video, 0 for webcam, '
                    'rtsp/http URL, or a .txt of streams')
     p.add_argument('--img-size', '--img', type=int, default=640, help='inference size (pixels)')

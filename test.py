@@ -32,8 +32,9 @@ LOGGER = logging.getLogger('test')
 def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thres=0.6, save_json=False,
          single_cls=False, augment=False, verbose=False, model=None, dataloader=None, save_dir=None,
          merge=False, save_txt=False, plots=True, device='', task='val', workers=8, compute_loss=None,
-         coco_eval='pycocotools', timings=None, channels_last=False):
-    """Evaluate `model` (from train.py) or `weights` on the data's `task` split.
+         coco_eval='pycocotools', timings=None, channels_last=False, cfg=None):
+    """Evaluate `model` (from train.py) or `weights` on the data's `task` split (`cfg`: the darknet cfg of
+    .weights, by default the cfg of the same name in models/).
 
     Returns ((P, R, mAP@0.5, mAP@0.5:0.95, val box, obj, cls losses), per-class mAPs, (inference, NMS, total)
     ms per image). The validation losses are computed with `compute_loss` (train.py's ComputeLoss), else 0.
@@ -48,7 +49,7 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     if save_dir is None and (save_json or save_txt):
         raise ArgumentError('save_json and save_txt need a save_dir to write into')
     plot_dir = save_dir if plots else None
-    model, device, imgsz = prepare_model(model, weights, device, batch_size, imgsz, channels_last)
+    model, device, imgsz = prepare_model(model, weights, device, batch_size, imgsz, channels_last, cfg)
     nc, names = check_classes(model, data, single_cls)
     if dataloader is None:
         dataloader = val_loader(data, task, model, device, imgsz, batch_size, single_cls, workers, nc)
@@ -88,7 +89,7 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     return (summary['mp'], summary['mr'], map50, map_, *losses), maps, times
 
 
-def prepare_model(model, weights, device, batch_size, imgsz, channels_last=False):
+def prepare_model(model, weights, device, batch_size, imgsz, channels_last=False, cfg=None):
     """(model in eval mode, device, image size): train.py's model as given (a float16 copy on CUDA, so its EMA is
     not rounded in place), else `weights` loaded (float16 on CUDA, channels_last if asked) with imgsz rounded to
     its stride."""
@@ -98,7 +99,7 @@ def prepare_model(model, weights, device, batch_size, imgsz, channels_last=False
             model = deepcopy(model)
     else:
         device = select_device(device, batch_size=batch_size)
-        model = attempt_load(weights, map_location=device)
+        model = attempt_load(weights, map_location=device, cfg=cfg)
         imgsz = check_img_size(imgsz, s=int(model.stride.max()))
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -336,7 +337,9 @@ def _coco_evaluate(jdict, data, dataloader, weights, save_dir, backend='pycocoto
 
 def parse_opt(argv=None):
     parser = ArgumentParser(prog='test.py', description='Evaluate Scaled-YOLOv4 on a dataset.')
-    parser.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt path(s)')
+    parser.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt or darknet .weights path(s)')
+    parser.add_argument('--cfg', type=str, default=None, help='darknet cfg of --weights X.weights '
+                        '(default: models/X.cfg)')
     parser.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
     parser.add_argument('--batch-size', '--batch', type=int, default=32, help='batch size')
     parser.add_argument('--img-size', '--img', type=int, default=640, help='inference size (pixels)')
@@ -379,7 +382,7 @@ def run(opt=None, **kwargs):
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
     common = dict(batch_size=opt.batch_size, single_cls=opt.single_cls, augment=opt.augment, verbose=opt.verbose,
                   merge=opt.merge, device=opt.device, workers=opt.workers, coco_eval=opt.coco_eval,
-                  channels_last=opt.channels_last)
+                  channels_last=opt.channels_last, cfg=opt.cfg)
     if opt.task in ('val', 'test'):
         return test(opt.data, opt.weights, imgsz=opt.img_size, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                     save_json=opt.save_json, save_dir=save_dir, save_txt=opt.save_txt, task=opt.task, **common)

@@ -587,6 +587,10 @@ def new_run_options(opt):
     opt.hyp = opt.hyp or str(DEFAULT_HYP)
     if not opt.cfg and not opt.weights:
         raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
+    if str(opt.weights).endswith('.weights'):
+        raise ArgumentError(f'--weights {opt.weights}: darknet .weights run in test.py, detect.py and export; '
+                            f'training from them is not supported yet (give a .pt, or --weights \'\' to train '
+                            f'from scratch)')
     for f, flag in ((opt.cfg, '--cfg'), (opt.data, '--data'), (opt.hyp, '--hyp')):
         if f and not Path(f).exists() and not (flag == '--cfg' and (CONFIG_DIR / Path(f).name).exists()):
             raise ArgumentError(f'{flag} {f}: file not found')

@@ -19,6 +19,7 @@ if __package__ in (None, ''):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.activations import Mish  # noqa: E402
+from models.darknet import DarknetModel  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect  # noqa: E402
 from utils.errors import ArgumentParser, check_at_least, run_cli  # noqa: E402
@@ -41,13 +42,14 @@ def prepare_for_export(model):
             if isinstance(child, Mish):
                 setattr(parent, name, MishExport())
     for m in model.modules():
-        if isinstance(m, Detect):
+        if isinstance(m, (Detect, DarknetModel)):
             m.export = True
     return model
 
 
-def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, device='cpu'):
-    """Write <weights>.torchscript.pt and <weights>.onnx; returns (paths, max |onnx - torch| or None).
+def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, device='cpu', cfg=None):
+    """Write <weights>.torchscript.pt and <weights>.onnx; returns (paths, max |onnx - torch| or None). `cfg`: the
+    darknet cfg of .weights (default: the cfg of the same name in models/).
 
     Without the onnx package only the TorchScript file is written (one warning says how to get onnx).
     PyTorch's tracer and deprecation warnings about these exporters are silenced: they concern the exporter,
@@ -57,11 +59,12 @@ def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, 
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         warnings.simplefilter('ignore', FutureWarning)
         warnings.simplefilter('ignore', DeprecationWarning)
-        return _export(weights, img_size, batch_size, dynamic, opset, device)
+        warnings.filterwarnings('ignore', 'Constant folding', UserWarning)  # a slice it leaves to the runtime
+        return _export(weights, img_size, batch_size, dynamic, opset, device, cfg)
 
 
-def _export(weights, img_size, batch_size, dynamic, opset, device):
-    model = attempt_load(weights, map_location=device)
+def _export(weights, img_size, batch_size, dynamic, opset, device, cfg):
+    model = attempt_load(weights, map_location=device, cfg=cfg)
     gs = int(model.stride.max())
     img_size = [check_img_size(x, gs) for x in img_size]
     model = prepare_for_export(model).eval()
@@ -107,7 +110,8 @@ def _export(weights, img_size, batch_size, dynamic, opset, device):
 
 def main(argv=None):
     p = ArgumentParser(prog='models/export.py', description='Export to TorchScript and ONNX.')
-    p.add_argument('--weights', type=str, default='weights/yolov4-p5.pt', help='weights path')
+    p.add_argument('--weights', type=str, default='weights/yolov4-p5.pt', help='.pt or darknet .weights path')
+    p.add_argument('--cfg', type=str, default=None, help='darknet cfg of --weights X.weights (default: models/X.cfg)')
     p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='image size (h, w)')
     p.add_argument('--batch-size', type=int, default=1, help='batch size')
     p.add_argument('--dynamic', action='store_true', help='ONNX: dynamic batch and image size')
@@ -118,7 +122,7 @@ def main(argv=None):
     check_at_least('--batch-size', opt.batch_size, 1)
     check_at_least('--opset', opt.opset, 12)
     logging.basicConfig(format='%(message)s', level=logging.INFO)
-    return export(opt.weights, opt.img_size, opt.batch_size, opt.dynamic, opt.opset)
+    return export(opt.weights, opt.img_size, opt.batch_size, opt.dynamic, opt.opset, cfg=opt.cfg)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,358 @@
+"""Darknet models: a `.cfg` built as a PyTorch module, and `.weights` read and written exactly.
+
+    model = DarknetModel('yolov4-tiny.cfg')
+    load_darknet_weights(model, 'yolov4-tiny.weights')   # header, seen-images counter and every float checked
+    save_darknet_weights(model, 'copy.weights')          # the same bytes back
+
+The layers are darknet's (AlexeyAB/darknet, the producer of the released YOLOv4 and Scaled-YOLOv4 weights):
+convolutional (batch norm, groups; mish, leaky, logistic, linear, swish, relu), route (layers, groups, group_id),
+shortcut, maxpool (with darknet's padding, so the stride-1 SPP pools keep the size), upsample and yolo (mask,
+anchors, scale_x_y, new_coords). Anything else is refused with one line naming the cfg's line. In eval mode the
+model returns what our YAML models return, (decoded boxes in pixels (batch, n, 5 + nc), raw outputs), so that
+test.py, detect.py and NMS take either.
+"""
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.activations import Mish
+from utils.errors import UserError
+
+LOGGER = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parent  # the shipped cfgs: yolov4-tiny, yolov4-csp, yolov4-p5, ...
+COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-class releases
+# weights names released twice, for cfgs with the same layers but another head: a cfg must be named for them
+TWO_RELEASES = {'yolov4-csp': ('yolov4-csp.cfg', 'yolov4-csp-scaledyolov4.cfg')}
+BN_EPS = 1e-6  # darknet's inference batch norm: (x - mean) / sqrt(variance + .000001f)
+ACTIVATIONS = {'linear': nn.Identity, 'leaky': lambda: nn.LeakyReLU(0.1), 'logistic': nn.Sigmoid,
+               'mish': Mish, 'swish': nn.SiLU, 'relu': nn.ReLU}
+SECTIONS = ('net', 'network', 'convolutional', 'route', 'shortcut', 'maxpool', 'upsample', 'yolo')
+
+
+class DarknetError(UserError, ValueError):
+    """A .cfg or .weights file this project cannot read; the message names the file (and the cfg's line)."""
+
+
+@dataclass
+class Block:
+    """One [section] of a cfg: its name, options as written, and the line it starts on."""
+    kind: str
+    line: int
+    options: dict = field(default_factory=dict)
+    path: str = ''
+
+    def where(self):
+        return f'{self.path}:{self.line} [{self.kind}]'
+
+    def get(self, key, default=None, cast=int):
+        if key not in self.options:
+            if default is None:
+                raise DarknetError(f'{self.where()}: {key}= is required')
+            return default
+        try:
+            return cast(self.options[key])
+        except ValueError:
+            raise DarknetError(f'{self.where()}: {key}={self.options[key]} is not a {cast.__name__}') from None
+
+    def ints(self, key, default=None):
+        if key not in self.options and default is not None:
+            return list(default)
+        return [int(x) for x in self.get(key, cast=str).split(',') if x.strip()]
+
+    def floats(self, key):
+        return [float(x) for x in self.get(key, cast=str).split(',') if x.strip()]
+
+
+def find_cfg(cfg):
+    """A cfg path as given, else by name in models/ ('yolov4-tiny.cfg')."""
+    path = Path(cfg)
+    if not path.is_file() and (CONFIG_DIR / path.name).is_file():
+        path = CONFIG_DIR / path.name
+    if not path.is_file():
+        raise DarknetError(f'darknet cfg {cfg} not found (looked in . and {CONFIG_DIR}): give its path, or one of '
+                           f'{", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.cfg")))}')
+    return path
+
+
+def parse_cfg(path):
+    """The [net] block and the layer blocks of a darknet cfg (a path, or a name in models/)."""
+    path = find_cfg(path)
+    blocks = []
+    for n, raw in enumerate(path.read_text(errors='replace').splitlines(), 1):
+        line = raw.split('#', 1)[0].split(';', 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith('['):
+            kind = line.strip('[]').strip().lower()
+            if not line.endswith(']') or kind not in SECTIONS:
+                raise DarknetError(f'{path}:{n}: section {line} is not supported (this reader knows '
+                                   f'{", ".join(SECTIONS[2:])})')
+            blocks.append(Block(kind, n, path=str(path)))
+        elif '=' in line and blocks:
+            key, value = line.split('=', 1)
+            blocks[-1].options[key.strip()] = value.strip()
+        else:
+            raise DarknetError(f'{path}:{n}: expected [section] or key=value, got {line!r}')
+    if not blocks or blocks[0].kind not in ('net', 'network'):
+        raise DarknetError(f'{path}: a darknet cfg starts with a [net] section')
+    return blocks[0], blocks[1:]
+
+
+class DarknetConv(nn.Module):
+    def __init__(self, block, c1):
+        super().__init__()
+        size, filters = block.get('size', 1), block.get('filters', 1)
+        groups, stride = block.get('groups', 1), block.get('stride', 1)
+        pad = size // 2 if block.get('pad', 0) else block.get('padding', 0)
+        if block.get('dilation', 1) != 1 or block.get('stride_x', stride) != stride or 'xnor' in block.options:
+            raise DarknetError(f'{block.where()}: dilation, stride_x/stride_y and xnor are not supported')
+        act = block.get('activation', 'logistic', cast=str)
+        if act not in ACTIVATIONS:
+            raise DarknetError(f'{block.where()}: activation={act} is not supported ({", ".join(ACTIVATIONS)})')
+        bn = bool(block.get('batch_normalize', 0))
+        self.conv = nn.Conv2d(c1, filters, size, stride, pad, groups=groups, bias=not bn)
+        self.bn = nn.BatchNorm2d(filters, eps=BN_EPS) if bn else nn.Identity()
+        self.act = ACTIVATIONS[act]()
+
+    def forward(self, x, outputs):
+        return self.act(self.bn(self.conv(x)))
+
+
+class Route(nn.Module):
+    def __init__(self, block, index, widths):
+        super().__init__()
+        self.layers = [i if i >= 0 else index + i for i in block.ints('layers')]
+        if any(not 0 <= i < index for i in self.layers):
+            raise DarknetError(f'{block.where()}: layers={block.options["layers"]} points outside the layers before it')
+        self.groups, self.group_id = block.get('groups', 1), block.get('group_id', 0)
+        self.c2 = sum(widths[i] for i in self.layers) // self.groups
+
+    def forward(self, x, outputs):
+        x = torch.cat([outputs[i] for i in self.layers], 1) if len(self.layers) > 1 else outputs[self.layers[0]]
+        return x.chunk(self.groups, 1)[self.group_id] if self.groups > 1 else x
+
+
+class Shortcut(nn.Module):
+    def __init__(self, block, index):
+        super().__init__()
+        self.source = index + block.ints('from')[0] if block.ints('from')[0] < 0 else block.ints('from')[0]
+        if block.get('activation', 'linear', cast=str) != 'linear' or 'weights_type' in block.options:
+            raise DarknetError(f'{block.where()}: only linear shortcuts without weights are supported')
+
+    def forward(self, x, outputs):
+        return x + outputs[self.source]
+
+
+class MaxPool(nn.Module):
+    """Darknet's max pool: `padding` (default size - 1) split with the smaller half left and top."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.size, self.stride = block.get('size', block.get('stride', 1)), block.get('stride', 1)
+        self.padding = block.get('padding', self.size - 1)
+
+    def forward(self, x, outputs):
+        h, w = x.shape[2:]
+        left = self.padding // 2
+        oh, ow = [(s + self.padding - self.size) // self.stride + 1 for s in (h, w)]
+        right = (ow - 1) * self.stride + self.size - w - left
+        bottom = (oh - 1) * self.stride + self.size - h - left
+        x = F.pad(x, (left, right, left, bottom), value=float('-inf'))
+        return F.max_pool2d(x, self.size, self.stride)
+
+
+class Upsample(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.stride = block.get('stride', 2)
+
+    def forward(self, x, outputs):
+        return F.interpolate(x, scale_factor=self.stride, mode='nearest')
+
+
+class YoloLayer(nn.Module):
+    """Darknet's [yolo]: decodes the previous layer's output to (x, y, w, h in pixels, objectness, classes).
+
+    new_coords=0 (YOLOv4, tiny): xy = (sigmoid(t) * s - (s - 1) / 2 + cell) * stride, wh = exp(t) * anchor;
+    new_coords=1 (Scaled-YOLOv4, the conv before it is logistic): xy = (t * s - (s - 1) / 2 + cell) * stride,
+    wh = (2t)^2 * anchor. Objectness and classes: sigmoid (new_coords=0) or as given (new_coords=1)."""
+
+    def __init__(self, block):
+        super().__init__()
+        anchors = np.array(block.floats('anchors'), dtype=np.float32).reshape(-1, 2)
+        mask = block.ints('mask', default=range(len(anchors)))
+        self.register_buffer('anchors', torch.from_numpy(anchors[mask]).view(1, len(mask), 1, 1, 2),
+                             persistent=False)  # pixels; from the cfg, not the weights
+        self.na, self.nc = len(mask), block.get('classes', 80)
+        self.scale_xy = block.get('scale_x_y', 1.0, cast=float)
+        self.new_coords = bool(block.get('new_coords', 0))
+        self.stride = None  # input pixels per cell, set by DarknetModel
+
+    def forward(self, x, outputs):
+        bs, _, ny, nx = x.shape
+        x = x.view(bs, self.na, 5 + self.nc, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+        if self.training:
+            return x
+        y = x.float() if self.new_coords else x.float().sigmoid()
+        yv, xv = torch.meshgrid(torch.arange(ny, device=x.device), torch.arange(nx, device=x.device), indexing='ij')
+        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).float()
+        xy = (y[..., :2] * self.scale_xy - 0.5 * (self.scale_xy - 1) + grid) * self.stride
+        wh = (y[..., 2:4] * 2) ** 2 * self.anchors if self.new_coords else torch.exp(x[..., 2:4].float()) * self.anchors
+        return torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, 5 + self.nc), x
+
+
+class DarknetModel(nn.Module):
+    """A network built from a darknet cfg. Eval mode returns (decoded detections, raw yolo outputs), as our
+    YAML models do; `names` are 0..nc-1 until set, `stride` the strides of the yolo layers."""
+
+    export = False  # when True, forward returns the decoded tensor only (TorchScript/ONNX export)
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg_file = str(cfg)
+        net, blocks = parse_cfg(cfg)
+        self.net_size = (net.get('height', 416), net.get('width', 416))
+        widths, self.layers, self.keep = [], nn.ModuleList(), set()
+        c = net.get('channels', 3)
+        for i, b in enumerate(blocks):
+            if b.kind == 'convolutional':
+                layer = DarknetConv(b, c)
+                c = layer.conv.out_channels
+            elif b.kind == 'route':
+                layer = Route(b, i, widths)
+                c = layer.c2
+                self.keep.update(layer.layers)
+            elif b.kind == 'shortcut':
+                layer = Shortcut(b, i)
+                self.keep.add(layer.source)
+            elif b.kind == 'maxpool':
+                layer = MaxPool(b)
+            elif b.kind == 'upsample':
+                layer = Upsample(b)
+            else:
+                layer = YoloLayer(b)
+                if c != layer.na * (5 + layer.nc):
+                    raise DarknetError(f'{b.where()}: the layer before has {c} filters, not (classes + 5) * '
+                                       f'{layer.na} = {layer.na * (5 + layer.nc)}')
+            layer.block = b
+            self.layers.append(layer)
+            widths.append(c)
+        self.yolo = [i for i, m in enumerate(self.layers) if isinstance(m, YoloLayer)]
+        if not self.yolo:
+            raise DarknetError(f'{cfg}: no [yolo] layer: not a detector this project can run')
+        self.nc = self.layers[self.yolo[0]].nc
+        self.names = [str(i) for i in range(self.nc)]
+        self.stride = self._strides()
+
+    def _strides(self):
+        h, w = self.net_size
+        with torch.no_grad():
+            raw = self.train().forward(torch.zeros(1, self.layers[0].conv.in_channels, h, w))
+        self.eval()
+        strides = torch.tensor([h / r.shape[2] for r in raw])
+        for i, s in zip(self.yolo, strides.tolist()):
+            self.layers[i].stride = s
+        return strides
+
+    def forward(self, x, augment=False):
+        if augment:
+            raise DarknetError('augmented inference (--augment) is not available for darknet cfg models')
+        outputs, yolo_outputs = [], []
+        for m in self.layers:
+            y = m(x, outputs)
+            if isinstance(m, YoloLayer):
+                yolo_outputs.append(y)
+                y = x  # a yolo layer passes its input on
+            outputs.append(y)
+            x = y
+        if self.training:
+            return yolo_outputs
+        z = torch.cat([z for z, _ in yolo_outputs], 1)
+        return z if self.export else (z, [r for _, r in yolo_outputs])
+
+    def fuse(self):
+        """Fold batch norms into their convolutions (in place); returns self."""
+        from utils.torch_utils import fuse_conv_and_bn
+        for m in self.layers:
+            if isinstance(m, DarknetConv) and isinstance(m.bn, nn.BatchNorm2d):
+                m.conv, m.bn = fuse_conv_and_bn(m.conv, m.bn), nn.Identity()
+        return self
+
+
+def _conv_tensors(m):
+    """The tensors of a conv layer in .weights order: biases, [scales, rolling mean, rolling variance], weights."""
+    if isinstance(m.bn, nn.BatchNorm2d):
+        return [m.bn.bias, m.bn.weight, m.bn.running_mean, m.bn.running_var, m.conv.weight]
+    return [m.conv.bias, m.conv.weight]
+
+
+def load_darknet_weights(model, path):
+    """Read a darknet .weights file into `model` (a DarknetModel) exactly; returns the seen-images counter.
+
+    Header: int32 major, minor, revision, then the images seen as uint64 (version >= 0.2) or int32."""
+    path = Path(path)
+    if not path.is_file():
+        raise DarknetError(f'darknet weights {path} not found')
+    data = path.read_bytes()
+    if len(data) < 16:
+        raise DarknetError(f'{path}: {len(data)} bytes is too short for a darknet .weights header')
+    major, minor, revision = np.frombuffer(data[:12], dtype='<i4')
+    wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+    seen = int(np.frombuffer(data[12:20], '<u8')[0] if wide else np.frombuffer(data[12:16], '<i4')[0])
+    body = data[20 if wide else 16:]
+    if len(body) % 4:
+        raise DarknetError(f'{path}: {len(body)} bytes after the header are not whole float32 values (truncated '
+                           f'or damaged: download it again)')
+    floats = np.frombuffer(body, dtype='<f4')
+    convs = [m for m in model.layers if isinstance(m, DarknetConv)]
+    need = sum(t.numel() for m in convs for t in _conv_tensors(m))
+    if len(floats) != need:
+        raise DarknetError(f'{path}: {len(floats)} floats after the header, but {model.cfg_file} needs {need} '
+                           f'({"truncated" if len(floats) < need else "too long"}: another cfg, or a damaged file)')
+    offset = 0
+    with torch.no_grad():
+        for m in convs:
+            for t in _conv_tensors(m):
+                t.copy_(torch.from_numpy(floats[offset:offset + t.numel()].copy()).view_as(t))
+                offset += t.numel()
+    LOGGER.info('Loaded %s (darknet %d.%d.%d, %d images seen)', path, major, minor, revision, seen)
+    return seen
+
+
+def save_darknet_weights(model, path, seen=0, version=(0, 2, 5)):
+    """Write `model`'s tensors as a darknet .weights file (version 0.2.5: a uint64 images-seen counter)."""
+    major, minor, revision = version
+    wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+    parts = [np.array(version, dtype='<i4').tobytes(), np.array([seen], dtype='<u8' if wide else '<i4').tobytes()]
+    for m in model.layers:
+        if isinstance(m, DarknetConv):
+            parts += [t.detach().float().cpu().numpy().astype('<f4').tobytes() for t in _conv_tensors(m)]
+    Path(path).write_bytes(b''.join(parts))
+    return path
+
+
+def load_darknet_model(weights, cfg=None):
+    """A DarknetModel with `weights` loaded, in eval mode. `cfg` defaults to the cfg of the same name in models/
+    (yolov4-tiny.weights: models/yolov4-tiny.cfg). An 80-class model gets COCO's class names."""
+    weights = Path(weights)
+    if cfg is None and weights.stem in TWO_RELEASES:
+        darknet, branch = TWO_RELEASES[weights.stem]
+        raise DarknetError(f'{weights}: two different networks were released under this name, with the same layers '
+                           f'but other box decoding: give --cfg models/{darknet} for darknet\'s release, or --cfg '
+                           f'models/{branch} for the Scaled-YOLOv4 yolov4-csp branch\'s (COCO AP 0.487 at 640)')
+    if cfg is None:
+        if not (CONFIG_DIR / f'{weights.stem}.cfg').is_file():
+            raise DarknetError(f'{weights}: no models/{weights.stem}.cfg to build it from: give its darknet cfg '
+                               f'(--cfg path/to/{weights.stem}.cfg)')
+        cfg = CONFIG_DIR / f'{weights.stem}.cfg'
+    model = DarknetModel(cfg)
+    load_darknet_weights(model, weights)
+    if model.nc == 80 and COCO_YAML.is_file():
+        import yaml
+        model.names = list(yaml.safe_load(COCO_YAML.read_text())['names'])
+    return model.eval()

@@ -1,0 +1,153 @@
+"""Darknet .cfg/.weights (models/darknet.py): outputs against an independent judge (OpenCV 4.x's darknet importer,
+its outputs stored in tests/data/darknet/ by tests/darknet_fixtures.py), exact .weights round trips and header
+versions, one-line errors for bad files, and test.py/detect.py with --weights X.weights."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from darknet_fixtures import CASES, CLASSES_KEPT, DATA, OPENCV_THRESHOLD, judge_input, judge_layout, randomize
+from models.darknet import (DarknetError, DarknetModel, load_darknet_model, load_darknet_weights,
+                            save_darknet_weights)
+from test_robustness import assert_one_line_error
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_outputs_match_opencv_darknet_importer(name):
+    judged = np.load(DATA / f'{name}.npz')
+    model = randomize(DarknetModel(f'{name}.cfg')).eval()
+    with torch.no_grad():
+        z, raw = model(torch.from_numpy(judge_input(int(judged['size']))))
+    ours = judge_layout(z, raw)
+    assert len(ours) == len([k for k in judged.files if k.startswith('yolo')])
+    for i, y in enumerate(ours):
+        ref = judged[f'yolo{i}']
+        y = y.numpy()
+        y[:, :4] /= int(judged['size'])  # OpenCV's boxes are fractions of the input
+        np.testing.assert_allclose(y[:, :5], ref[:, :5], rtol=1e-5, atol=2e-6)
+        assert ref[:, 4].std() > 0.005  # the outputs depend on the input
+        scores = y[:, 5:5 + CLASSES_KEPT] * y[:, 4:5]
+        kept = ref[:, 5:] > 0
+        np.testing.assert_allclose(scores[kept], ref[:, 5:][kept], rtol=1e-5, atol=2e-6)
+        assert (scores[~kept] < OPENCV_THRESHOLD + 1e-5).all() and kept.any()
+
+
+def test_weights_round_trip_is_bit_exact(tmp_path):
+    model = randomize(DarknetModel('yolov4-tiny.cfg'), seed=3)
+    save_darknet_weights(model, tmp_path / 'a.weights', seen=123456789012)
+    other = DarknetModel('yolov4-tiny.cfg')
+    assert load_darknet_weights(other, tmp_path / 'a.weights') == 123456789012
+    sa, sb = model.state_dict(), other.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if 'num_batches_tracked' not in k)
+    save_darknet_weights(other, tmp_path / 'b.weights', seen=123456789012)
+    assert (tmp_path / 'a.weights').read_bytes() == (tmp_path / 'b.weights').read_bytes()
+    n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for k, b in model.state_dict().items()
+                                                         if 'running' in k)
+    assert (tmp_path / 'a.weights').stat().st_size == 20 + 4 * n  # header with a 64-bit counter, then floats
+
+
+@pytest.mark.parametrize('version, header_bytes', [((0, 1, 0), 16), ((0, 2, 0), 20), ((0, 2, 5), 20),
+                                                   ((1, 0, 0), 20), ((1000, 0, 0), 16)])
+def test_header_versions(tmp_path, version, header_bytes):
+    """Darknet reads the images-seen counter as 64 bits from version 0.2 on (and below major/minor 1000)."""
+    model = randomize(DarknetModel('yolov4-tiny.cfg'))
+    path = save_darknet_weights(model, tmp_path / 'w.weights', seen=4242, version=version)
+    floats = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    assert path.stat().st_size == header_bytes + 4 * floats
+    assert load_darknet_weights(DarknetModel('yolov4-tiny.cfg'), path) == 4242
+
+
+TOO_FEW = r'w\.weights: \d+ floats after the header, but .*yolov4-tiny\.cfg needs \d+ \(truncated'
+
+
+@pytest.mark.parametrize('change, needle', [
+    (-4, TOO_FEW), (-4000000, TOO_FEW), (8, r'needs \d+ \(too long'),
+    (-3, r'w\.weights: \d+ bytes after the header are not whole float32 values'),
+    (-24000000, TOO_FEW)])
+def test_truncated_or_oversized_weights_are_named(tmp_path, change, needle):
+    path = save_darknet_weights(randomize(DarknetModel('yolov4-tiny.cfg')), tmp_path / 'w.weights')
+    data = path.read_bytes()
+    path.write_bytes(data[:change] if change < 0 else data + bytes(change))
+    with pytest.raises(DarknetError, match=needle):
+        load_darknet_weights(DarknetModel('yolov4-tiny.cfg'), path)
+    path.write_bytes(data[:10])
+    with pytest.raises(DarknetError, match='10 bytes is too short for a darknet .weights header'):
+        load_darknet_weights(DarknetModel('yolov4-tiny.cfg'), path)
+
+
+@pytest.mark.parametrize('edit, needle', [
+    ('[convolutional]\nfilters=8\n', None),
+    ('[local]\nsize=3\n', r'm\.cfg:\d+: section \[local\] is not supported'),
+    ('[convolutional]\nfilters=8\nactivation=hardtanh\n', r'm\.cfg:\d+ \[convolutional\]: activation=hardtanh'),
+    ('[convolutional]\nfilters=eight\n', r'filters=eight is not a int'),
+    ('[route]\nlayers=-99\n', r'layers=-99 points outside'),
+    ('filters 8\n', r"expected \[section\] or key=value, got 'filters 8'"),
+])
+def test_cfg_errors_name_the_line(tmp_path, edit, needle):
+    text = (ROOT / 'models' / 'yolov4-tiny.cfg').read_text()
+    first_conv = text.index('[convolutional]')
+    (tmp_path / 'm.cfg').write_text(text[:first_conv] + edit + text[first_conv:])
+    if needle is None:  # a well-formed extra layer: the model builds (and the yolo check catches nothing)
+        DarknetModel(tmp_path / 'm.cfg')
+        return
+    with pytest.raises(DarknetError, match=needle):
+        DarknetModel(tmp_path / 'm.cfg')
+
+
+def test_csp_weights_need_their_cfg_named(tmp_path):
+    """Darknet's yolov4-csp.weights and the yolov4-csp branch's have the same name and layers but decode boxes
+    differently: guessing the cfg would print wrong numbers as right."""
+    path = save_darknet_weights(randomize(DarknetModel('yolov4-csp.cfg')), tmp_path / 'yolov4-csp.weights')
+    with pytest.raises(DarknetError, match=r'give --cfg models/yolov4-csp\.cfg for darknet.s release, or --cfg '
+                                           r'models/yolov4-csp-scaledyolov4\.cfg'):
+        load_darknet_model(path)
+    assert load_darknet_model(path, cfg='yolov4-csp-scaledyolov4.cfg').layers[-1].scale_xy == 1.05
+
+
+def test_missing_cfg_for_weights_says_what_to_give(tmp_path):
+    path = save_darknet_weights(randomize(DarknetModel('yolov4-tiny.cfg')), tmp_path / 'mine.weights')
+    with pytest.raises(DarknetError, match=r'no models/mine\.cfg to build it from: give its darknet cfg'):
+        load_darknet_model(path)
+    model = load_darknet_model(path, cfg='yolov4-tiny.cfg')
+    assert model.names[0] == 'person' and len(model.names) == 80 and not model.training
+
+
+@pytest.fixture(scope='module')
+def tiny_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp('dk') / 'yolov4-tiny.weights'
+    model = randomize(DarknetModel('yolov4-tiny.cfg'))
+    with torch.no_grad():  # objectness biases high, so that detections pass a usual threshold
+        for i in model.yolo:
+            conv = model.layers[i - 1].conv
+            conv.bias.view(3, -1)[:, 4] += 4
+    return save_darknet_weights(model, path)
+
+
+def test_test_and_detect_take_darknet_weights(tmp_path, tiny_weights):
+    r = subprocess.run([sys.executable, 'test.py', '--weights', str(tiny_weights), '--data', 'data/coco8.yaml',
+                        '--img', '128', '--device', 'cpu', '--workers', '0', '--project', str(tmp_path), '--name', 't'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert 'all ' in r.stderr  # the summary row
+    import detect
+    save_dir, dets = detect.detect(str(tiny_weights), str(ROOT / 'data' / 'coco8' / 'images'), img_size=128,
+                                   conf_thres=0.3, device='cpu', project=str(tmp_path), name='d')
+    assert len(dets) == 8 and sum(len(d) for d in dets.values()) > 0 and len(list(save_dir.glob('*.jpg'))) == 8
+    r = subprocess.run([sys.executable, 'detect.py', '--weights', str(tmp_path / 'x.weights'), '--device', 'cpu',
+                        '--project', str(tmp_path / 'none')], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(r, 'detect.py', 'x.weights', '--cfg')
+
+
+def test_export_takes_darknet_weights_and_train_says_it_does_not(tmp_path, tiny_weights):
+    from models.export import export
+    (ts, onnx_file), diff = export(str(tiny_weights), img_size=(128, 128))
+    assert ts.is_file() and (onnx_file is None or onnx_file.is_file())
+    assert diff is None or diff < 1e-3
+    r = subprocess.run([sys.executable, 'train.py', '--weights', str(tiny_weights), '--data', 'data/coco8.yaml',
+                        '--device', 'cpu', '--project', str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert_one_line_error(r, 'train.py', 'yolov4-tiny.weights', 'not supported yet')
+    assert not any(tmp_path.iterdir())
