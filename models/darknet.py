@@ -104,6 +104,8 @@ def parse_cfg(path):
 
 
 class DarknetConv(nn.Module):
+    """[convolutional]: conv, optional batch norm (its biases are then the norm's shifts), activation."""
+
     def __init__(self, block, c1):
         super().__init__()
         size, filters = block.get('size', 1), block.get('filters', 1)
@@ -124,6 +126,8 @@ class DarknetConv(nn.Module):
 
 
 class Route(nn.Module):
+    """[route]: the concatenation of earlier layers' outputs, or channel group `group_id` of `groups`."""
+
     def __init__(self, block, index, widths):
         super().__init__()
         self.layers = [i if i >= 0 else index + i for i in block.ints('layers')]
@@ -138,11 +142,16 @@ class Route(nn.Module):
 
 
 class Shortcut(nn.Module):
-    def __init__(self, block, index):
+    """[shortcut]: the previous output plus an earlier layer's (a residual connection)."""
+
+    def __init__(self, block, index, widths):
         super().__init__()
-        self.source = index + block.ints('from')[0] if block.ints('from')[0] < 0 else block.ints('from')[0]
+        source = block.ints('from')[0]
+        self.source = index + source if source < 0 else source
         if block.get('activation', 'linear', cast=str) != 'linear' or 'weights_type' in block.options:
             raise DarknetError(f'{block.where()}: only linear shortcuts without weights are supported')
+        if not 0 <= self.source < index or widths[self.source] != widths[index - 1]:
+            raise DarknetError(f'{block.where()}: from={source} must name an earlier layer with the same channels')
 
     def forward(self, x, outputs):
         return x + outputs[self.source]
@@ -167,6 +176,8 @@ class MaxPool(nn.Module):
 
 
 class Upsample(nn.Module):
+    """[upsample]: nearest-neighbour by `stride`."""
+
     def __init__(self, block):
         super().__init__()
         self.stride = block.get('stride', 2)
@@ -228,7 +239,7 @@ class DarknetModel(nn.Module):
                 c = layer.c2
                 self.keep.update(layer.layers)
             elif b.kind == 'shortcut':
-                layer = Shortcut(b, i)
+                layer = Shortcut(b, i, widths)
                 self.keep.add(layer.source)
             elif b.kind == 'maxpool':
                 layer = MaxPool(b)
@@ -250,11 +261,11 @@ class DarknetModel(nn.Module):
         self.stride = self._strides()
 
     def _strides(self):
-        h, w = self.net_size
+        s = min(256, *self.net_size)  # a dry run: 256 has whole cells up to stride 128 and costs little
         with torch.no_grad():
-            raw = self.train().forward(torch.zeros(1, self.layers[0].conv.in_channels, h, w))
+            raw = self.train().forward(torch.zeros(1, self.layers[0].conv.in_channels, s, s))
         self.eval()
-        strides = torch.tensor([h / r.shape[2] for r in raw])
+        strides = torch.tensor([s / r.shape[2] for r in raw])
         for i, s in zip(self.yolo, strides.tolist()):
             self.layers[i].stride = s
         return strides
@@ -289,6 +300,13 @@ def _conv_tensors(m):
     if isinstance(m.bn, nn.BatchNorm2d):
         return [m.bn.bias, m.bn.weight, m.bn.running_mean, m.bn.running_var, m.conv.weight]
     return [m.conv.bias, m.conv.weight]
+
+
+def weights_file_size(model, version=(0, 2, 5)):
+    """The size in bytes of `model`'s .weights file: header (16 or 20 bytes) and one float32 per value."""
+    major, minor, _ = version
+    header = 20 if major * 10 + minor >= 2 and major < 1000 and minor < 1000 else 16
+    return header + 4 * sum(t.numel() for m in model.layers if isinstance(m, DarknetConv) for t in _conv_tensors(m))
 
 
 def load_darknet_weights(model, path):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import DARKNET_CFGS, ROOT
 from darknet_fixtures import CASES, CLASSES_KEPT, DATA, OPENCV_THRESHOLD, judge_input, judge_layout, randomize
 from models.darknet import (DarknetError, DarknetModel, load_darknet_model, load_darknet_weights,
-                            save_darknet_weights)
+                            save_darknet_weights, weights_file_size)
 from test_robustness import assert_one_line_error
 
 
@@ -49,6 +49,16 @@ def test_weights_round_trip_is_bit_exact(tmp_path):
     assert (tmp_path / 'a.weights').stat().st_size == 20 + 4 * n  # header with a 64-bit counter, then floats
 
 
+def test_layer_sizes_give_the_released_files_sizes():
+    """darknet's releases: yolov4-tiny.weights is 24,251,276 bytes and yolov4.weights 257,717,640 (23.13 and
+    245.78 MiB in every download log): the float count of every layer, in order, adds up to them."""
+    assert weights_file_size(DarknetModel('yolov4-tiny.cfg')) == 24_251_276
+    cfg = DARKNET_CFGS / 'yolov4.cfg'  # not shipped (not Scaled-YOLOv4)
+    if not cfg.is_file():
+        pytest.skip(f'{cfg} (darknet\'s yolov4.cfg) is not here')
+    assert weights_file_size(DarknetModel(cfg)) == 257_717_640
+
+
 @pytest.mark.parametrize('version, header_bytes', [((0, 1, 0), 16), ((0, 2, 0), 20), ((0, 2, 5), 20),
                                                    ((1, 0, 0), 20), ((1000, 0, 0), 16)])
 def test_header_versions(tmp_path, version, header_bytes):
@@ -84,6 +94,7 @@ def test_truncated_or_oversized_weights_are_named(tmp_path, change, needle):
     ('[convolutional]\nfilters=8\nactivation=hardtanh\n', r'm\.cfg:\d+ \[convolutional\]: activation=hardtanh'),
     ('[convolutional]\nfilters=eight\n', r'filters=eight is not a int'),
     ('[route]\nlayers=-99\n', r'layers=-99 points outside'),
+    ('[shortcut]\nfrom=-3\n', r'from=-3 must name an earlier layer with the same channels'),
     ('filters 8\n', r"expected \[section\] or key=value, got 'filters 8'"),
 ])
 def test_cfg_errors_name_the_line(tmp_path, edit, needle):
