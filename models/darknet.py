@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.activations import Mish
+from utils.downloads import DARKNET_RELEASES, download_release, release_destination
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
@@ -356,8 +357,13 @@ def save_darknet_weights(model, path, seen=0, version=(0, 2, 5)):
 
 def load_darknet_model(weights, cfg=None):
     """A DarknetModel with `weights` loaded, in eval mode. `cfg` defaults to the cfg of the same name in models/
-    (yolov4-tiny.weights: models/yolov4-tiny.cfg). An 80-class model gets COCO's class names."""
+    (yolov4-tiny.weights: models/yolov4-tiny.cfg). Darknet's releases (utils.downloads.DARKNET_RELEASES) that are
+    not on disk are downloaded into weights/ first, checked against the cfg before they get their name. An
+    80-class model gets COCO's class names."""
     weights = Path(weights)
+    if not weights.is_file() and weights.name not in DARKNET_RELEASES:
+        raise DarknetError(f'darknet weights {weights} not found (darknet\'s releases {", ".join(DARKNET_RELEASES)} '
+                           f'are downloaded into weights/ when named)')
     if cfg is None and weights.stem in TWO_RELEASES:
         darknet, branch = TWO_RELEASES[weights.stem]
         raise DarknetError(f'{weights}: two different networks were released under this name, with the same layers '
@@ -369,6 +375,10 @@ def load_darknet_model(weights, cfg=None):
                                f'(--cfg path/to/{weights.stem}.cfg)')
         cfg = CONFIG_DIR / f'{weights.stem}.cfg'
     model = DarknetModel(cfg)
+    if not weights.is_file() and weights.name in DARKNET_RELEASES:  # darknet's release, by name
+        weights = release_destination(weights)
+        if not weights.is_file():
+            download_release(weights.name, weights, validate=lambda p: load_darknet_weights(DarknetModel(cfg), p))
     load_darknet_weights(model, weights)
     if model.nc == 80 and COCO_YAML.is_file():
         import yaml

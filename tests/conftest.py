@@ -1,7 +1,10 @@
-"""Shared fixtures: small model configs and the repository paths."""
+"""Shared fixtures: small model configs, the repository paths and a local HTTP server."""
 import copy
+import functools
+import http.server
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,17 @@ def tiny_cfg(name='yolov4-p5', depth=0.33, width=0.125, nc=None):
 @pytest.fixture
 def tiny_p5():
     return tiny_cfg('yolov4-p5')
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server on localhost serving tmp_path/served; yields its base URL."""
+    served = tmp_path / 'served'
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}', served
+    httpd.shutdown()

@@ -149,7 +149,7 @@ def test_test_and_detect_take_darknet_weights(tmp_path, tiny_weights):
     assert len(dets) == 8 and sum(len(d) for d in dets.values()) > 0 and len(list(save_dir.glob('*.jpg'))) == 8
     r = subprocess.run([sys.executable, 'detect.py', '--weights', str(tmp_path / 'x.weights'), '--device', 'cpu',
                         '--project', str(tmp_path / 'none')], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert_one_line_error(r, 'detect.py', 'x.weights', '--cfg')
+    assert_one_line_error(r, 'detect.py', 'x.weights not found', 'downloaded into weights/ when named')
 
 
 def test_export_takes_darknet_weights_and_train_says_it_does_not(tmp_path, tiny_weights):
@@ -162,3 +162,24 @@ def test_export_takes_darknet_weights_and_train_says_it_does_not(tmp_path, tiny_
                        timeout=120)
     assert_one_line_error(r, 'train.py', 'yolov4-tiny.weights', 'not supported yet')
     assert not any(tmp_path.iterdir())
+
+
+def test_darknet_release_is_downloaded_by_name_and_checked(tmp_path, server, monkeypatch):
+    from utils.downloads import DARKNET_RELEASES, DownloadError
+    assert DARKNET_RELEASES['yolov4-p5.weights'] == \
+        'https://github.com/AlexeyAB/darknet/releases/download/darknet_yolo_v4_pre/yolov4-p5.weights'
+    url, served = server
+    monkeypatch.setenv('YOLO_WEIGHTS_MIRROR', url)
+    model = randomize(DarknetModel('yolov4-tiny.cfg'), seed=5)
+    save_darknet_weights(model, served / 'yolov4-tiny.weights')
+    dst = tmp_path / 'weights' / 'yolov4-tiny.weights'
+    loaded = load_darknet_model(dst)
+    assert dst.read_bytes() == (served / 'yolov4-tiny.weights').read_bytes() and not list(dst.parent.glob('*.part'))
+    assert torch.equal(loaded.layers[0].conv.weight, model.layers[0].conv.weight)
+    data = (served / 'yolov4-tiny.weights').read_bytes()
+    (served / 'yolov4-tiny.weights').write_bytes(data[:-400])  # a file that is not the release
+    other = tmp_path / 'other' / 'yolov4-tiny.weights'
+    with pytest.raises(DownloadError, match=r'yolov4-tiny\.weights: the downloaded file is not a usable checkpoint '
+                                            r'\(.*truncated.*fetch it by hand from https://github\.com/AlexeyAB'):
+        load_darknet_model(other)
+    assert not other.exists() and not list(other.parent.glob('*.part'))

@@ -1,32 +1,15 @@
 """Released weights one flag away: downloads from a local HTTP server (complete, resumed or retried, truncated,
 offline) and the torch.hub entry points. Nothing here touches the internet."""
-import functools
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
 
 from conftest import ROOT
 from test_checkpoints import _released_checkpoint
-
-
-@pytest.fixture
-def server(tmp_path):
-    """An HTTP server on localhost serving tmp_path/served; yields its base URL."""
-    served = tmp_path / 'served'
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}', served
-    httpd.shutdown()
 
 
 def _closed_port_url():

@@ -32,6 +32,11 @@ RELEASES = {
     'yolov4-p6_.pt': '1Q2tzaasWq8EQMi0JTCW2wkQoa2a7AF_l',
     'yolov4-p7.pt': '18fGlzgEJTkUEiBG4hW00pyedJKNnYLP3',
 }
+# Darknet's own releases of the Scaled-YOLOv4 family (run with models/darknet.py and the cfg of the same name).
+DARKNET_RELEASE_PAGE = 'https://github.com/AlexeyAB/darknet/releases/tag/darknet_yolo_v4_pre'
+DARKNET_RELEASES = {name: f'https://github.com/AlexeyAB/darknet/releases/download/darknet_yolo_v4_pre/{name}'
+                    for name in ('yolov4-tiny.weights', 'yolov4-csp.weights', 'yolov4-p5.weights',
+                                 'yolov4-p6.weights')}
 CHUNK = 1 << 20
 
 
@@ -40,15 +45,20 @@ class DownloadError(UserError, OSError):
 
 
 def release_url(name):
-    """Where `name` is downloaded from: $YOLO_WEIGHTS_MIRROR/<name>, else its Google Drive file."""
+    """Where `name` is downloaded from: $YOLO_WEIGHTS_MIRROR/<name>, else darknet's release or the Google Drive
+    file of the paper's."""
     mirror = os.environ.get('YOLO_WEIGHTS_MIRROR')
     if mirror:
         return f'{mirror.rstrip("/")}/{name}'
+    if name in DARKNET_RELEASES:
+        return DARKNET_RELEASES[name]
     return f'https://drive.usercontent.google.com/download?id={RELEASES[name]}&export=download&confirm=t'
 
 
 def manual_link(name):
-    """Where a user can fetch `name` by hand: the release page (and the Google Drive file it links)."""
+    """Where a user can fetch `name` by hand: the release page (and the file it links)."""
+    if name in DARKNET_RELEASES:
+        return DARKNET_RELEASES[name]
     return f'{RELEASE_PAGE} (Google Drive file {RELEASES[name]})'
 
 
