@@ -27,8 +27,6 @@ from utils.errors import UserError
 LOGGER = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent  # the shipped cfgs: yolov4-tiny, yolov4-csp, yolov4-p5, ...
 COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-class releases
-# weights names released twice, for cfgs with the same layers but another head: a cfg must be named for them
-TWO_RELEASES = {'yolov4-csp': ('yolov4-csp.cfg', 'yolov4-csp-scaledyolov4.cfg')}
 BN_EPS = 1e-6  # darknet's inference batch norm: (x - mean) / sqrt(variance + .000001f)
 ACTIVATIONS = {'linear': nn.Identity, 'leaky': lambda: nn.LeakyReLU(0.1), 'logistic': nn.Sigmoid,
                'mish': Mish, 'swish': nn.SiLU, 'relu': nn.ReLU}
@@ -364,11 +362,6 @@ def load_darknet_model(weights, cfg=None):
     if not weights.is_file() and weights.name not in DARKNET_RELEASES:
         raise DarknetError(f'darknet weights {weights} not found (darknet\'s releases {", ".join(DARKNET_RELEASES)} '
                            f'are downloaded into weights/ when named)')
-    if cfg is None and weights.stem in TWO_RELEASES:
-        darknet, branch = TWO_RELEASES[weights.stem]
-        raise DarknetError(f'{weights}: two different networks were released under this name, with the same layers '
-                           f'but other box decoding: give --cfg models/{darknet} for darknet\'s release, or --cfg '
-                           f'models/{branch} for the Scaled-YOLOv4 yolov4-csp branch\'s (COCO AP 0.487 at 640)')
     if cfg is None:
         if not (CONFIG_DIR / f'{weights.stem}.cfg').is_file():
             raise DarknetError(f'{weights}: no models/{weights.stem}.cfg to build it from: give its darknet cfg '

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from models.darknet import DarknetConv, DarknetModel, save_darknet_weights  # noqa: E402
 
 DATA = ROOT / 'tests' / 'data' / 'darknet'
-CASES = {'yolov4-tiny': 128, 'yolov4-csp': 128, 'yolov4-csp-scaledyolov4': 128, 'yolov4-p5': 128, 'yolov4-p6': 128}
+CASES = {'yolov4-tiny': 128, 'yolov4-csp': 128, 'yolov4-p5': 128, 'yolov4-p6': 128}
 CLASSES_KEPT = 5
 OPENCV_THRESHOLD = 0.2  # OpenCV's yolo layer zeroes class scores (objectness x class) below this
 

@@ -108,16 +108,6 @@ def test_cfg_errors_name_the_line(tmp_path, edit, needle):
         DarknetModel(tmp_path / 'm.cfg')
 
 
-def test_csp_weights_need_their_cfg_named(tmp_path):
-    """Darknet's yolov4-csp.weights and the yolov4-csp branch's have the same name and layers but decode boxes
-    differently: guessing the cfg would print wrong numbers as right."""
-    path = save_darknet_weights(randomize(DarknetModel('yolov4-csp.cfg')), tmp_path / 'yolov4-csp.weights')
-    with pytest.raises(DarknetError, match=r'give --cfg models/yolov4-csp\.cfg for darknet.s release, or --cfg '
-                                           r'models/yolov4-csp-scaledyolov4\.cfg'):
-        load_darknet_model(path)
-    assert load_darknet_model(path, cfg='yolov4-csp-scaledyolov4.cfg').layers[-1].scale_xy == 1.05
-
-
 def test_missing_cfg_for_weights_says_what_to_give(tmp_path):
     path = save_darknet_weights(randomize(DarknetModel('yolov4-tiny.cfg')), tmp_path / 'mine.weights')
     with pytest.raises(DarknetError, match=r'no models/mine\.cfg to build it from: give its darknet cfg'):
