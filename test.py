@@ -337,7 +337,8 @@ def _coco_evaluate(jdict, data, dataloader, weights, save_dir, backend='pycocoto
 
 def parse_opt(argv=None):
     parser = ArgumentParser(prog='test.py', description='Evaluate Scaled-YOLOv4 on a dataset.')
-    parser.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt or darknet .weights path(s)')
+    parser.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'],
+                        help='model.pt or darknet .weights path(s)')
     parser.add_argument('--cfg', type=str, default=None, help='darknet cfg of --weights X.weights '
                         '(default: models/X.cfg)')
     parser.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')

@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
 from utils.errors import UserError
 from utils.progress import progress
 
@@ -33,7 +32,6 @@ RELEASES = {
     'yolov4-p7.pt': '18fGlzgEJTkUEiBG4hW00pyedJKNnYLP3',
 }
 # Darknet's own releases of the Scaled-YOLOv4 family (run with models/darknet.py and the cfg of the same name).
-DARKNET_RELEASE_PAGE = 'https://github.com/AlexeyAB/darknet/releases/tag/darknet_yolo_v4_pre'
 DARKNET_RELEASES = {name: f'https://github.com/AlexeyAB/darknet/releases/download/darknet_yolo_v4_pre/{name}'
                     for name in ('yolov4-tiny.weights', 'yolov4-csp.weights', 'yolov4-p5.weights',
                                  'yolov4-p6.weights')}
@@ -81,7 +79,7 @@ def _fetch(url, part, timeout):
         length = response.headers.get('Content-Length')
         total = done + int(length) if length is not None else None
         with open(part, 'ab' if done else 'wb') as f, progress(total=total, initial=done, unit='B', unit_scale=True,
-                                                             unit_divisor=1024, desc=part.name[:-5]) as bar:
+                                                                 unit_divisor=1024, desc=part.name[:-5]) as bar:
             while True:
                 chunk = response.read(CHUNK)
                 if not chunk:
