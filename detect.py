@@ -179,7 +179,8 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
 
 def parse_opt(argv=None):
     p = ArgumentParser(prog='detect.py', description='Run Scaled-YOLOv4 detection.')
-    p.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'], help='model.pt or darknet .weights path(s)')
+    p.add_argument('--weights', nargs='+', type=str, default=['weights/yolov4-p5.pt'],
+                   help='model.pt or darknet .weights path(s)')
     p.add_argument('--cfg', type=str, default=None, help='darknet cfg of --weights X.weights (default: models/X.cfg)')
     p.add_argument('--source', type=str, default='data/coco8/images', help='file/folder/glob/video, 0 for webcam, '
                    'rtsp/http URL, or a .txt of streams')
