@@ -99,15 +99,18 @@ def _build(cfg, pretrained, classes, device):
     return _detector(model, device, TEST_SIZES[cfg])
 
 
-def custom(path, device=None, img_size=640):
-    """Your own weights: a run's best.pt, last.pt or final.pt (any class count), or a released file, as
-    torch.hub.load(repo, 'custom', path='runs/train/exp/weights/best.pt'); img_size: the default inference size
-    (a call's size= overrides it; use the size the model was trained at)."""
+def custom(path, device=None, img_size=640, cfg=None):
+    """Your own weights: a run's best.pt, last.pt or final.pt (any class count), a released file, or darknet
+    .weights (with `cfg`, default models/<name>.cfg), as torch.hub.load(repo, 'custom', path='.../best.pt');
+    img_size: the default inference size (a call's size= overrides it; use the size the model was trained at)."""
     def build():
         from models.checkpoint import model_from_checkpoint, load_checkpoint
+        from models.darknet import load_darknet_model
         from utils.torch_utils import select_device
         dev = select_device(device or '')
-        return _detector(model_from_checkpoint(load_checkpoint(path), str(path)), dev, img_size)
+        model = load_darknet_model(path, cfg) if str(path).endswith('.weights') else \
+            model_from_checkpoint(load_checkpoint(path), str(path))
+        return _detector(model, dev, img_size)
     return _user_errors_in_one_line(build)
 
 

@@ -142,6 +142,12 @@ def test_test_and_detect_take_darknet_weights(tmp_path, tiny_weights):
     assert_one_line_error(r, 'detect.py', 'x.weights not found', 'downloaded into weights/ when named')
 
 
+def test_hub_custom_takes_darknet_weights(tiny_weights):
+    hub = torch.hub.load(str(ROOT), 'custom', source='local', path=str(tiny_weights), device='cpu', img_size=128)
+    det = hub(str(ROOT / 'data' / 'coco8' / 'images' / '000000000009.jpg'))
+    assert hub.names[0] == 'person' and det.shape[1] == 6 and len(det) > 0
+
+
 def test_export_takes_darknet_weights_and_train_says_it_does_not(tmp_path, tiny_weights):
     from models.export import export
     (ts, onnx_file), diff = export(str(tiny_weights), img_size=(128, 128))
