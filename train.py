@@ -594,6 +594,7 @@ def new_run_options(opt):
     for f, flag in ((opt.cfg, '--cfg'), (opt.data, '--data'), (opt.hyp, '--hyp')):
         if f and not Path(f).exists() and not (flag == '--cfg' and (CONFIG_DIR / Path(f).name).exists()):
             raise ArgumentError(f'{flag} {f}: file not found')
+    load_data_config(opt.data, required=('nc', 'train', 'val'), existing=('train', 'val'))
     hyp = load_hyp(opt.hyp)
     opt.total_batch_size = opt.batch_size
     return hyp

@@ -83,6 +83,15 @@ def test_failed_start_leaves_no_run_folder(tmp_path):
     assert list(project.iterdir()) == []  # was runs/train/exp with hyp.yaml, opt.yaml, events and weights/
 
 
+def test_missing_data_path_is_named_before_any_folder(tmp_path):
+    data = tmp_path / 'd.yaml'
+    data.write_text(f'train: {ROOT / "data" / "coco8" / "images"}\nval: nowhere/images\nnc: 80\n')
+    r = _script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', data, '--device', 'cpu', '--project',
+                tmp_path / 'runs', timeout=120)
+    assert_one_line_error(r, 'train.py', f'data yaml {data}: val: nowhere/images does not exist')
+    assert not (tmp_path / 'runs').exists()
+
+
 def test_failed_start_keeps_folders_it_did_not_make(tmp_path):
     import train
     from utils.errors import UserError

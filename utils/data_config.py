@@ -20,8 +20,9 @@ def _resolve(p, base):
     return str(alt) if alt.exists() else p
 
 
-def load_data_config(path, required=('nc', 'val')):
-    """The data yaml as a dict with paths resolved, `names` checked against `nc`, and `yaml_file` set."""
+def load_data_config(path, required=('nc', 'val'), existing=()):
+    """The data yaml as a dict with paths resolved, `names` checked against `nc`, and `yaml_file` set. The image
+    sources named in `existing` (say 'train', 'val') must exist: the error names the yaml and the key."""
     path = Path(path)
     if not path.is_file():
         raise DataConfigError(f'data yaml {path} not found')
@@ -51,4 +52,10 @@ def load_data_config(path, required=('nc', 'val')):
         if k in d and d[k] is not None:
             d[k] = [_resolve(x, base) for x in d[k]] if isinstance(d[k], list) else _resolve(d[k], base)
     d['yaml_file'] = str(path)
+    for k in existing:
+        for p in d[k] if isinstance(d.get(k), list) else [d.get(k)]:
+            if isinstance(p, str) and not Path(p).exists() and not any(c in p for c in '*?['):
+                raise DataConfigError(f'data yaml {path}: {k}: {p} does not exist (a folder of images, a .txt list '
+                                      f'of them or a glob; relative paths are taken from the working directory or '
+                                      f'the yaml\'s folder)')
     return d
