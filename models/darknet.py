@@ -115,7 +115,7 @@ class DarknetConv(nn.Module):
         act = block.get('activation', 'logistic', cast=str)
         if act not in ACTIVATIONS:
             raise DarknetError(f'{block.where()}: activation={act} is not supported ({", ".join(ACTIVATIONS)})')
-        bn = bool(block.get('batch_normalize', 0))
+        bn = self.batch_normalize = bool(block.get('batch_normalize', 0))
         self.conv = nn.Conv2d(c1, filters, size, stride, pad, groups=groups, bias=not bn)
         self.bn = nn.BatchNorm2d(filters, eps=BN_EPS) if bn else nn.Identity()
         self.act = ACTIVATIONS[act]()
@@ -227,7 +227,7 @@ class DarknetModel(nn.Module):
         self.cfg_file = str(cfg)
         net, blocks = parse_cfg(cfg)
         self.net_size = (net.get('height', 416), net.get('width', 416))
-        widths, self.layers, self.keep = [], nn.ModuleList(), set()
+        widths, self.layers = [], nn.ModuleList()
         c = net.get('channels', 3)
         for i, b in enumerate(blocks):
             if b.kind == 'convolutional':
@@ -236,10 +236,8 @@ class DarknetModel(nn.Module):
             elif b.kind == 'route':
                 layer = Route(b, i, widths)
                 c = layer.c2
-                self.keep.update(layer.layers)
             elif b.kind == 'shortcut':
                 layer = Shortcut(b, i, widths)
-                self.keep.add(layer.source)
             elif b.kind == 'maxpool':
                 layer = MaxPool(b)
             elif b.kind == 'upsample':
@@ -249,7 +247,6 @@ class DarknetModel(nn.Module):
                 if c != layer.na * (5 + layer.nc):
                     raise DarknetError(f'{b.where()}: the layer before has {c} filters, not (classes + 5) * '
                                        f'{layer.na} = {layer.na * (5 + layer.nc)}')
-            layer.block = b
             self.layers.append(layer)
             widths.append(c)
         self.yolo = [i for i, m in enumerate(self.layers) if isinstance(m, YoloLayer)]
@@ -265,8 +262,8 @@ class DarknetModel(nn.Module):
             raw = self.train().forward(torch.zeros(1, self.layers[0].conv.in_channels, s, s))
         self.eval()
         strides = torch.tensor([s / r.shape[2] for r in raw])
-        for i, s in zip(self.yolo, strides.tolist()):
-            self.layers[i].stride = s
+        for i, stride in zip(self.yolo, strides.tolist()):
+            self.layers[i].stride = stride
         return strides
 
     def forward(self, x, augment=False):
@@ -296,6 +293,8 @@ class DarknetModel(nn.Module):
 
 def _conv_tensors(m):
     """The tensors of a conv layer in .weights order: biases, [scales, rolling mean, rolling variance], weights."""
+    if m.batch_normalize and not isinstance(m.bn, nn.BatchNorm2d):
+        raise DarknetError('a fused model (batch norms folded by fuse()) has no .weights layout: use it before fuse()')
     if isinstance(m.bn, nn.BatchNorm2d):
         return [m.bn.bias, m.bn.weight, m.bn.running_mean, m.bn.running_var, m.conv.weight]
     return [m.conv.bias, m.conv.weight]

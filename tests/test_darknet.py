@@ -44,6 +44,8 @@ def test_weights_round_trip_is_bit_exact(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa if 'num_batches_tracked' not in k)
     save_darknet_weights(other, tmp_path / 'b.weights', seen=123456789012)
     assert (tmp_path / 'a.weights').read_bytes() == (tmp_path / 'b.weights').read_bytes()
+    with pytest.raises(DarknetError, match='a fused model'):
+        save_darknet_weights(other.fuse(), tmp_path / 'c.weights')
     n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for k, b in model.state_dict().items()
                                                          if 'running' in k)
     assert (tmp_path / 'a.weights').stat().st_size == 20 + 4 * n  # header with a 64-bit counter, then floats

@@ -290,3 +290,21 @@ def test_stream_that_ends_stops_cleanly(tmp_path, caplog):
         time.sleep(0.001)
     assert not any(streams.alive)
     assert 'reconnecting (attempt 1/1)' in caplog.text and 'it ends here' in caplog.text
+
+
+@pytest.mark.parametrize('where, error, printed', [
+    ('multiprocessing/resource_sharer.py', EOFError, False),
+    ('multiprocessing/resource_sharer.py', ConnectionResetError, False),
+    ('multiprocessing/resource_sharer.py', ValueError, True),
+    ('utils/datasets.py', EOFError, True)])
+def test_loader_worker_hides_only_hand_offs_the_training_process_broke_off(capsys, where, error, printed):
+    """A worker's resource-sharer thread printed a traceback when the training process ended the loader mid
+    hand-off (after another worker died, which it reports in one line); other errors still print."""
+    from utils.datasets import quiet_broken_handoff
+    source = ('import sys\ndef _serve(hook):\n    try:\n        raise {}("broken")\n    except Exception:\n'
+              '        hook(*sys.exc_info())\n').format(error.__name__)  # as the sharer's server thread does
+    scope = {}
+    exec(compile(source, f'/usr/lib/python3/{where}', 'exec'), scope)
+    scope['_serve'](quiet_broken_handoff)
+    err = capsys.readouterr().err
+    assert ('Traceback' in err and 'broken' in err) == printed

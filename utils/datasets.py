@@ -5,9 +5,12 @@ normalised, path, shapes), with `collate_fn` filling the image index. Inference 
 streams, webcams) live in `utils.sources` and are re-exported here under their published names.
 """
 import logging
+import multiprocessing
 import os
 import random
 import signal
+import sys
+import traceback
 from pathlib import Path
 
 import cv2
@@ -267,6 +270,19 @@ def seed_worker(worker_id):
     random.seed(seed)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(s, signal.SIG_IGN)
+    sys.excepthook = quiet_broken_handoff
+
+
+def quiet_broken_handoff(exc_type, exc, tb):
+    """sys.excepthook of a loader worker. A worker hands batches to the training process through
+    multiprocessing's resource sharer, whose server thread prints any error with sys.excepthook. When the
+    training process breaks a hand-off off (it is ending the loader after another worker died, and says so in
+    one line), that error is not printed; anything else is, as usual."""
+    frames = traceback.extract_tb(tb)
+    if (frames and Path(frames[0].filename).match('multiprocessing/resource_sharer.py')
+            and issubclass(exc_type, (OSError, EOFError, multiprocessing.AuthenticationError))):
+        return
+    sys.__excepthook__(exc_type, exc, tb)
 
 
 def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=False,
