@@ -44,8 +44,9 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ''
         default = action.default
-        if ('(default' in text.lower() or default in (None, '', False, argparse.SUPPRESS) or default == []
-                or action.option_strings == [] or isinstance(action, argparse._StoreTrueAction)):
+        empty = default is None or default is False or default is argparse.SUPPRESS or default in ('', [])
+        switch = isinstance(action, argparse._StoreTrueAction)
+        if '(default' in text.lower() or empty or switch or not action.option_strings:
             return text
         return f'{text} (default: %(default)s)'
 
