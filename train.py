@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import test as tester  # test.py
 from models.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temp_files, strip_optimizer
-from models.yolo import CONFIG_DIR, Model
+from models.yolo import Model, find_config
 from utils.autoanchor import check_anchors
 from utils.data_config import load_data_config
 from utils.datasets import check_label_classes, create_dataloader, loader_failure, stop_loader_workers
@@ -592,7 +592,7 @@ def new_run_options(opt):
                             f'training from them is not supported yet (give a .pt, or --weights \'\' to train '
                             f'from scratch)')
     for f, flag in ((opt.cfg, '--cfg'), (opt.data, '--data'), (opt.hyp, '--hyp')):
-        if f and not Path(f).exists() and not (flag == '--cfg' and (CONFIG_DIR / Path(f).name).exists()):
+        if f and not (find_config(f) if flag == '--cfg' else Path(f)).exists():
             raise ArgumentError(f'{flag} {f}: file not found')
     load_data_config(opt.data, required=('nc', 'train', 'val'), existing=('train', 'val'))
     hyp = load_hyp(opt.hyp)

@@ -21,11 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.activations import Mish
+from models.yolo import CONFIG_DIR, find_config
 from utils.downloads import DARKNET_RELEASES, download_release, release_destination
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parent  # the shipped cfgs: yolov4-tiny, yolov4-csp, yolov4-p5, ...
 COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-class releases
 BN_EPS = 1e-6  # darknet's inference batch norm: (x - mean) / sqrt(variance + .000001f)
 ACTIVATIONS = {'linear': nn.Identity, 'leaky': lambda: nn.LeakyReLU(0.1), 'logistic': nn.Sigmoid,
@@ -69,9 +69,7 @@ class Block:
 
 def find_cfg(cfg):
     """A cfg path as given, else by name in models/ ('yolov4-tiny.cfg')."""
-    path = Path(cfg)
-    if not path.is_file() and (CONFIG_DIR / path.name).is_file():
-        path = CONFIG_DIR / path.name
+    path = find_config(cfg)
     if not path.is_file():
         raise DarknetError(f'darknet cfg {cfg} not found (looked in . and {CONFIG_DIR}): give its path, or one of '
                            f'{", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.cfg")))}')

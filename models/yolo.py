@@ -194,12 +194,16 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
     """A model yaml that does not exist."""
 
 
+def find_config(cfg):
+    """A model config path as given, else the file of that name in models/ when only that exists."""
+    path = Path(cfg)
+    return CONFIG_DIR / path.name if not path.exists() and (CONFIG_DIR / path.name).exists() else path
+
+
 def load_config(cfg):
     """Read a model YAML; a bare name (e.g. 'yolov4-p5.yaml') is also looked up in models/."""
     import yaml
-    path = Path(cfg)
-    if not path.exists() and (CONFIG_DIR / path.name).exists():
-        path = CONFIG_DIR / path.name
+    path = find_config(cfg)
     if not path.exists():
         raise ConfigNotFoundError(f'model config {cfg} not found (looked in . and {CONFIG_DIR}): give a path to a '
                                   f'model yaml, or one of the names in models/')
