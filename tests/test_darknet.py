@@ -176,7 +176,7 @@ def test_darknet_release_is_downloaded_by_name_and_checked(tmp_path, server, mon
     assert torch.equal(loaded.layers[0].conv.weight, model.layers[0].conv.weight)
     data = (served / 'yolov4-tiny.weights').read_bytes()
     (served / 'yolov4-tiny.weights').write_bytes(data[:-400])  # a file that is not the release
-    other = tmp_path / 'other' / 'yolov4-tiny.weights'
+    other = tmp_path / ('deep' * 40) / 'other' / 'yolov4-tiny.weights'  # a long path once cut the cause short
     with pytest.raises(DownloadError, match=r'yolov4-tiny\.weights: the downloaded file is not a usable checkpoint '
                                             r'\(.*truncated.*fetch it by hand from https://github\.com/AlexeyAB'):
         load_darknet_model(other)

@@ -113,8 +113,9 @@ def download_release(name, dst, validate, timeout=60):
         validate(part)
     except (UserError, ValueError, OSError, RuntimeError) as e:  # not a usable checkpoint: never installed
         part.unlink(missing_ok=True)
-        raise DownloadError(f'{name}: the downloaded file is not a usable checkpoint ({" ".join(str(e).split())[:200]})'
-                            f': {hint}') from None
+        cause = ' '.join(str(e).replace(str(part), part.name).split())  # the full path is in the hint already
+        cause = cause if len(cause) <= 400 else cause[:399] + '…'
+        raise DownloadError(f'{name}: the downloaded file is not a usable checkpoint ({cause}): {hint}') from None
     os.replace(part, dst)
     LOGGER.info('%s saved (%.1f MB)', dst, dst.stat().st_size / 1E6)
     return dst
