@@ -30,7 +30,9 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import test as tester  # test.py
-from models.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temp_files, strip_optimizer
+from models.checkpoint import (load_checkpoint, model_from_checkpoint, model_from_payload, remove_stale_temp_files,
+                               strip_optimizer)
+from models.darknet import DarknetModel, load_darknet_model
 from models.yolo import Model, find_config
 from utils.autoanchor import check_anchors
 from utils.data_config import load_data_config
@@ -128,22 +130,37 @@ def prepare_run_folder(paths, hyp, opt):
 
 
 def build_model(opt, nc, device, ckpt=None, verbose=True):
-    """The model to train: restored from a resumed checkpoint, transferred from --weights, or new from --cfg;
-    the first --freeze layers frozen."""
+    """The model to train: restored from a resumed checkpoint, transferred from --weights (a .pt, or darknet
+    .weights), or new from --cfg (a YAML, or a darknet .cfg); the first --freeze layers frozen."""
     if ckpt is not None:
-        model = Model(ckpt['model']['yaml'], ch=3, nc=nc).to(device)
-        model.load_state_dict(ckpt['model']['state_dict'])
+        model = model_from_payload(ckpt['model'], opt.weights).to(device)
     elif opt.weights:
-        src = model_from_checkpoint(load_checkpoint(opt.weights), opt.weights, prefer_ema=True)
-        model = Model(opt.cfg or src.yaml, ch=3, nc=nc, verbose=verbose).to(device)
+        if str(opt.weights).endswith('.weights'):
+            src = load_darknet_model(opt.weights, opt.cfg or None)
+        else:
+            src = model_from_checkpoint(load_checkpoint(opt.weights), opt.weights, prefer_ema=True)
+        if opt.cfg:
+            model = new_model(opt.cfg, nc, verbose)
+        elif isinstance(src, DarknetModel):
+            model = DarknetModel(text=src.to_cfg(), nc=nc).initialize_biases()
+        else:
+            model = Model(src.yaml, ch=3, nc=nc, verbose=verbose)
+        model = model.to(device)
         sd = intersect_dicts(src.float().state_dict(), model.state_dict(), exclude=['anchor'] if opt.cfg else [])
         model.load_state_dict(sd, strict=False)
         LOGGER.info('Transferred %g/%g items from %s', len(sd), len(model.state_dict()), opt.weights)
     else:
-        model = Model(opt.cfg, ch=3, nc=nc, verbose=verbose).to(device)
+        model = new_model(opt.cfg, nc, verbose).to(device)
     for k, v in model.named_parameters():
         v.requires_grad = not any(k.startswith(f'model.{j}.') for j in range(opt.freeze))
     return model
+
+
+def new_model(cfg, nc, verbose):
+    """A model with fresh weights from --cfg: a YAML, or a darknet .cfg (path, or name in models/)."""
+    if str(cfg).endswith('.cfg'):
+        return DarknetModel(cfg, nc=nc).initialize_biases()
+    return Model(cfg, ch=3, nc=nc, verbose=verbose)
 
 
 def build_train_loader(opt, data, hyp, imgsz, stride, nc):
@@ -587,10 +604,9 @@ def new_run_options(opt):
     opt.hyp = opt.hyp or str(DEFAULT_HYP)
     if not opt.cfg and not opt.weights:
         raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
-    if str(opt.weights).endswith('.weights'):
-        raise ArgumentError(f'--weights {opt.weights}: darknet .weights run in test.py, detect.py and export; '
-                            f'training from them is not supported yet (give a .pt, or --weights \'\' to train '
-                            f'from scratch)')
+    if str(opt.weights).endswith('.weights') and opt.cfg and not opt.cfg.endswith('.cfg'):
+        raise ArgumentError(f'--weights {opt.weights} with --cfg {opt.cfg}: darknet .weights train the darknet cfg '
+                            f'they were made for: give --cfg X.cfg, or no --cfg for models/{Path(opt.weights).stem}.cfg')
     for f, flag in ((opt.cfg, '--cfg'), (opt.data, '--data'), (opt.hyp, '--hyp')):
         if f and not (find_config(f) if flag == '--cfg' else Path(f)).exists():
             raise ArgumentError(f'{flag} {f}: file not found')

@@ -8,8 +8,8 @@ Two formats are read:
   classes such a file needs; the Mish spellings map onto `models.activations.Mish`, so no `mish_cuda`
   package is required.
 * the project's own checkpoints (written by `save_checkpoint`, i.e. train.py): plain data only. The
-  `model` (and `ema`) entries are `model_payload` dicts: {'yaml': config dict, 'state_dict': ...,
-  'names': [...], 'nc': int}. The header (`checkpoint_header`) and the training state (optimizer,
+  `model` (and `ema`) entries are `model_payload` dicts: {'yaml': config dict (or 'darknet_cfg': the cfg
+  text of a darknet model), 'state_dict': ..., 'names': [...], 'nc': int}. The header (`checkpoint_header`) and the training state (optimizer,
   scaler, RNG states, results, options, hyperparameters) are described in docs/architecture.md.
 
 A file that asks for any other class or function is refused with `CheckpointError` naming the file and it.
@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from models import common
 from models.activations import Mish
+from models.darknet import DarknetModel
 from models.yolo import Detect, Model
 from utils.downloads import RELEASE_PAGE, RELEASES, DownloadError, download_release, release_destination
 from utils.errors import UserError, write_error_reason
@@ -138,10 +139,11 @@ def half_state_dict(state_dict):
 
 
 def model_payload(model, half=False):
-    """Plain-data description of a Model: config, state_dict, class names, class count."""
+    """Plain-data description of a Model (its YAML config) or DarknetModel (its cfg text): config, state_dict,
+    class names, class count."""
     sd = model.state_dict()
-    return {'yaml': model.yaml, 'state_dict': half_state_dict(sd) if half else sd, 'names': list(model.names),
-            'nc': model.nc}
+    config = {'darknet_cfg': model.to_cfg()} if isinstance(model, DarknetModel) else {'yaml': model.yaml}
+    return dict(config, state_dict=half_state_dict(sd) if half else sd, names=list(model.names), nc=model.nc)
 
 
 def checkpoint_header(epoch, best_fitness, date=None):
@@ -165,9 +167,12 @@ def strip_optimizer(src, dst):
 
 
 def model_from_payload(payload, path='checkpoint'):
-    """Rebuild a float32 Model from `model_payload` data (an older file's 'hyp' entry is ignored)."""
+    """Rebuild a float32 Model or DarknetModel from `model_payload` data (an older file's 'hyp' entry is ignored)."""
     try:
-        model = Model(payload['yaml'], nc=payload.get('nc'))
+        if 'darknet_cfg' in payload:
+            model = DarknetModel(text=payload['darknet_cfg'], nc=payload.get('nc'))
+        else:
+            model = Model(payload['yaml'], nc=payload.get('nc'))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in payload['state_dict'].items()})
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

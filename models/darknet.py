@@ -12,6 +12,7 @@ model returns what our YAML models return, (decoded boxes in pixels (batch, n, 5
 test.py, detect.py and NMS take either.
 """
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-cl
 BN_EPS = 1e-6  # darknet's inference batch norm: (x - mean) / sqrt(variance + .000001f)
 ACTIVATIONS = {'linear': nn.Identity, 'leaky': lambda: nn.LeakyReLU(0.1), 'logistic': nn.Sigmoid,
                'mish': Mish, 'swish': nn.SiLU, 'relu': nn.ReLU}
+EXP_CLAMP = 8.0  # wh = exp(t) * anchor in training: t clamped so that exp cannot overflow (e^8 ~ 3000)
 SECTIONS = ('net', 'network', 'convolutional', 'route', 'shortcut', 'maxpool', 'upsample', 'yolo')
 
 
@@ -76,11 +78,15 @@ def find_cfg(cfg):
     return path
 
 
-def parse_cfg(path):
-    """The [net] block and the layer blocks of a darknet cfg (a path, or a name in models/)."""
-    path = find_cfg(path)
+def parse_cfg(path, text=None):
+    """The [net] block and the layer blocks of a darknet cfg (a path, or a name in models/; or its `text`)."""
+    if text is None:
+        path = find_cfg(path)
+        text = path.read_text(errors='replace')
+    else:
+        path = path or '<cfg text>'
     blocks = []
-    for n, raw in enumerate(path.read_text(errors='replace').splitlines(), 1):
+    for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split('#', 1)[0].split(';', 1)[0].strip()
         if not line:
             continue
@@ -115,7 +121,7 @@ class DarknetConv(nn.Module):
             raise DarknetError(f'{block.where()}: activation={act} is not supported ({", ".join(ACTIVATIONS)})')
         bn = self.batch_normalize = bool(block.get('batch_normalize', 0))
         self.conv = nn.Conv2d(c1, filters, size, stride, pad, groups=groups, bias=not bn)
-        self.bn = nn.BatchNorm2d(filters, eps=BN_EPS) if bn else nn.Identity()
+        self.bn = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=0.03) if bn else nn.Identity()  # as in training
         self.act = ACTIVATIONS[act]()
 
     def forward(self, x, outputs):
@@ -183,50 +189,112 @@ class Upsample(nn.Module):
         return F.interpolate(x, scale_factor=self.stride, mode='nearest')
 
 
-class YoloLayer(nn.Module):
-    """Darknet's [yolo]: decodes the previous layer's output to (x, y, w, h in pixels, objectness, classes).
+class YoloOutput(nn.Module):
+    """[yolo]: marks its input (the conv before it) as detection level `level`; the model's DarknetHead decodes it.
+    It passes its input on, as darknet's yolo layer does for later routes."""
 
-    new_coords=0 (YOLOv4, tiny): xy = (sigmoid(t) * s - (s - 1) / 2 + cell) * stride, wh = exp(t) * anchor;
-    new_coords=1 (Scaled-YOLOv4, the conv before it is logistic): xy = (t * s - (s - 1) / 2 + cell) * stride,
-    wh = (2t)^2 * anchor. Objectness and classes: sigmoid (new_coords=0) or as given (new_coords=1)."""
-
-    def __init__(self, block):
+    def __init__(self, level):
         super().__init__()
-        anchors = np.array(block.floats('anchors'), dtype=np.float32).reshape(-1, 2)
-        mask = block.ints('mask', default=range(len(anchors)))
-        self.register_buffer('anchors', torch.from_numpy(anchors[mask]).view(1, len(mask), 1, 1, 2),
-                             persistent=False)  # pixels; from the cfg, not the weights
-        self.na, self.nc = len(mask), block.get('classes', 80)
-        self.scale_xy = block.get('scale_x_y', 1.0, cast=float)
-        self.new_coords = bool(block.get('new_coords', 0))
-        self.stride = None  # input pixels per cell, set by DarknetModel
+        self.level = level
 
     def forward(self, x, outputs):
-        bs, _, ny, nx = x.shape
-        x = x.view(bs, self.na, 5 + self.nc, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-        if self.training:
-            return x
-        y = x.float() if self.new_coords else x.float().sigmoid()
-        yv, xv = torch.meshgrid(torch.arange(ny, device=x.device), torch.arange(nx, device=x.device), indexing='ij')
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).float()
-        xy = (y[..., :2] * self.scale_xy - 0.5 * (self.scale_xy - 1) + grid) * self.stride
-        wh = (y[..., 2:4] * 2) ** 2 * self.anchors if self.new_coords else torch.exp(x[..., 2:4].float()) * self.anchors
-        return torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, 5 + self.nc), x
+        return x
 
 
-class DarknetModel(nn.Module):
-    """A network built from a darknet cfg. Eval mode returns (decoded detections, raw yolo outputs), as our
-    YAML models do; `names` are 0..nc-1 until set, `stride` the strides of the yolo layers."""
+class DarknetHead(nn.Module):
+    """The [yolo] layers of a cfg as one head with Detect's interface (`anchors` in grid units, `anchor_grid` in
+    pixels, `stride`, `nl`, `na`, `nc`), so that the loss, autoanchor and DDP treat both kinds of model alike.
+
+    Level i decodes as darknet does, with s = scale_x_y:
+    new_coords=0 (YOLOv4, tiny): xy = (sigmoid(t) * s - (s - 1) / 2 + cell) * stride, wh = exp(t) * anchor;
+    new_coords=1 (Scaled-YOLOv4): xy = (sigmoid(t) * s - (s - 1) / 2 + cell) * stride, wh = (2 sigmoid(t))^2 *
+    anchor, where darknet's cfg puts the sigmoid in the conv before (activation=logistic): it is moved here, so
+    that training sees logits (the same numbers at inference). Objectness and classes: sigmoid."""
 
     export = False  # when True, forward returns the decoded tensor only (TorchScript/ONNX export)
 
-    def __init__(self, cfg):
+    def __init__(self, yolo_blocks, nc):
         super().__init__()
-        self.cfg_file = str(cfg)
-        net, blocks = parse_cfg(cfg)
+        anchors, self.scale_xy, self.new_coords = [], [], []
+        for b in yolo_blocks:
+            all_anchors = np.array(b.floats('anchors'), dtype=np.float32).reshape(-1, 2)
+            mask = b.ints('mask', default=range(len(all_anchors)))
+            if any(not 0 <= k < len(all_anchors) for k in mask):
+                raise DarknetError(f'{b.where()}: mask={b.options["mask"]} names anchors it does not have')
+            anchors.append(all_anchors[mask])
+            self.scale_xy.append(b.get('scale_x_y', 1.0, cast=float))
+            self.new_coords.append(bool(b.get('new_coords', 0)))
+        if len({len(a) for a in anchors}) != 1:
+            raise DarknetError(f'{yolo_blocks[0].path}: every [yolo] layer needs the same number of anchors (mask)')
+        self.nl, self.na, self.nc, self.no = len(anchors), len(anchors[0]), nc, nc + 5
+        a = torch.from_numpy(np.stack(anchors))
+        self.register_buffer('anchors', a.clone())  # (nl, na, 2), grid units once the strides are known
+        self.register_buffer('anchor_grid', a.clone().view(self.nl, 1, -1, 1, 1, 2))  # pixels
+        self.stride = None
+        self.grid = [torch.zeros(1)] * self.nl
+
+    def set_strides(self, strides):
+        self.stride = strides
+        self.anchors.copy_(self.anchor_grid.view(self.nl, -1, 2) / strides.view(-1, 1, 1))
+
+    def forward(self, xs):
+        z = []
+        for i in range(self.nl):
+            bs, _, ny, nx = xs[i].shape
+            xs[i] = xs[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                z.append(self._decode(i, xs[i]).view(bs, -1, self.no))
+        if self.training:
+            return xs
+        return torch.cat(z, 1) if self.export else (torch.cat(z, 1), xs)
+
+    def _decode(self, i, x):
+        ny, nx = x.shape[2:4]
+        if self.export or self.grid[i].shape[2:4] != x.shape[2:4] or self.grid[i].device != x.device:
+            yv, xv = torch.meshgrid(torch.arange(ny, device=x.device), torch.arange(nx, device=x.device),
+                                    indexing='ij')
+            self.grid[i] = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).float()
+        s = self.scale_xy[i]
+        y = x.float().sigmoid()
+        xy = (y[..., :2] * s - 0.5 * (s - 1) + self.grid[i]) * self.stride[i]
+        anchor = self.anchor_grid[i].to(y.dtype)
+        wh = (y[..., 2:4] * 2) ** 2 * anchor if self.new_coords[i] else torch.exp(x[..., 2:4].float()) * anchor
+        return torch.cat((xy, wh, y[..., 4:]), -1)
+
+    def train_box(self, i, t, anchors):
+        """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
+        s = self.scale_xy[i]
+        xy = t[:, :2].sigmoid() * s - 0.5 * (s - 1)
+        if self.new_coords[i]:
+            return torch.cat((xy, (t[:, 2:4].sigmoid() * 2) ** 2 * anchors), 1)
+        return torch.cat((xy, torch.exp(t[:, 2:4].clamp(max=EXP_CLAMP)) * anchors), 1)
+
+    def cell_reach(self, i):
+        """How far past its cell level i's centres reach ((s - 1) / 2): a target also trains the neighbour cell
+        that can reach it."""
+        return 0.5 * (self.scale_xy[i] - 1)
+
+
+class DarknetModel(nn.Module):
+    """A network built from a darknet cfg (a path, a name in models/, or `text=` the cfg itself). `nc` overrides
+    the cfg's classes (and the filters of the convs before the [yolo] layers), as for fine-tuning.
+
+    `model` holds the layers in cfg order and, last, the DarknetHead, as our YAML models hold theirs: eval mode
+    returns (decoded detections in pixels, raw outputs), training mode the raw outputs; `stride` the strides of
+    the yolo layers; `names` 0..nc-1 until set; `to_cfg()` the cfg back, with the anchors the model holds."""
+
+    def __init__(self, cfg=None, nc=None, text=None):
+        super().__init__()
+        self.cfg_file = str(cfg or '<cfg text>')
+        net, blocks = parse_cfg(cfg, text=text)
+        if nc:
+            _set_classes(blocks, nc)
+        self.net, self.blocks = net, blocks
         self.net_size = (net.get('height', 416), net.get('width', 416))
-        widths, self.layers = [], nn.ModuleList()
-        c = net.get('channels', 3)
+        layers, widths, c = [], [], net.get('channels', 3)
+        yolo_blocks = [b for b in blocks if b.kind == 'yolo']
+        if not yolo_blocks:
+            raise DarknetError(f'{self.cfg_file}: no [yolo] layer: not a detector this project can run')
         for i, b in enumerate(blocks):
             if b.kind == 'convolutional':
                 layer = DarknetConv(b, c)
@@ -241,52 +309,105 @@ class DarknetModel(nn.Module):
             elif b.kind == 'upsample':
                 layer = Upsample(b)
             else:
-                layer = YoloLayer(b)
-                if c != layer.na * (5 + layer.nc):
-                    raise DarknetError(f'{b.where()}: the layer before has {c} filters, not (classes + 5) * '
-                                       f'{layer.na} = {layer.na * (5 + layer.nc)}')
-            self.layers.append(layer)
+                _check_before_yolo(b, layers[-1] if layers else None, c)
+                layer = YoloOutput(sum(isinstance(m, YoloOutput) for m in layers))
+            layers.append(layer)
             widths.append(c)
-        self.yolo = [i for i, m in enumerate(self.layers) if isinstance(m, YoloLayer)]
-        if not self.yolo:
-            raise DarknetError(f'{cfg}: no [yolo] layer: not a detector this project can run')
-        self.nc = self.layers[self.yolo[0]].nc
+        self.yolo = [i for i, m in enumerate(layers) if isinstance(m, YoloOutput)]
+        self.nc = yolo_blocks[0].get('classes', 80)
+        if any(b.get('classes', 80) != self.nc for b in yolo_blocks):
+            raise DarknetError(f'{self.cfg_file}: the [yolo] layers have different classes=')
+        self.model = nn.ModuleList(layers + [DarknetHead(yolo_blocks, self.nc)])
         self.names = [str(i) for i in range(self.nc)]
         self.stride = self._strides()
+
+    @property
+    def export(self):
+        return self.model[-1].export
+
+    @export.setter
+    def export(self, value):
+        self.model[-1].export = value
 
     def _strides(self):
         s = min(256, *self.net_size)  # a dry run: 256 has whole cells up to stride 128 and costs little
         with torch.no_grad():
-            raw = self.train().forward(torch.zeros(1, self.layers[0].conv.in_channels, s, s))
+            raw = self.train().forward(torch.zeros(1, self.model[0].conv.in_channels, s, s))
         self.eval()
         strides = torch.tensor([s / r.shape[2] for r in raw])
-        for i, stride in zip(self.yolo, strides.tolist()):
-            self.layers[i].stride = stride
+        self.model[-1].set_strides(strides)
         return strides
 
     def forward(self, x, augment=False):
         if augment:
             raise DarknetError('augmented inference (--augment) is not available for darknet cfg models')
-        outputs, yolo_outputs = [], []
-        for m in self.layers:
-            y = m(x, outputs)
-            if isinstance(m, YoloLayer):
-                yolo_outputs.append(y)
-                y = x  # a yolo layer passes its input on
-            outputs.append(y)
-            x = y
-        if self.training:
-            return yolo_outputs
-        z = torch.cat([z for z, _ in yolo_outputs], 1)
-        return z if self.export else (z, [r for _, r in yolo_outputs])
+        outputs, levels = [], []
+        for m in self.model[:-1]:
+            x = m(x, outputs)
+            if isinstance(m, YoloOutput):
+                levels.append(x)
+            outputs.append(x)
+        return self.model[-1](levels)
 
     def fuse(self):
         """Fold batch norms into their convolutions (in place); returns self."""
         from utils.torch_utils import fuse_conv_and_bn
-        for m in self.layers:
+        for m in self.model:
             if isinstance(m, DarknetConv) and isinstance(m.bn, nn.BatchNorm2d):
                 m.conv, m.bn = fuse_conv_and_bn(m.conv, m.bn), nn.Identity()
         return self
+
+    def initialize_biases(self):
+        """The Scaled-YOLOv4 priors on the convs before the yolo layers, for training from scratch: objectness of
+        8 objects per 640x640 image, classes 0.6 / (nc - 0.99)."""
+        head = self.model[-1]
+        with torch.no_grad():
+            for i, s in zip(self.yolo, head.stride.tolist()):
+                b = self.model[i - 1].conv.bias.view(head.na, -1)
+                b[:, 4] += math.log(8 / (640 / s) ** 2)
+                b[:, 5:] += math.log(0.6 / (head.nc - 0.99))
+        return self
+
+    def to_cfg(self):
+        """The cfg text of this model: the cfg it was built from (classes as set), with the anchors it holds."""
+        head = self.model[-1]
+        yolo_blocks = [b for b in self.blocks if b.kind == 'yolo']
+        for b, anchors in zip(yolo_blocks, head.anchor_grid.view(head.nl, -1, 2).tolist()):
+            all_anchors = np.array(b.floats('anchors'), dtype=np.float32).reshape(-1, 2)
+            mask = b.ints('mask', default=range(len(all_anchors)))
+            if not np.array_equal(all_anchors[mask], np.array(anchors, dtype=np.float32)):  # autoanchor's
+                b.options.update(anchors=', '.join(f'{x:.9g},{y:.9g}' for x, y in anchors),  # float32-exact
+                                 mask=','.join(str(k) for k in range(len(anchors))), num=str(len(anchors)))
+        return '\n'.join(f'[{b.kind}]\n' + ''.join(f'{k}={v}\n' for k, v in b.options.items())
+                         for b in [self.net] + list(self.blocks))
+
+
+def _set_classes(blocks, nc):
+    """classes=nc in every [yolo] and filters=(nc + 5) * anchors in the conv before it (in place)."""
+    for i, b in enumerate(blocks):
+        if b.kind == 'yolo':
+            if i == 0 or blocks[i - 1].kind != 'convolutional':
+                raise DarknetError(f'{b.where()}: a [yolo] layer must follow a [convolutional] one')
+            na = len(b.ints('mask', default=range(len(b.floats('anchors')) // 2)))
+            b.options['classes'] = str(nc)
+            blocks[i - 1].options['filters'] = str(na * (nc + 5))
+
+
+def _check_before_yolo(block, conv, c):
+    """The conv before a [yolo] gives (classes + 5) x anchors channels, with the activation its decoding
+    expects: linear (new_coords=0) or logistic (new_coords=1; the sigmoid is moved into the head)."""
+    if not isinstance(conv, DarknetConv):
+        raise DarknetError(f'{block.where()}: a [yolo] layer must follow a [convolutional] one')
+    new_coords = bool(block.get('new_coords', 0))
+    if not isinstance(conv.act, nn.Sigmoid if new_coords else nn.Identity):
+        raise DarknetError(f'{block.where()}: with new_coords={int(new_coords)} the conv before it must have '
+                           f'activation={"logistic" if new_coords else "linear"}')
+    conv.act = nn.Identity()
+    mask = block.ints('mask', default=range(len(block.floats('anchors')) // 2))
+    nc = block.get('classes', 80)
+    if c != len(mask) * (5 + nc):
+        raise DarknetError(f'{block.where()}: the layer before has {c} filters, not (classes + 5) * '
+                           f'{len(mask)} = {len(mask) * (5 + nc)}')
 
 
 def _conv_tensors(m):
@@ -302,7 +423,7 @@ def weights_file_size(model, version=(0, 2, 5)):
     """The size in bytes of `model`'s .weights file: header (16 or 20 bytes) and one float32 per value."""
     major, minor, _ = version
     header = 20 if major * 10 + minor >= 2 and major < 1000 and minor < 1000 else 16
-    return header + 4 * sum(t.numel() for m in model.layers if isinstance(m, DarknetConv) for t in _conv_tensors(m))
+    return header + 4 * sum(t.numel() for m in model.model if isinstance(m, DarknetConv) for t in _conv_tensors(m))
 
 
 def load_darknet_weights(model, path):
@@ -323,7 +444,7 @@ def load_darknet_weights(model, path):
         raise DarknetError(f'{path}: {len(body)} bytes after the header are not whole float32 values (truncated '
                            f'or damaged: download it again)')
     floats = np.frombuffer(body, dtype='<f4')
-    convs = [m for m in model.layers if isinstance(m, DarknetConv)]
+    convs = [m for m in model.model if isinstance(m, DarknetConv)]
     need = sum(t.numel() for m in convs for t in _conv_tensors(m))
     if len(floats) != need:
         raise DarknetError(f'{path}: {len(floats)} floats after the header, but {model.cfg_file} needs {need} '
@@ -343,7 +464,7 @@ def save_darknet_weights(model, path, seen=0, version=(0, 2, 5)):
     major, minor, revision = version
     wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
     parts = [np.array(version, dtype='<i4').tobytes(), np.array([seen], dtype='<u8' if wide else '<i4').tobytes()]
-    for m in model.layers:
+    for m in model.model:
         if isinstance(m, DarknetConv):
             parts += [t.detach().float().cpu().numpy().astype('<f4').tobytes() for t in _conv_tensors(m)]
     Path(path).write_bytes(b''.join(parts))

@@ -66,6 +66,16 @@ class Detect(nn.Module):
             return x
         return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
 
+    def train_box(self, i, t, anchors):
+        """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
+        pxy = t[:, :2].sigmoid() * 2. - 0.5
+        pwh = (t[:, 2:4].sigmoid() * 2) ** 2 * anchors
+        return torch.cat((pxy, pwh), 1)
+
+    def cell_reach(self, i):
+        """How far past its cell a centre reaches (xy in (-0.5, 1.5)): targets also train that neighbour cell."""
+        return 0.5
+
     @staticmethod
     def _make_grid(nx=20, ny=20):
         yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing='ij')

@@ -23,9 +23,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.darknet import DarknetConv, DarknetModel, save_darknet_weights  # noqa: E402
+from models.darknet_writer import write_darknet  # noqa: E402
+from models.yolo import Model  # noqa: E402
 
 DATA = ROOT / 'tests' / 'data' / 'darknet'
 CASES = {'yolov4-tiny': 128, 'yolov4-csp': 128, 'yolov4-p5': 128, 'yolov4-p6': 128}
+YAML_CASES = {'yolov4-p5-tiny': 128, 'yolov4-csp': 128}  # our YAML models, written by models/darknet_writer.py
 CLASSES_KEPT = 5
 OPENCV_THRESHOLD = 0.2  # OpenCV's yolo layer zeroes class scores (objectness x class) below this
 
@@ -35,7 +38,7 @@ def randomize(model, seed=0):
     that activations stay of order 1 through every layer and the outputs depend on the input."""
     rng = np.random.default_rng(seed)
     with torch.no_grad():
-        for m in model.layers:
+        for m in model.model:
             if not isinstance(m, DarknetConv):
                 continue
             w = m.conv.weight
@@ -49,6 +52,25 @@ def randomize(model, seed=0):
             else:
                 m.conv.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, n)).float())
     return model
+
+
+def randomize_yaml(model, seed=0):
+    """randomize() for a YAML Model: the same draws per conv weight, conv bias and batch norm, in module order."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                w = m.weight
+                w.copy_(torch.from_numpy(rng.standard_normal(w.shape) * np.sqrt(2.0 / w[0].numel())).float())
+                if m.bias is not None:
+                    m.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, w.shape[0])).float())
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, n)).float())
+                m.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.0, n)).float())
+                m.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.1, n)).float())
+                m.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, n)).float())
+    return model.eval()
 
 
 def judge_input(size, seed=1):
@@ -71,23 +93,32 @@ def judge_layout(z, raw):
 
 
 def regenerate(cfg_dir, judge_python):
-    """Run the judge on every case and store its outputs in DATA."""
+    """Run the judge on every case and store its outputs in DATA: darknet's cfgs (CASES) as `name.npz`, our YAML
+    models written as darknet files (YAML_CASES) as `yaml-name.npz`."""
     DATA.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name, size in CASES.items():
-            cfg = Path(cfg_dir) / f'{name}.cfg'
-            model = randomize(DarknetModel(cfg))
-            weights, blob, out = (Path(tmp) / f'{name}{ext}' for ext in ('.weights', '.npy', '.npz'))
-            save_darknet_weights(model, weights)
-            np.save(blob, judge_input(size))
-            subprocess.run([str(judge_python), str(ROOT / '.ci' / 'darknet-judge.py'), str(cfg), str(weights),
-                            str(blob), str(out)], check=True)
-            judged = np.load(out)
-            layers = sorted(k for k in judged.files if k.startswith('yolo'))
-            np.savez_compressed(DATA / f'{name}.npz', opencv=judged['opencv'], size=size,
-                                **{k: judged[k].reshape(-1, judged[k].shape[-1])[:, :5 + CLASSES_KEPT]
-                                   for k in layers})
-            print(f'{name}: {len(layers)} yolo layers judged by OpenCV {judged["opencv"]}')
+            cfg, weights = Path(tmp) / f'{name}.cfg', Path(tmp) / f'{name}.weights'
+            cfg.write_text((Path(cfg_dir) / f'{name}.cfg').read_text())
+            save_darknet_weights(randomize(DarknetModel(cfg)), weights)
+            judge(judge_python, cfg, weights, size, DATA / f'{name}.npz')
+        for name, size in YAML_CASES.items():
+            cfg, weights = Path(tmp) / f'yaml-{name}.cfg', Path(tmp) / f'yaml-{name}.weights'
+            write_darknet(randomize_yaml(Model(f'{name}.yaml')), cfg, weights, img_size=size)
+            judge(judge_python, cfg, weights, size, DATA / f'yaml-{name}.npz')
+
+
+def judge(judge_python, cfg, weights, size, dst):
+    """The judge's yolo outputs for cfg + weights on judge_input(size), stored in dst (the first columns)."""
+    blob, out = Path(weights).with_suffix('.npy'), Path(weights).with_suffix('.npz')
+    np.save(blob, judge_input(size))
+    subprocess.run([str(judge_python), str(ROOT / '.ci' / 'darknet-judge.py'), str(cfg), str(weights), str(blob),
+                    str(out)], check=True)
+    judged = np.load(out)
+    layers = sorted(k for k in judged.files if k.startswith('yolo'))
+    np.savez_compressed(dst, opencv=judged['opencv'], size=size,
+                        **{k: judged[k].reshape(-1, judged[k].shape[-1])[:, :5 + CLASSES_KEPT] for k in layers})
+    print(f'{dst.name}: {len(layers)} yolo layers judged by OpenCV {judged["opencv"]}')
 
 
 def judge_environment(where):

@@ -9,16 +9,33 @@ import pytest
 import torch
 
 from conftest import DARKNET_CFGS, ROOT
-from darknet_fixtures import CASES, CLASSES_KEPT, DATA, OPENCV_THRESHOLD, judge_input, judge_layout, randomize
+from darknet_fixtures import (CASES, CLASSES_KEPT, DATA, OPENCV_THRESHOLD, YAML_CASES, judge_input, judge_layout,
+                              randomize, randomize_yaml)
 from models.darknet import (DarknetError, DarknetModel, load_darknet_model, load_darknet_weights,
                             save_darknet_weights, weights_file_size)
+from models.darknet_writer import write_darknet, yaml_to_darknet
+from models.yolo import Model
 from test_robustness import assert_one_line_error
 
 
 @pytest.mark.parametrize('name', list(CASES))
 def test_outputs_match_opencv_darknet_importer(name):
     judged = np.load(DATA / f'{name}.npz')
-    model = randomize(DarknetModel(f'{name}.cfg')).eval()
+    assert_matches_judge(randomize(DarknetModel(f'{name}.cfg')).eval(), judged)
+
+
+@pytest.mark.parametrize('name', list(YAML_CASES))
+def test_yaml_model_written_as_darknet_matches_opencv(name):
+    """Our YAML model, written as .cfg/.weights by models/darknet_writer.py, run by OpenCV's darknet importer:
+    the same outputs as the YAML model itself (and as our DarknetModel of the written files)."""
+    judged = np.load(DATA / f'yaml-{name}.npz')
+    model = randomize_yaml(Model(f'{name}.yaml'))
+    assert_matches_judge(model, judged)
+    text, dk = yaml_to_darknet(model, img_size=int(judged['size']))
+    assert_matches_judge(dk, judged)
+
+
+def assert_matches_judge(model, judged):
     with torch.no_grad():
         z, raw = model(torch.from_numpy(judge_input(int(judged['size']))))
     ours = judge_layout(z, raw)
@@ -67,7 +84,7 @@ def test_header_versions(tmp_path, version, header_bytes):
     """Darknet reads the images-seen counter as 64 bits from version 0.2 on (and below major/minor 1000)."""
     model = randomize(DarknetModel('yolov4-tiny.cfg'))
     path = save_darknet_weights(model, tmp_path / 'w.weights', seen=4242, version=version)
-    floats = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    floats = sum(t.numel() for k, t in model.state_dict().items() if t.is_floating_point() and 'anchor' not in k)
     assert path.stat().st_size == header_bytes + 4 * floats
     assert load_darknet_weights(DarknetModel('yolov4-tiny.cfg'), path) == 4242
 
@@ -124,7 +141,7 @@ def tiny_weights(tmp_path_factory):
     model = randomize(DarknetModel('yolov4-tiny.cfg'))
     with torch.no_grad():  # objectness biases high, so that detections pass a usual threshold
         for i in model.yolo:
-            conv = model.layers[i - 1].conv
+            conv = model.model[i - 1].conv
             conv.bias.view(3, -1)[:, 4] += 4
     return save_darknet_weights(model, path)
 
@@ -150,16 +167,102 @@ def test_hub_custom_takes_darknet_weights(tiny_weights):
     assert hub.names[0] == 'person' and det.shape[1] == 6 and len(det) > 0
 
 
-def test_export_takes_darknet_weights_and_train_says_it_does_not(tmp_path, tiny_weights):
+def test_export_takes_darknet_weights(tiny_weights):
     from models.export import export
     (ts, onnx_file), diff = export(str(tiny_weights), img_size=(128, 128))
     assert ts.is_file() and (onnx_file is None or onnx_file.is_file())
     assert diff is None or diff < 1e-3
+
+
+def test_fine_tune_from_darknet_weights_and_back_to_darknet_bit_exact(tmp_path, tiny_weights):
+    """train.py --weights X.weights fine-tunes (one class here: the class convs are new); the run's .pt is written
+    as darknet files by models/export.py --include darknet, and those read back are the .pt, bit for bit."""
     r = subprocess.run([sys.executable, 'train.py', '--weights', str(tiny_weights), '--data', 'data/coco8.yaml',
-                        '--device', 'cpu', '--project', str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-    assert_one_line_error(r, 'train.py', 'yolov4-tiny.weights', 'not supported yet')
+                        '--single-cls', '--epochs', '1', '--batch-size', '4', '--img', '128', '128', '--device', 'cpu',
+                        '--workers', '0', '--noautoanchor', '--notest', '--project', str(tmp_path), '--name', 'ft'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert 'Transferred 116/120 items' in r.stderr  # all but the weights and biases of the convs before [yolo]
+    best = tmp_path / 'ft' / 'weights' / 'final.pt'
+    r = subprocess.run([sys.executable, 'models/export.py', '--weights', str(best), '--include', 'darknet',
+                        '--img', '128'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'largest output difference 0 px' in r.stderr, r.stderr[-2000:]
+    from models.checkpoint import load_checkpoint, model_from_checkpoint
+    pt = model_from_checkpoint(load_checkpoint(best), best)
+    back = load_darknet_model(best.with_suffix('.weights'), cfg=best.with_suffix('.cfg'))
+    assert pt.nc == back.nc == 1 and 'classes=1' in best.with_suffix('.cfg').read_text()
+    sa, sb = pt.state_dict(), back.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa if 'num_batches' not in k)
+
+
+def test_yaml_checkpoint_exported_as_darknet_files(tmp_path):
+    from models.checkpoint import checkpoint_header, model_payload, save_checkpoint
+    from models.export import export_darknet
+    model = randomize_yaml(Model('yolov4-p5-tiny.yaml'))
+    save_checkpoint(dict(checkpoint_header(-1, None), model=model_payload(model), ema=None), tmp_path / 'm.pt')
+    (cfg, weights), diff = export_darknet(tmp_path / 'm.pt', img_size=100)
+    assert diff < 1e-3 and '[net]\n' in cfg.read_text() and 'width=128' in cfg.read_text()
+    assert weights.stat().st_size == weights_file_size(DarknetModel(cfg))
+    with pytest.raises(DarknetError, match='fused model'):
+        write_darknet(Model('yolov4-p5-tiny.yaml').fuse(), tmp_path / 'f.cfg', tmp_path / 'f.weights')
+
+
+def test_train_refuses_darknet_weights_with_a_yaml_cfg(tmp_path, tiny_weights):
+    r = subprocess.run([sys.executable, 'train.py', '--weights', str(tiny_weights), '--cfg', 'yolov4-p5.yaml',
+                        '--data', 'data/coco8.yaml', '--device', 'cpu', '--project', str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert_one_line_error(r, 'train.py', 'yolov4-tiny.weights with --cfg yolov4-p5.yaml', 'give --cfg X.cfg')
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('cfg', ['yolov4-tiny.cfg', 'yolov4-p5.cfg'])
+def test_training_decodes_boxes_as_inference_does(cfg):
+    """The loss's boxes (DarknetHead.train_box: exp for tiny, Scaled-YOLOv4's for P5) are inference's, per cell."""
+    model = randomize(DarknetModel(cfg), seed=4).eval()
+    head = model.model[-1]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        z, raw = model(torch.rand(1, 3, 128, 128))
+    offset = 0
+    for i, r in enumerate(raw):
+        _, na, ny, nx, no = r.shape
+        decoded = z[0, offset:offset + na * ny * nx].view(na, ny, nx, no)
+        offset += na * ny * nx
+        a, gj, gi = torch.meshgrid(torch.arange(na), torch.arange(ny), torch.arange(nx), indexing='ij')
+        a, gj, gi = a.flatten(), gj.flatten(), gi.flatten()
+        box = head.train_box(i, r[0, a, gj, gi], head.anchors[i][a])
+        box[:, 0] += gi
+        box[:, 1] += gj
+        torch.testing.assert_close(box * head.stride[i], decoded[a, gj, gi, :4], rtol=1e-5, atol=1e-3)
+    assert head.cell_reach(0) == pytest.approx(0.025 if 'tiny' in cfg else 0.5)
+
+
+def test_autoanchor_on_a_head_listing_stride_32_first():
+    """Darknet's tiny lists its stride-32 level first: evolved anchors go to the levels by area and the grid-unit
+    anchors are the pixel anchors over each level's own stride (they were divided before the levels were
+    reordered, so each level trained with anchors 2x off)."""
+    from utils.autoanchor import check_anchors
+    model = DarknetModel('yolov4-tiny.cfg')
+    head = model.model[-1]
+    rng = np.random.default_rng(0)
+    labels = [np.concatenate([np.zeros((20, 1)), rng.uniform(0.3, 0.7, (20, 2)), rng.uniform(0.01, 0.3, (20, 2))], 1)
+              for _ in range(8)]
+    dataset = type('Labels', (), {'shapes': np.full((8, 2), 640.), 'labels': labels})()
+    before = head.anchor_grid.clone()
+    check_anchors(dataset, model, thr=4.0, imgsz=640)
+    assert not torch.equal(before, head.anchor_grid)  # evolved
+    pixels = head.anchor_grid.view(head.nl, -1, 2)
+    assert pixels[0].prod(-1).min() > pixels[1].prod(-1).max()  # stride 32 holds the large ones
+    torch.testing.assert_close(head.anchors * head.stride.view(-1, 1, 1), pixels)
+
+
+def test_nc_override_rewrites_classes_and_filters():
+    model = DarknetModel('yolov4-tiny.cfg', nc=3)
+    assert model.nc == model.model[-1].nc == 3 and model.model[model.yolo[0] - 1].conv.out_channels == 24
+    text = model.to_cfg()
+    assert text.count('classes=3') == 2 and text.count('filters=24') == 2
+    again = DarknetModel(text=text)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
 def test_darknet_release_is_downloaded_by_name_and_checked(tmp_path, server, monkeypatch):
@@ -173,7 +276,7 @@ def test_darknet_release_is_downloaded_by_name_and_checked(tmp_path, server, mon
     dst = tmp_path / 'weights' / 'yolov4-tiny.weights'
     loaded = load_darknet_model(dst)
     assert dst.read_bytes() == (served / 'yolov4-tiny.weights').read_bytes() and not list(dst.parent.glob('*.part'))
-    assert torch.equal(loaded.layers[0].conv.weight, model.layers[0].conv.weight)
+    assert torch.equal(loaded.model[0].conv.weight, model.model[0].conv.weight)
     data = (served / 'yolov4-tiny.weights').read_bytes()
     (served / 'yolov4-tiny.weights').write_bytes(data[:-400])  # a file that is not the release
     other = tmp_path / ('deep' * 40) / 'other' / 'yolov4-tiny.weights'  # a long path once cut the cause short

@@ -46,9 +46,9 @@ def check_anchors(dataset, model, thr=4.0, imgsz=640, seed=0):
     if new_bpr > bpr:
         new = torch.tensor(new, device=m.anchors.device).type_as(m.anchors)
         m.anchor_grid[:] = new.clone().view_as(m.anchor_grid)
-        m.anchors[:] = new.clone().view_as(m.anchors) / m.stride.to(m.anchors.device).view(-1, 1, 1)
         from models.yolo import check_anchor_order
-        check_anchor_order(m)
+        check_anchor_order(m)  # levels by area as by stride (darknet's tiny lists stride 32 first)
+        m.anchors[:] = m.anchor_grid.view_as(m.anchors) / m.stride.to(m.anchors.device).view(-1, 1, 1)
         LOGGER.info('autoanchor: new anchors saved to the model (BPR %.4f): %s', new_bpr,
                     ', '.join(f'{int(round(x))},{int(round(y))}' for x, y in m.anchor_grid.view(-1, 2).tolist()))
     else:

@@ -6,6 +6,16 @@ from utils.metrics import bbox_iou
 from utils.torch_utils import de_parallel
 
 BALANCE = {3: [4.0, 1.0, 0.4], 4: [4.0, 1.0, 0.4, 0.1], 5: [4.0, 1.0, 0.5, 0.4, 0.1]}  # objectness per level
+STRIDE_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4, 64: 0.1, 128: 0.1}  # other heads (YOLOv4-tiny): by stride, as P5's
+
+
+def objectness_balance(det):
+    """The objectness weight of each level: published per level count for heads ordered by stride (P5/P6/P7/CSP),
+    else by each level's stride (darknet's yolov4-tiny has two levels, stride 32 first)."""
+    strides = [int(s) for s in det.stride.tolist()]
+    if det.nl in BALANCE and strides == sorted(strides):
+        return BALANCE[det.nl]
+    return [STRIDE_BALANCE.get(s, 0.1) for s in strides]
 
 
 def smooth_BCE(eps=0.1):
@@ -54,7 +64,7 @@ class ComputeLoss:
             bce_cls, bce_obj = FocalLoss(bce_cls, hyp['fl_gamma']), FocalLoss(bce_obj, hyp['fl_gamma'])
         self.bce_cls, self.bce_obj = bce_cls, bce_obj
         self.cp, self.cn = smooth_BCE(eps=0.0)
-        self.balance = BALANCE[self.det.nl]
+        self.balance = objectness_balance(self.det)
 
     def __call__(self, p, targets):
         device = targets.device
@@ -66,9 +76,7 @@ class ComputeLoss:
             nb = b.shape[0]
             if nb:
                 ps = pi[b, a, gj, gi]  # predictions at the targets' cells
-                pxy = ps[:, :2].sigmoid() * 2. - 0.5
-                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors[i]
-                pbox = torch.cat((pxy, pwh), 1)
+                pbox = self.det.train_box(i, ps, anchors[i])  # the head's own decoding
                 ciou = bbox_iou(pbox.T, tbox[i], x1y1x2y2=False, CIoU=True)
                 lbox += (1.0 - ciou).mean()
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * ciou.detach().clamp(0).type(tobj.dtype)
@@ -91,19 +99,19 @@ class ComputeLoss:
         """Assign targets to anchors and cells per level: (classes, boxes, (image, anchor, gy, gx), anchors).
 
         A target matches anchor k when max(w/a_w, a_w/w, h/a_h, a_h/h) < anchor_t; each match also goes to the
-        left/up neighbour cell when the fractional part of x/y is < 0.5 (and x/y > 1), and to the right/down one
-        when that of (nx - x)/(ny - y) is < 0.5 (and > 1). Cell indices are clamped to the grid.
+        left/up neighbour cell when the fractional part of x/y is < g (and x/y > 1), and to the right/down one
+        when that of (nx - x)/(ny - y) is < g (and > 1), g being how far the head's centres reach past their cell
+        (0.5 for Scaled-YOLOv4's). Cell indices are clamped to the grid.
         """
         det = self.det
         na, nt = det.na, targets.shape[0]
         tcls, tbox, indices, anch = [], [], [], []
         gain = torch.ones(6, device=targets.device)
         off = torch.tensor([[1, 0], [0, 1], [-1, 0], [0, -1]], device=targets.device).float()
-        g = 0.5
         at = torch.arange(na, device=targets.device).view(na, 1).repeat(1, nt)  # anchor index of each copy
         anchor_t = self.hyp['anchor_t']
         for i in range(det.nl):
-            anchors = det.anchors[i]
+            anchors, g = det.anchors[i], det.cell_reach(i)  # Scaled-YOLOv4's heads: g = 0.5
             gain[2:] = torch.tensor(p[i].shape, device=targets.device)[[3, 2, 3, 2]]  # xyxy gain
             t, offsets = targets * gain, 0
             if nt:
