@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TEST_SIZES = {'yolov4-p5': 896, 'yolov4-p6': 1280, 'yolov4-p7': 1536, 'yolov4-csp': 640}
+TEST_SIZES = {'yolov4-p5': 896, 'yolov4-p6': 1280, 'yolov4-p7': 1536, 'yolov4-csp': 640, 'yolov4-tiny': 416}
 
 
 class Detector(torch.nn.Module):
@@ -88,8 +88,12 @@ def _build(cfg, pretrained, classes, device):
     from utils.torch_utils import intersect_dicts, select_device
     device = select_device(device or '')  # '' : CUDA when there is one, else the CPU
     if pretrained:
-        weights = f'{cfg}.pt'
-        model = model_from_checkpoint(load_checkpoint(weights), weights)
+        if cfg == 'yolov4-tiny':  # released for darknet only: its .weights in the YAML model that is its cfg
+            from models.darknet import load_darknet_model
+            model = load_darknet_model(f'{cfg}.weights', cfg=ROOT / 'models' / f'{cfg}.yaml')
+        else:
+            weights = f'{cfg}.pt'
+            model = model_from_checkpoint(load_checkpoint(weights), weights)
         if classes != model.nc:  # a new head for `classes`, everything else from the release
             new = Model(model.yaml, nc=classes)
             new.load_state_dict(intersect_dicts(model.state_dict(), new.state_dict()), strict=False)
@@ -127,6 +131,12 @@ def yolov4_p6(pretrained=True, classes=80, device=None):
 def yolov4_p7(pretrained=True, classes=80, device=None):
     """YOLOv4-P7 (COCO AP 55.0 at 1536), released weights when pretrained."""
     return _create('yolov4-p7', pretrained, classes, device)
+
+
+def yolov4_tiny(pretrained=True, classes=80, device=None):
+    """YOLOv4-tiny (COCO AP 22.0 at 416), darknet's released yolov4-tiny.weights in models/yolov4-tiny.yaml when
+    pretrained."""
+    return _create('yolov4-tiny', pretrained, classes, device)
 
 
 def yolov4_csp(pretrained=False, classes=80, device=None):

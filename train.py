@@ -135,7 +135,7 @@ def build_model(opt, nc, device, ckpt=None, verbose=True):
     if ckpt is not None:
         model = model_from_payload(ckpt['model'], opt.weights).to(device)
     elif opt.weights:
-        if str(opt.weights).endswith('.weights'):
+        if str(opt.weights).endswith('.weights'):  # with its darknet cfg, or the YAML that describes it
             src = load_darknet_model(opt.weights, opt.cfg or None)
         else:
             src = model_from_checkpoint(load_checkpoint(opt.weights), opt.weights, prefer_ema=True)
@@ -604,9 +604,6 @@ def new_run_options(opt):
     opt.hyp = opt.hyp or str(DEFAULT_HYP)
     if not opt.cfg and not opt.weights:
         raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
-    if str(opt.weights).endswith('.weights') and opt.cfg and not opt.cfg.endswith('.cfg'):
-        raise ArgumentError(f'--weights {opt.weights} with --cfg {opt.cfg}: darknet .weights train the darknet cfg '
-                            f'they were made for: give --cfg X.cfg, or no --cfg for models/{Path(opt.weights).stem}.cfg')
     for f, flag in ((opt.cfg, '--cfg'), (opt.data, '--data'), (opt.hyp, '--hyp')):
         if f and not (find_config(f) if flag == '--cfg' else Path(f)).exists():
             raise ArgumentError(f'{flag} {f}: file not found')

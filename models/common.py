@@ -23,14 +23,18 @@ def activate(act, x):
     return act(x, inplace=not torch.is_grad_enabled()) if isinstance(act, Mish) else act(x)
 
 
+ACTIVATIONS = {'mish': Mish, 'leaky': lambda: nn.LeakyReLU(0.1), 'linear': nn.Identity}  # Conv's act by name
+
+
 class Conv(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> Mish (or Identity when act is False)."""
+    """Conv2d (no bias) -> BatchNorm2d -> Mish (or Identity when act is False; or act by name: 'leaky' is
+    darknet's LeakyReLU(0.1), of YOLOv4-tiny)."""
 
     def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
         self.bn = nn.BatchNorm2d(c2)
-        self.act = Mish() if act else nn.Identity()
+        self.act = ACTIVATIONS[act]() if isinstance(act, str) else Mish() if act else nn.Identity()
 
     def forward(self, x):
         # After Model.fuse() `bn` is an Identity and `conv` carries the folded bias.
@@ -114,6 +118,17 @@ class SPPCSP(nn.Module):
         y1 = self.cv6(self.cv5(torch.cat([x1] + [m(x1) for m in self.m], 1)))
         y2 = self.cv2(x)
         return self.cv7(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))
+
+
+class Split(nn.Module):
+    """Channel group `group_id` of `groups` (darknet's [route] groups=2 group_id=1 in YOLOv4-tiny)."""
+
+    def __init__(self, groups=2, group_id=1):
+        super().__init__()
+        self.groups, self.group_id = groups, group_id
+
+    def forward(self, x):
+        return x.chunk(self.groups, 1)[self.group_id]
 
 
 class Concat(nn.Module):

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.activations import Mish
-from models.yolo import CONFIG_DIR, find_config
+from models.yolo import CONFIG_DIR, EXP_CLAMP, find_config
 from utils.downloads import DARKNET_RELEASES, download_release, release_destination
 from utils.errors import UserError
 
@@ -31,7 +31,6 @@ COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-cl
 BN_EPS = 1e-6  # darknet's inference batch norm: (x - mean) / sqrt(variance + .000001f)
 ACTIVATIONS = {'linear': nn.Identity, 'leaky': lambda: nn.LeakyReLU(0.1), 'logistic': nn.Sigmoid,
                'mish': Mish, 'swish': nn.SiLU, 'relu': nn.ReLU}
-EXP_CLAMP = 8.0  # wh = exp(t) * anchor in training: t clamped so that exp cannot overflow (e^8 ~ 3000)
 SECTIONS = ('net', 'network', 'convolutional', 'route', 'shortcut', 'maxpool', 'upsample', 'yolo')
 
 
@@ -472,10 +471,11 @@ def save_darknet_weights(model, path, seen=0, version=(0, 2, 5)):
 
 
 def load_darknet_model(weights, cfg=None):
-    """A DarknetModel with `weights` loaded, in eval mode. `cfg` defaults to the cfg of the same name in models/
-    (yolov4-tiny.weights: models/yolov4-tiny.cfg). Darknet's releases (utils.downloads.DARKNET_RELEASES) that are
-    not on disk are downloaded into weights/ first, checked against the cfg before they get their name. An
-    80-class model gets COCO's class names."""
+    """The model of darknet `weights`, in eval mode: a DarknetModel of `cfg`, or, when `cfg` is a YAML of ours
+    that darknet's layers describe in order (yolov4-tiny.yaml), that YAML model (models/darknet_convert.py).
+    `cfg` defaults to the cfg of the same name in models/ (yolov4-tiny.weights: models/yolov4-tiny.cfg). Darknet's
+    releases (utils.downloads.DARKNET_RELEASES) that are not on disk are downloaded into weights/ first, checked
+    against the cfg before they get their name. An 80-class model gets COCO's class names."""
     weights = Path(weights)
     if not weights.is_file() and weights.name not in DARKNET_RELEASES:
         raise DarknetError(f'darknet weights {weights} not found (darknet\'s releases {", ".join(DARKNET_RELEASES)} '
@@ -485,12 +485,21 @@ def load_darknet_model(weights, cfg=None):
             raise DarknetError(f'{weights}: no models/{weights.stem}.cfg to build it from: give its darknet cfg '
                                f'(--cfg path/to/{weights.stem}.cfg)')
         cfg = CONFIG_DIR / f'{weights.stem}.cfg'
-    model = DarknetModel(cfg)
+    if str(cfg).endswith(('.yaml', '.yml')):
+        from models.darknet_convert import yaml_from_darknet  # it builds on this module
+        build = lambda path: yaml_from_darknet(cfg, path)  # noqa: E731
+    else:
+        DarknetModel(cfg)  # a bad cfg fails before any download
+
+        def build(path):
+            model = DarknetModel(cfg)
+            load_darknet_weights(model, path)
+            return model
     if not weights.is_file() and weights.name in DARKNET_RELEASES:  # darknet's release, by name
         weights = release_destination(weights)
         if not weights.is_file():
-            download_release(weights.name, weights, validate=lambda p: load_darknet_weights(DarknetModel(cfg), p))
-    load_darknet_weights(model, weights)
+            download_release(weights.name, weights, validate=build)
+    model = build(weights)
     if model.nc == 80 and COCO_YAML.is_file():
         import yaml
         model.names = list(yaml.safe_load(COCO_YAML.read_text())['names'])

@@ -5,7 +5,7 @@
 
 TorchScript and ONNX output the decoded prediction tensor (batch, boxes, 5 + nc) that non_max_suppression takes.
 Mish is exported as standard ops (x * tanh(softplus(x))). When onnxruntime is installed, the ONNX file is run and
-its largest difference from PyTorch is printed. Darknet files (models/darknet_writer.py) are read back and run
+its largest difference from PyTorch is printed. Darknet files (models/darknet_convert.py) are read back and run
 against the checkpoint, and that difference is printed too.
 """
 import logging
@@ -121,11 +121,11 @@ def _export(weights, img_size, batch_size, dynamic, opset, device, cfg, include)
 
 def export_darknet(weights, img_size=640, cfg=None):
     """Write <weights>.cfg and <weights>.weights: a checkpoint of ours (YAML or darknet model) as darknet files
-    (models/darknet_writer.py). They are read back and run against the checkpoint; returns ((cfg path, weights
+    (models/darknet_convert.py). They are read back and run against the checkpoint; returns ((cfg path, weights
     path), largest difference of the decoded outputs)."""
     from models.checkpoint import load_checkpoint, model_from_checkpoint
     from models.darknet import load_darknet_model, load_darknet_weights
-    from models.darknet_writer import write_darknet
+    from models.darknet_convert import write_darknet
     if str(weights).endswith('.weights'):
         model = load_darknet_model(weights, cfg)
         stem = Path(weights).with_name(Path(weights).stem + '-copy')  # never over the file read

@@ -15,7 +15,7 @@ import torch.nn as nn
 if __package__ in (None, ''):  # `python models/yolo.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, SPPCSP  # noqa: E402
+from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, Split, SPPCSP  # noqa: E402
 from utils.errors import ArgumentParser, UserError, check_at_least, run_cli  # noqa: E402
 from utils.general import make_divisible  # noqa: E402
 from utils.torch_utils import (fuse_conv_and_bn, initialize_weights, model_info, scale_img,  # noqa: E402
@@ -23,7 +23,8 @@ from utils.torch_utils import (fuse_conv_and_bn, initialize_weights, model_info,
 
 LOGGER = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent
-TEST_SIZES = {'yolov4-p5': 896, 'yolov4-p6': 1280, 'yolov4-p7': 1536, 'yolov4-csp': 640}  # paper test sizes
+TEST_SIZES = {'yolov4-p5': 896, 'yolov4-p6': 1280, 'yolov4-p7': 1536, 'yolov4-csp': 640,
+              'yolov4-tiny': 416}  # paper test sizes
 
 
 class Detect(nn.Module):
@@ -32,8 +33,13 @@ class Detect(nn.Module):
     stride = None  # strides computed during build
     export = False  # when True, forward returns the decoded tensor only (TorchScript/ONNX export)
 
-    def __init__(self, nc=80, anchors=(), ch=()):
+    decoding, scale_xy = 'scaled', 2.0  # class defaults: released pickles predate them
+
+    def __init__(self, nc=80, anchors=(), ch=(), decoding='scaled', scale_xy=2.0):
         super().__init__()
+        if decoding not in DECODINGS:
+            raise ConfigError(f'Detect decoding {decoding!r} is not one of {", ".join(DECODINGS)}')
+        self.decoding, self.scale_xy = decoding, float(scale_xy)
         self.nc = nc  # number of classes
         self.no = nc + 5  # outputs per anchor
         self.nl = len(anchors)  # number of detection levels
@@ -59,8 +65,13 @@ class Detect(nn.Module):
                         self.grid[i] = self._make_grid(nx, ny).to(x[i].device)
                     grid = self.grid[i]
                 y = x[i].float().sigmoid()  # decoded in float32: float16 steps are 1 px above 1024
-                xy = (y[..., 0:2] * 2. - 0.5 + grid.to(y.dtype)) * self.stride[i]
-                wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i].to(y.dtype)
+                if self.decoding == 'scaled':
+                    xy = (y[..., 0:2] * 2. - 0.5 + grid.to(y.dtype)) * self.stride[i]
+                    wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i].to(y.dtype)
+                else:  # darknet's YOLOv4 (tiny): xy scaled by scale_x_y about the cell centre, wh = exp(t) * anchor
+                    s = self.scale_xy
+                    xy = (y[..., :2] * s - 0.5 * (s - 1) + grid.to(y.dtype)) * self.stride[i]
+                    wh = torch.exp(x[i][..., 2:4].float()) * self.anchor_grid[i].to(y.dtype)
                 z.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))
         if self.training:
             return x
@@ -68,13 +79,19 @@ class Detect(nn.Module):
 
     def train_box(self, i, t, anchors):
         """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
-        pxy = t[:, :2].sigmoid() * 2. - 0.5
-        pwh = (t[:, 2:4].sigmoid() * 2) ** 2 * anchors
+        if self.decoding == 'scaled':
+            pxy = t[:, :2].sigmoid() * 2. - 0.5
+            pwh = (t[:, 2:4].sigmoid() * 2) ** 2 * anchors
+        else:
+            s = self.scale_xy
+            pxy = t[:, :2].sigmoid() * s - 0.5 * (s - 1)
+            pwh = torch.exp(t[:, 2:4].clamp(max=EXP_CLAMP)) * anchors
         return torch.cat((pxy, pwh), 1)
 
     def cell_reach(self, i):
-        """How far past its cell a centre reaches (xy in (-0.5, 1.5)): targets also train that neighbour cell."""
-        return 0.5
+        """How far past its cell a centre reaches ((s - 1) / 2; xy in (-0.5, 1.5) for 'scaled'): targets also
+        train the neighbour cell that can reach them."""
+        return 0.5 if self.decoding == 'scaled' else 0.5 * (self.scale_xy - 1)
 
     @staticmethod
     def _make_grid(nx=20, ny=20):
@@ -104,11 +121,15 @@ class Model(nn.Module):
             s = 256  # 2x the largest stride of P5; every level of P7 still has >= 2 cells
             with torch.no_grad():
                 m.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, ch, s, s))])
+            check_anchor_order(m)  # on the pixel anchors, before they become grid units per level
             m.anchors /= m.stride.view(-1, 1, 1)
-            check_anchor_order(m)
             self.stride = m.stride
             self._initialize_biases()
         initialize_weights(self)
+        if 'bn_eps' in self.yaml:  # darknet's 1e-6 (YOLOv4-tiny), for its .weights to load exactly
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eps = float(self.yaml['bn_eps'])
 
     def forward(self, x, augment=False, profile=False):
         if augment:
@@ -173,11 +194,12 @@ def _profile_layer(m, x):
 
 
 def check_anchor_order(m):
-    """Reverse the anchor order when the anchor areas are not ordered like the strides."""
-    a = m.anchor_grid.prod(-1).view(-1)
+    """Reverse the level order of the anchors when their areas are not ordered like the strides. Levels are
+    compared by mean area (published: the first and last anchor, which tie for YOLOv4-tiny's 81,82)."""
+    a = m.anchor_grid.prod(-1).view(m.nl, -1).mean(1)
     da = a[-1] - a[0]
     ds = m.stride[-1] - m.stride[0]
-    if da.sign() != ds.sign():
+    if da != 0 and da.sign() != ds.sign():
         LOGGER.info('Reversing anchor order')
         m.anchors[:] = m.anchors.flip(0)
         m.anchor_grid[:] = m.anchor_grid.flip(0)
@@ -186,14 +208,17 @@ def check_anchor_order(m):
 # The YAML parser resolves names through these tables only: nothing in a config is evaluated.
 MODULES = {
     'Conv': Conv, 'Bottleneck': Bottleneck, 'BottleneckCSP': BottleneckCSP, 'BottleneckCSP2': BottleneckCSP2,
-    'SPPCSP': SPPCSP, 'Concat': Concat, 'Detect': Detect,
+    'SPPCSP': SPPCSP, 'Concat': Concat, 'Detect': Detect, 'Split': Split,
     'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample,
     'nn.Conv2d': nn.Conv2d, 'nn.BatchNorm2d': nn.BatchNorm2d, 'nn.MaxPool2d': nn.MaxPool2d,
     'nn.Identity': nn.Identity,
 }
 WIDTH_MODULES = (nn.Conv2d, Conv, Bottleneck, BottleneckCSP, BottleneckCSP2, SPPCSP)  # first arg is c2
 CSP_MODULES = (BottleneckCSP, BottleneckCSP2, SPPCSP)  # take the repeat count n as 3rd argument
-STRING_LITERALS = {'nearest', 'bilinear', 'bicubic', 'trilinear', 'linear', 'area', 'nearest-exact'}
+STRING_LITERALS = {'nearest', 'bilinear', 'bicubic', 'trilinear', 'linear', 'area', 'nearest-exact',
+                   'leaky', 'mish', 'scaled', 'yolov4'}  # Upsample modes, Conv activations, Detect decodings
+DECODINGS = ('scaled', 'yolov4')  # Scaled-YOLOv4's head; darknet's YOLOv4/tiny head (exp wh, scale_x_y)
+EXP_CLAMP = 8.0  # 'yolov4' training: wh = exp(t) * anchor with t clamped, so that exp cannot overflow
 
 
 class ConfigError(UserError, ValueError):
@@ -283,8 +308,10 @@ def parse_model(d, ch, verbose=True):
             args = [c2]
         elif m is Concat:
             c2 = sum(width(x) for x in f)
+        elif m is Split:
+            c2 = width(f) // (args[0] if args else 2)
         elif m is Detect:
-            args.append([width(x) for x in f])
+            args.insert(2, [width(x) for x in f])
             if isinstance(args[1], int):  # number of anchors given instead of a list
                 args[1] = [list(range(args[1] * 2))] * len(f)
             c2 = no

@@ -23,12 +23,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.darknet import DarknetConv, DarknetModel, save_darknet_weights  # noqa: E402
-from models.darknet_writer import write_darknet  # noqa: E402
+from models.darknet_convert import write_darknet  # noqa: E402
 from models.yolo import Model  # noqa: E402
 
 DATA = ROOT / 'tests' / 'data' / 'darknet'
 CASES = {'yolov4-tiny': 128, 'yolov4-csp': 128, 'yolov4-p5': 128, 'yolov4-p6': 128}
-YAML_CASES = {'yolov4-p5-tiny': 128, 'yolov4-csp': 128}  # our YAML models, written by models/darknet_writer.py
+YAML_CASES = {'yolov4-p5-tiny': 128, 'yolov4-csp': 128}  # our YAML models, written by models/darknet_convert.py
 CLASSES_KEPT = 5
 OPENCV_THRESHOLD = 0.2  # OpenCV's yolo layer zeroes class scores (objectness x class) below this
 

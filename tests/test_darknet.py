@@ -13,8 +13,9 @@ from darknet_fixtures import (CASES, CLASSES_KEPT, DATA, OPENCV_THRESHOLD, YAML_
                               randomize, randomize_yaml)
 from models.darknet import (DarknetError, DarknetModel, load_darknet_model, load_darknet_weights,
                             save_darknet_weights, weights_file_size)
-from models.darknet_writer import write_darknet, yaml_to_darknet
+from models.darknet_convert import write_darknet, yaml_to_darknet
 from models.yolo import Model
+from utils.torch_utils import count_flops
 from test_robustness import assert_one_line_error
 
 
@@ -26,12 +27,12 @@ def test_outputs_match_opencv_darknet_importer(name):
 
 @pytest.mark.parametrize('name', list(YAML_CASES))
 def test_yaml_model_written_as_darknet_matches_opencv(name):
-    """Our YAML model, written as .cfg/.weights by models/darknet_writer.py, run by OpenCV's darknet importer:
+    """Our YAML model, written as .cfg/.weights by models/darknet_convert.py, run by OpenCV's darknet importer:
     the same outputs as the YAML model itself (and as our DarknetModel of the written files)."""
     judged = np.load(DATA / f'yaml-{name}.npz')
     model = randomize_yaml(Model(f'{name}.yaml'))
     assert_matches_judge(model, judged)
-    text, dk = yaml_to_darknet(model, img_size=int(judged['size']))
+    text, dk, _ = yaml_to_darknet(model, img_size=int(judged["size"]))
     assert_matches_judge(dk, judged)
 
 
@@ -207,11 +208,29 @@ def test_yaml_checkpoint_exported_as_darknet_files(tmp_path):
         write_darknet(Model('yolov4-p5-tiny.yaml').fuse(), tmp_path / 'f.cfg', tmp_path / 'f.weights')
 
 
-def test_train_refuses_darknet_weights_with_a_yaml_cfg(tmp_path, tiny_weights):
-    r = subprocess.run([sys.executable, 'train.py', '--weights', str(tiny_weights), '--cfg', 'yolov4-p5.yaml',
+def test_tiny_yaml_is_darknet_tiny_bit_for_bit(tmp_path):
+    """models/yolov4-tiny.yaml loads darknet's tiny .weights (--cfg yolov4-tiny.yaml) with the same outputs, bit for
+    bit, as the darknet cfg; written back as darknet files, the .weights are the same bytes."""
+    dk = randomize(DarknetModel('yolov4-tiny.cfg'), seed=2).eval()
+    save_darknet_weights(dk, tmp_path / 'yolov4-tiny.weights')
+    model = load_darknet_model(tmp_path / 'yolov4-tiny.weights', cfg='yolov4-tiny.yaml')
+    assert isinstance(model, Model) and model.names[0] == 'person' and not model.training
+    x = torch.rand(2, 3, 224, 160)
+    with torch.no_grad():
+        assert torch.equal(dk(x)[0], model(x)[0])
+    write_darknet(model, tmp_path / 'back.cfg', tmp_path / 'back.weights', img_size=416)
+    assert (tmp_path / 'back.weights').read_bytes() == (tmp_path / 'yolov4-tiny.weights').read_bytes()
+    assert sum(p.numel() for p in model.parameters()) == 6_056_606  # the paper's 6.1M
+    assert abs(count_flops(model, 416) - 6.9) < 0.05 and model.stride.tolist() == [32, 16]  # the paper's 6.9
+    assert all(m.eps == 1e-6 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_darknet_weights_of_another_layout_are_one_line(tmp_path, tiny_weights):
+    r = subprocess.run([sys.executable, 'train.py', '--weights', str(tiny_weights), '--cfg', 'yolov4-p5-tiny.yaml',
                         '--data', 'data/coco8.yaml', '--device', 'cpu', '--project', str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert_one_line_error(r, 'train.py', 'yolov4-tiny.weights with --cfg yolov4-p5.yaml', 'give --cfg X.cfg')
+    assert_one_line_error(r, 'train.py', 'yolov4-tiny.weights: 6062814 floats after the header, but '
+                                         'yolov4-p5-tiny.yaml (as darknet layers) needs')
     assert not any(tmp_path.iterdir())
 
 
@@ -284,3 +303,19 @@ def test_darknet_release_is_downloaded_by_name_and_checked(tmp_path, server, mon
                                             r'\(.*truncated.*fetch it by hand from https://github\.com/AlexeyAB'):
         load_darknet_model(other)
     assert not other.exists() and not list(other.parent.glob('*.part'))
+
+
+def test_hub_yolov4_tiny_pretrained_is_darknets_release_in_the_yaml(tmp_path, server, monkeypatch):
+    url, served = server
+    monkeypatch.setenv('YOLO_WEIGHTS_MIRROR', url)
+    monkeypatch.setattr('utils.downloads.WEIGHTS_DIR', tmp_path / 'weights')
+    dk = randomize(DarknetModel('yolov4-tiny.cfg'), seed=6).eval()
+    save_darknet_weights(dk, served / 'yolov4-tiny.weights')
+    hub = torch.hub.load(str(ROOT), 'yolov4_tiny', source='local', device='cpu')
+    assert (tmp_path / 'weights' / 'yolov4-tiny.weights').is_file()
+    assert isinstance(hub.model, Model) and hub.model.names[0] == 'person' and hub.img_size == 416
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(hub.model(x)[0], dk(x)[0], rtol=1e-4, atol=1e-3)  # fused: float rounding
+    three = torch.hub.load(str(ROOT), 'yolov4_tiny', source='local', device='cpu', classes=3)
+    assert three.model.nc == 3 and len(three.names) == 3
