@@ -15,11 +15,12 @@ from pathlib import Path
 import cv2
 import torch
 
+from models.backends import input_size
 from models.experimental import attempt_load
 from utils.datasets import LoadImages, LoadStreams
 from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fraction, run_cli
 from utils.boxes import scale_coords, xyxy2xywh
-from utils.general import check_img_size, increment_path, set_logging
+from utils.general import increment_path, set_logging
 from utils.nms import non_max_suppression
 from utils.plots import color_list, plot_one_box
 from utils.torch_utils import select_device, time_synchronized
@@ -44,11 +45,14 @@ def check_display():
                             'ssh without -X): drop --view-img; the annotated images are saved')
 
 
-def load_source(source, imgsz):
-    """(dataset, is_stream): streams and webcams, or image/video files, folders and globs."""
+def load_source(source, imgsz, rect=True):
+    """(dataset, is_stream): streams and webcams, or image/video files, folders and globs. rect False: every
+    image letterboxed to imgsz x imgsz (a static export)."""
     if _is_stream(source):
-        return LoadStreams(source, img_size=imgsz), True
-    return LoadImages(source, img_size=imgsz), False
+        streams = LoadStreams(source, img_size=imgsz)
+        streams.rect = streams.rect and rect
+        return streams, True
+    return LoadImages(source, img_size=imgsz, auto=rect), False
 
 
 def draw_detections(im0, det, names, colors):
@@ -118,13 +122,13 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
     device = select_device(device)
     half = device.type != 'cpu'
     model = attempt_load(weights, map_location=device, cfg=cfg)
-    imgsz = check_img_size(img_size, s=int(model.stride.max()))
+    imgsz, rect = input_size(model, img_size)  # a static export: its own size, no rectangles
     if half:
         model.half()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     names, colors = list(model.names), color_list()
-    dataset, streams = load_source(source, imgsz)
+    dataset, streams = load_source(source, imgsz, rect)
     save_dir = None  # --nosave without --save-txt writes nothing
     if save_txt or not nosave:  # made once the weights, source and display are good
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)

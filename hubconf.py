@@ -30,6 +30,7 @@ class Detector(torch.nn.Module):
         super().__init__()
         self.model, self.img_size, self.conf, self.iou = model, img_size, conf, iou
         self.names, self.stride = list(model.names), model.stride
+        self.static = getattr(model, 'static_shape', None) is not None  # an export of one input size
 
     @staticmethod
     def _read(image):
@@ -50,11 +51,12 @@ class Detector(torch.nn.Module):
         from utils.sources import to_chw_rgb
         single = not isinstance(images, (list, tuple))
         originals = [self._read(x) for x in ([images] if single else images)]
-        size = size or self.img_size
-        p = next(self.model.parameters())
+        size = self.img_size if self.static else size or self.img_size
+        p = next(iter([*self.model.parameters(), *self.model.buffers()]))
         out = []
         for im0 in originals:  # one at a time: images of different shapes get their own letterbox
-            img = torch.from_numpy(to_chw_rgb(letterbox(im0, size)[0])).to(p.device, p.dtype)[None] / 255.0
+            img = letterbox(im0, size, auto=not self.static)[0]
+            img = torch.from_numpy(to_chw_rgb(img)).to(p.device, p.dtype)[None] / 255.0
             det = non_max_suppression(self.model(img, augment=augment)[0], self.conf, self.iou)[0]
             det[:, :4] = scale_coords(img.shape[2:], det[:, :4], im0.shape).round()
             out.append(det)
@@ -104,14 +106,19 @@ def _build(cfg, pretrained, classes, device):
 
 
 def custom(path, device=None, img_size=640, cfg=None):
-    """Your own weights: a run's best.pt, last.pt or final.pt (any class count), a released file, or darknet
-    .weights (with `cfg`, default models/<name>.cfg), as torch.hub.load(repo, 'custom', path='.../best.pt');
+    """Your own weights: a run's best.pt, last.pt or final.pt (any class count), a released file, darknet
+    .weights (with `cfg`, default models/<name>.cfg), or an export (.torchscript.pt, .onnx, _openvino_model/), as
+    torch.hub.load(repo, 'custom', path='.../best.pt');
     img_size: the default inference size (a call's size= overrides it; use the size the model was trained at)."""
     def build():
+        from models.backends import export_kind, input_size, load_exported
         from models.checkpoint import model_from_checkpoint, load_checkpoint
         from models.darknet import load_darknet_model
         from utils.torch_utils import select_device
         dev = select_device(device or '')
+        if export_kind(path):
+            model = load_exported(path)
+            return _detector(model, dev, input_size(model, img_size)[0])
         model = load_darknet_model(path, cfg) if str(path).endswith('.weights') else \
             model_from_checkpoint(load_checkpoint(path), str(path))
         return _detector(model, dev, img_size)

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.backends import input_size
 from models.experimental import attempt_load
 from utils.data_config import DataConfigError, load_data_config
 from utils.datasets import check_label_classes, create_dataloader
 from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fraction, run_cli
 from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
 from utils.coco_ids import coco80_to_coco91_class
-from utils.general import check_img_size, increment_path, options_from_kwargs, set_logging
+from utils.general import increment_path, options_from_kwargs, set_logging
 from utils.nms import non_max_suppression
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.plots import plot_images, plot_study
@@ -100,7 +101,7 @@ def prepare_model(model, weights, device, batch_size, imgsz, channels_last=False
     else:
         device = select_device(device, batch_size=batch_size)
         model = attempt_load(weights, map_location=device, cfg=cfg)
-        imgsz = check_img_size(imgsz, s=int(model.stride.max()))
+        imgsz, _ = input_size(model, imgsz)  # a static export: its own size
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
     model.half() if device.type != 'cpu' else model.float()
@@ -128,8 +129,9 @@ def val_loader(data, task, model, device, imgsz, batch_size, single_cls, workers
                               f'evaluate as {task}: PATH')
     if device.type != 'cpu':  # warm up
         model(torch.zeros((1, 3, imgsz, imgsz), device=device).half())
+    rect = getattr(model, 'static_shape', None) is None  # a static export takes squares only
     loader = create_dataloader(data[task], imgsz, batch_size, int(model.stride.max()), single_cls=single_cls,
-                               pad=0.5, rect=True, workers=workers, prefix=f'{task}: ')[0]
+                               pad=0.5, rect=rect, workers=workers, prefix=f'{task}: ')[0]
     check_label_classes(loader.dataset, nc)
     return loader
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from models.backends import export_kind, load_exported
 from models.darknet import load_darknet_model
 
 LOGGER = logging.getLogger(__name__)
@@ -26,14 +27,17 @@ def attempt_load(weights, map_location=None, cfg=None):
     """Load one weights file, or several as an Ensemble: float32, fused, eval mode, with names and stride.
 
     Reads released checkpoints and the project's own (models/checkpoint.py), never running code from the file,
-    and darknet .weights (models/darknet.py) with their `cfg` (default: the cfg of the same name in models/).
+    darknet .weights (models/darknet.py) with their `cfg` (default: the cfg of the same name in models/), and
+    exported models (TorchScript, ONNX, OpenVINO: models/backends.py), which run on the CPU.
     """
     files = weights if isinstance(weights, (list, tuple)) else [weights]
     if not files:
         raise CheckpointError('no weights file given')
     model = Ensemble()
     for w in files:
-        if str(w).endswith('.weights'):
+        if export_kind(w):
+            m = load_exported(w)
+        elif str(w).endswith('.weights'):
             m = load_darknet_model(w, cfg).to(map_location or 'cpu')
         else:
             m = model_from_checkpoint(load_checkpoint(w, map_location=map_location or 'cpu'), path=w)

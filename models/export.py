@@ -1,16 +1,20 @@
-"""Export a checkpoint to TorchScript (traced), ONNX and darknet files, next to the weights.
+"""Export a checkpoint to TorchScript (traced), ONNX, OpenVINO and darknet files, next to the weights.
 
     python models/export.py --weights weights/yolov4-p5.pt --img-size 896 896 --batch-size 1 [--dynamic]
+    python models/export.py --weights best.pt --include onnx openvino --int8 --data data/coco.yaml
     python models/export.py --weights runs/train/exp/weights/best.pt --include darknet   # best.cfg, best.weights
 
-TorchScript and ONNX output the decoded prediction tensor (batch, boxes, 5 + nc) that non_max_suppression takes.
-Mish is exported as standard ops (x * tanh(softplus(x))). When onnxruntime is installed, the ONNX file is run and
-its largest difference from PyTorch is printed. Darknet files (models/darknet_convert.py) are read back and run
+TorchScript, ONNX and OpenVINO output the decoded prediction tensor (batch, boxes, 5 + nc) that
+non_max_suppression takes, and carry the model's names, strides and input size (models/backends.py runs them in
+test.py, detect.py and hubconf). Mish is exported as standard ops (x * tanh(softplus(x))). Each file is run where
+its runtime is installed, and its largest difference from PyTorch is printed. Darknet files (models/darknet_convert.py) are read back and run
 against the checkpoint, and that difference is printed too.
 """
+import json
 import logging
-import warnings
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,7 +28,7 @@ from models.activations import Mish  # noqa: E402
 from models.darknet import DarknetModel  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect  # noqa: E402
-from utils.errors import ArgumentParser, check_at_least, run_cli  # noqa: E402
+from utils.errors import ArgumentError, ArgumentParser, check_at_least, run_cli  # noqa: E402
 from utils.general import check_img_size  # noqa: E402
 
 LOGGER = logging.getLogger('export')
@@ -49,28 +53,80 @@ def prepare_for_export(model):
     return model
 
 
-FORMATS = ('torchscript', 'onnx', 'darknet')
+FORMATS = ('torchscript', 'onnx', 'openvino', 'darknet')
 
 
-def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=12, device='cpu', cfg=None,
-           include=('torchscript', 'onnx')):
-    """Write <weights>.torchscript.pt and <weights>.onnx (those in `include`); returns ((TorchScript path, ONNX
-    path), max |onnx - torch| or None), None for what was not written. `cfg`: the darknet cfg of .weights
-    (default: the cfg of the same name in models/).
+def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=13, device='cpu', cfg=None,
+           include=('torchscript', 'onnx'), bf16=False, int8=False, data='data/coco8.yaml', calib_images=100):
+    """Write the formats in `include` next to `weights`: <stem>.torchscript.pt, <stem>.onnx, <stem>_openvino_model/;
+    with int8 also <stem>-int8.onnx (and <stem>-int8_openvino_model/), calibrated on up to `calib_images` training
+    images of `data`. bf16: the OpenVINO model runs in bfloat16 (where the CPU has it). Each file carries the
+    model's names, strides, input size and precision (models/backends.py reads them). `cfg`: the darknet cfg of
+    .weights (default: the cfg of the same name in models/).
 
-    Without the onnx package only the TorchScript file is written (one warning says how to get onnx).
-    PyTorch's tracer and deprecation warnings about these exporters are silenced: they concern the exporter,
-    not the exported model, whose output is checked against PyTorch when onnxruntime is installed.
+    Returns ({format: path}, {format: largest |output - PyTorch's| on a random batch, None when its runtime is not
+    installed}). Without the onnx package only the TorchScript file is written (one warning says how to get onnx).
+    PyTorch's tracer and deprecation warnings about these exporters are silenced: they concern the exporter, not
+    the exported model, whose output is checked against PyTorch.
     """
+    if bf16 and 'openvino' not in include:
+        raise ArgumentError('--bf16 is an OpenVINO precision: add --include openvino')
+    with quiet_exporters():
+        model, img, meta = _prepared(weights, img_size, batch_size, dynamic, device, cfg)
+        stem = str(Path(weights).with_suffix(''))
+        files = {}
+        if 'torchscript' in include:
+            files['torchscript'] = export_torchscript(model, img, Path(stem + '.torchscript.pt'), meta)
+        if not {'onnx', 'openvino'} & set(include) and not int8:
+            return files, _differences(files, model, img)
+        if not _have('onnx'):
+            if 'openvino' in include or int8:
+                raise ArgumentError('--include openvino and --int8 go through ONNX: pip install onnx (or pip '
+                                    'install -r requirements-test.txt)')
+            LOGGER.warning('ONNX not written: the onnx package is not installed (pip install onnx onnxruntime, or '
+                           'pip install -r requirements-test.txt); the TorchScript file above is complete')
+            return files, _differences(files, model, img)
+        onnx_file = export_onnx(model, img, Path(stem + '.onnx'), meta, dynamic, opset)
+        if 'onnx' in include:
+            files['onnx'] = onnx_file
+        if int8:
+            from models.quantize import quantize_onnx
+            files['onnx-int8'] = quantize_onnx(onnx_file, Path(stem + '-int8.onnx'), data, img.shape[2:],
+                                               calib_images, dict(meta, precision='int8'))
+        if 'openvino' in include:
+            files['openvino'] = export_openvino(onnx_file, Path(stem + '_openvino_model'),
+                                                dict(meta, precision='bf16' if bf16 else 'fp32'))
+            if int8:
+                files['openvino-int8'] = export_openvino(files['onnx-int8'], Path(stem + '-int8_openvino_model'),
+                                                         dict(meta, precision='int8'))
+        if 'onnx' not in include:
+            onnx_file.unlink()  # only the way to OpenVINO or INT8
+            if int8 and 'openvino' in include:
+                files.pop('onnx-int8').unlink()
+        return files, _differences(files, model, img)
+
+
+@contextmanager
+def quiet_exporters():
+    """PyTorch's tracer and deprecation warnings about the exporters off (they concern the exporter, not the
+    exported model, whose output is checked), and onnxruntime's quantizer's per-op notes."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         warnings.simplefilter('ignore', FutureWarning)
         warnings.simplefilter('ignore', DeprecationWarning)
         warnings.filterwarnings('ignore', 'Constant folding', UserWarning)  # a slice it leaves to the runtime
-        return _export(weights, img_size, batch_size, dynamic, opset, device, cfg, include)
+        root = logging.getLogger()  # the quantizer logs through logging.warning(): the root logger itself
+        quiet = logging.Filter('no record passes')  # a name no record has
+        root.addFilter(quiet)
+        try:
+            yield
+        finally:
+            root.removeFilter(quiet)
 
 
-def _export(weights, img_size, batch_size, dynamic, opset, device, cfg, include):
+def _prepared(weights, img_size, batch_size, dynamic, device, cfg):
+    """(model ready to trace, example input, metadata) of a checkpoint."""
+    from models.backends import metadata
     model = attempt_load(weights, map_location=device, cfg=cfg)
     gs = int(model.stride.max())
     img_size = [check_img_size(x, gs) for x in img_size]
@@ -78,45 +134,81 @@ def _export(weights, img_size, batch_size, dynamic, opset, device, cfg, include)
     img = torch.zeros(batch_size, 3, *img_size, device=device)
     with torch.no_grad():
         y = model(img)
-    stem = str(Path(weights).with_suffix(''))
-    ts_file, onnx_file = Path(stem + '.torchscript.pt'), Path(stem + '.onnx')
+    LOGGER.info('Output shape %s: (batch, boxes, 5 + nc) for non_max_suppression', tuple(y.shape))
+    return model, img, metadata(model.names, model.stride.tolist(), img_size, batch_size, dynamic, 'fp32')
 
-    if 'torchscript' in include:
-        with torch.no_grad():
-            ts = torch.jit.trace(model, img, strict=False)
-        ts.save(str(ts_file))
-        LOGGER.info('TorchScript export success, saved as %s', ts_file)
-    else:
-        ts_file = None
-    if 'onnx' not in include:
-        return (ts_file, None), None
+
+def _have(module):
     try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        __import__(module)
     except ImportError:
-        LOGGER.warning('ONNX not written: the onnx package is not installed (pip install onnx onnxruntime, or '
-                       'pip install -r requirements-test.txt); the TorchScript file above is complete')
-        return (ts_file, None), None
+        return False
+    return True
+
+
+def export_torchscript(model, img, path, meta):
+    """A traced TorchScript file; the metadata as its extra file config.txt."""
+    with torch.no_grad():
+        ts = torch.jit.trace(model, img, strict=False)
+    ts.save(str(path), _extra_files={'config.txt': json.dumps(meta)})
+    LOGGER.info('TorchScript export success, saved as %s', path)
+    return path
+
+
+def export_onnx(model, img, path, meta, dynamic, opset):
+    """An ONNX file (input 'images', output 'output'), the metadata in its metadata_props."""
+    import onnx
     dynamic_axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}, 'output': {0: 'batch', 1: 'boxes'}} \
         if dynamic else None
-    torch.onnx.export(model, (img,), str(onnx_file), opset_version=opset, input_names=['images'],
+    torch.onnx.export(model, (img,), str(path), opset_version=opset, input_names=['images'],
                       output_names=['output'], dynamic_axes=dynamic_axes, dynamo=False, do_constant_folding=True)
-    LOGGER.info('ONNX export success, saved as %s', onnx_file)
+    add_onnx_metadata(onnx, path, meta)
+    LOGGER.info('ONNX export success, saved as %s', path)
+    return path
 
-    diff = None
+
+def add_onnx_metadata(onnx, path, meta):
+    """Write `meta` into the ONNX file's metadata_props (in place)."""
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(path))
+
+
+def export_openvino(onnx_file, folder, meta):
+    """An OpenVINO IR (folder/<name>.xml, .bin) converted from the ONNX file, with folder/metadata.json."""
     try:
-        import onnxruntime as ort
+        import openvino as ov
     except ImportError:
-        LOGGER.info('onnxruntime not installed: the ONNX file was not run')
-    else:
-        sess = ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
-        x = torch.rand(batch_size, 3, *img_size)
-        with torch.no_grad():
-            ref = model.float().cpu()(x)
-        out = sess.run(None, {'images': x.numpy()})[0]
-        diff = float((torch.from_numpy(out) - ref).abs().max())
-        LOGGER.info('onnxruntime output %s, largest difference from PyTorch %.3g', tuple(out.shape), diff)
-    LOGGER.info('Output shape %s: (batch, boxes, 5 + nc) for non_max_suppression', tuple(y.shape))
-    return (ts_file, onnx_file), diff
+        raise ArgumentError('--include openvino needs the openvino package: pip install openvino (or pip install '
+                            '-r requirements-test.txt)') from None
+    folder.mkdir(parents=True, exist_ok=True)
+    xml = folder / (folder.name[:-len('_openvino_model')] + '.xml')
+    ov.save_model(ov.convert_model(str(onnx_file)), str(xml), compress_to_fp16=False)
+    (folder / 'metadata.json').write_text(json.dumps(meta, indent=1))
+    LOGGER.info('OpenVINO export success (%s), saved as %s', meta['precision'], folder)
+    return folder
+
+
+def _differences(files, model, img):
+    """{format: largest |exported output - PyTorch's|} on a random batch; None where the runtime is missing."""
+    from models.backends import BackendError, load_exported
+    x = torch.rand_like(img)
+    with torch.no_grad():
+        ref = model.float().cpu()(x.cpu())
+    diffs = {}
+    for fmt, path in files.items():
+        try:
+            out = load_exported(path)(x)[0]
+        except BackendError as e:
+            LOGGER.info('%s not run: %s', path, e)
+            diffs[fmt] = None
+            continue
+        diffs[fmt] = float((out - ref).abs().max())
+        LOGGER.info('%s: %s output %s, largest difference from PyTorch %.3g', path, fmt, tuple(out.shape),
+                    diffs[fmt])
+    return diffs
 
 
 def export_darknet(weights, img_size=640, cfg=None):
@@ -146,25 +238,34 @@ def export_darknet(weights, img_size=640, cfg=None):
 
 
 def main(argv=None):
-    p = ArgumentParser(prog='models/export.py', description='Export to TorchScript, ONNX and darknet files.')
+    p = ArgumentParser(prog='models/export.py', description='Export to TorchScript, ONNX, OpenVINO and darknet files.')
     p.add_argument('--weights', type=str, default='weights/yolov4-p5.pt', help='.pt or darknet .weights path')
     p.add_argument('--cfg', type=str, default=None, help='darknet cfg of --weights X.weights (default: models/X.cfg)')
     p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='image size (h, w)')
     p.add_argument('--batch-size', type=int, default=1, help='batch size')
-    p.add_argument('--dynamic', action='store_true', help='ONNX: dynamic batch and image size')
-    p.add_argument('--opset', type=int, default=12, help='ONNX opset (12 or later)')
+    p.add_argument('--dynamic', action='store_true', help='ONNX/OpenVINO: dynamic batch and image size')
+    p.add_argument('--opset', type=int, default=13, help='ONNX opset (12 or later; --int8 needs 13)')
     p.add_argument('--include', nargs='+', default=['torchscript', 'onnx'], choices=FORMATS,
                    help='formats to write (darknet: X.cfg and X.weights, at the first --img-size)')
+    p.add_argument('--bf16', action='store_true', help='OpenVINO: run in bfloat16 (CPUs with AVX-512 BF16 or AMX)')
+    p.add_argument('--int8', action='store_true',
+                   help='also X-int8.onnx (and X-int8_openvino_model/): post-training quantization')
+    p.add_argument('--data', type=str, default='data/coco8.yaml', help='--int8: the data yaml of the calibration images')
+    p.add_argument('--calib-images', type=int, default=100, help='--int8: how many training images calibrate')
     opt = p.parse_args(argv)
     opt.img_size *= 2 if len(opt.img_size) == 1 else 1
     check_at_least('--img-size', opt.img_size, 1)
     check_at_least('--batch-size', opt.batch_size, 1)
-    check_at_least('--opset', opt.opset, 12)
+    check_at_least('--opset', opt.opset, 13 if opt.int8 else 12)
+    check_at_least('--calib-images', opt.calib_images, 1)
     logging.basicConfig(format='%(message)s', level=logging.INFO)
     result = None
-    if {'torchscript', 'onnx'} & set(opt.include):
+    if set(opt.include) - {'darknet'}:
         result = export(opt.weights, opt.img_size, opt.batch_size, opt.dynamic, opt.opset, cfg=opt.cfg,
-                        include=opt.include)
+                        include=opt.include, bf16=opt.bf16, int8=opt.int8, data=opt.data,
+                        calib_images=opt.calib_images)
+    elif opt.bf16 or opt.int8:
+        raise ArgumentError('--bf16 and --int8 apply to --include onnx/openvino')
     if 'darknet' in opt.include:
         export_darknet(opt.weights, opt.img_size[0], cfg=opt.cfg)
     return result

@@ -19,8 +19,8 @@ def exported(tmp_path_factory):
     path = tmp_path_factory.mktemp('w') / 'tiny.pt'
     torch.manual_seed(0)
     save_checkpoint({'model': model_payload(Model(tiny_cfg('yolov4-p5', nc=3)))}, path)
-    (ts, onnx_file), diff = export(str(path), img_size=(128, 96), batch_size=1, dynamic=True)
-    return path, ts, onnx_file, diff
+    files, diffs = export(str(path), img_size=(128, 96), batch_size=1, dynamic=True)
+    return path, files['torchscript'], files.get('onnx'), diffs.get('onnx')
 
 
 def test_torchscript_equals_pytorch(exported):

@@ -72,8 +72,8 @@ def test_export_without_onnx_writes_torchscript_and_says_how(tmp_path, monkeypat
     w = _weights(tmp_path / 'w.pt', obj_bias=0.0)
     monkeypatch.setitem(sys.modules, 'onnx', None)  # as with only requirements.txt installed
     with caplog.at_level(logging.WARNING):
-        (ts, onnx_file), diff = export(str(w), img_size=(64, 64))
-    assert ts.is_file() and onnx_file is None and diff is None and not (tmp_path / 'w.onnx').exists()
+        files, diffs = export(str(w), img_size=(64, 64))
+    assert list(files) == ['torchscript'] and files['torchscript'].is_file() and not (tmp_path / 'w.onnx').exists()
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1 and 'pip install onnx' in lines[0]
 

@@ -2,6 +2,8 @@
 
     python -m utils.benchmarks --mode infer --cfg models/yolov4-p5.yaml --img 896 --batch-size 1 32 --device 0 \
         --dtype float16 --memory-format channels_last --runner eager graph
+    python -m utils.benchmarks --cfg models/yolov4-p5.yaml --img 640 --batch-size 1 --device cpu \
+        --backend pytorch onnxruntime openvino     (exports run by each runtime, in each of its precisions)
     python -m utils.benchmarks --mode train --cfg models/yolov4-p5.yaml --img 896 --batch-size 16 --device 0 \
         --mish native auto
     python -m utils.benchmarks --mode data --img 640 896 --source path/to/coco128   (or a data yaml, or an images folder)
@@ -502,6 +504,11 @@ def parse_opt(argv=None):
                    help='Mish implementations to compare (default: $YOLO_MISH, else native)')
     p.add_argument('--optimizer-impl', nargs='+', choices=['default', 'foreach', 'fused'], default=['default'],
                    help="train: PyTorch's optimizer step implementations to compare")
+    p.add_argument('--backend', nargs='+', choices=['pytorch', 'onnxruntime', 'openvino'], default=None,
+                   help='infer: runtimes side by side on the CPU, each in its --precision (utils/benchmark_backends.py)')
+    p.add_argument('--precision', nargs='+', choices=['float32', 'bfloat16', 'int8'],
+                   default=['float32', 'bfloat16', 'int8'], help='--backend: the precisions of each runtime to time')
+    p.add_argument('--calib-images', type=int, default=32, help='--backend int8: calibration images from --source')
     p.add_argument('--peak-tflops', type=float, default=None,
                    help='infer: the GPU\'s dense float16 peak, for the %% column (default: looked up by name)')
     p.add_argument('--iters', type=int, default=20, help='timed iterations')
@@ -554,6 +561,11 @@ def main(argv=None):
     _check_cuda_options(opt, device)
     fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data, 'test': bench_test,
           'checkpoint': bench_checkpoint}[opt.mode]
+    if opt.backend:
+        if opt.mode != 'infer':
+            raise SystemExit('benchmarks: --backend is a dimension of --mode infer')
+        from utils.benchmark_backends import bench_backends
+        fn = bench_backends
     what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode not in ('data', 'test') else \
         f'{opt.source} ({opt.weights or opt.cfg})'
     name = torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
