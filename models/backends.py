@@ -180,6 +180,9 @@ def load_exported(path, threads=0, precision=None):
         raise BackendError(f'{path} not found: export a checkpoint with python models/export.py --weights X.pt '
                            f'--include onnx openvino')
     kind = export_kind(path)
+    if path.name.endswith('-nms.onnx'):
+        raise BackendError(f'{path} has NMS inside (an end-to-end export for deployment, models/end2end.py): the '
+                           f'scripts take the export without --nms, {path.name[:-len("-nms.onnx")]}.onnx')
     if kind == 'torchscript':
         model = _load_torchscript(path)
     elif kind == 'onnx':

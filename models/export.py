@@ -28,7 +28,7 @@ from models.activations import Mish  # noqa: E402
 from models.darknet import DarknetModel  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect  # noqa: E402
-from utils.errors import ArgumentError, ArgumentParser, check_at_least, run_cli  # noqa: E402
+from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fraction, run_cli  # noqa: E402
 from utils.general import check_img_size  # noqa: E402
 
 LOGGER = logging.getLogger('export')
@@ -57,10 +57,12 @@ FORMATS = ('torchscript', 'onnx', 'openvino', 'darknet')
 
 
 def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=13, device='cpu', cfg=None,
-           include=('torchscript', 'onnx'), bf16=False, int8=False, data='data/coco8.yaml', calib_images=100):
+           include=('torchscript', 'onnx'), bf16=False, int8=False, data='data/coco8.yaml', calib_images=100,
+           nms=None):
     """Write the formats in `include` next to `weights`: <stem>.torchscript.pt, <stem>.onnx, <stem>_openvino_model/;
     with int8 also <stem>-int8.onnx (and <stem>-int8_openvino_model/), calibrated on up to `calib_images` training
-    images of `data`. bf16: the OpenVINO model runs in bfloat16 (where the CPU has it). Each file carries the
+    images of `data`; with nms (a dict of conf_thres, iou_thres, max_det) also <stem>-nms.onnx, images in and
+    final detections out (models/end2end.py). bf16: the OpenVINO model runs in bfloat16. Each file carries the
     model's names, strides, input size and precision (models/backends.py reads them). `cfg`: the darknet cfg of
     .weights (default: the cfg of the same name in models/).
 
@@ -89,6 +91,8 @@ def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=13, 
         onnx_file = export_onnx(model, img, Path(stem + '.onnx'), meta, dynamic, opset)
         if 'onnx' in include:
             files['onnx'] = onnx_file
+        if nms:
+            files['onnx-nms'] = export_end2end(model, img, Path(stem + '-nms.onnx'), meta, dynamic, opset, nms)
         if int8:
             from models.quantize import quantize_onnx
             files['onnx-int8'] = quantize_onnx(onnx_file, Path(stem + '-int8.onnx'), data, img.shape[2:],
@@ -103,7 +107,7 @@ def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=13, 
             onnx_file.unlink()  # only the way to OpenVINO or INT8
             if int8 and 'openvino' in include:
                 files.pop('onnx-int8').unlink()
-        return files, _differences(files, model, img)
+        return files, _differences({k: v for k, v in files.items() if k != 'onnx-nms'}, model, img)
 
 
 @contextmanager
@@ -164,6 +168,19 @@ def export_onnx(model, img, path, meta, dynamic, opset):
                       output_names=['output'], dynamic_axes=dynamic_axes, dynamo=False, do_constant_folding=True)
     add_onnx_metadata(onnx, path, meta)
     LOGGER.info('ONNX export success, saved as %s', path)
+    return path
+
+
+def export_end2end(model, img, path, meta, dynamic, opset, nms):
+    """An ONNX file with NMS inside (models/end2end.py): 'images' in; num_dets, boxes, scores, classes out."""
+    import onnx
+    from models.end2end import EndToEnd
+    outputs = ['num_dets', 'boxes', 'scores', 'classes']
+    axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}, **{k: {0: 'batch'} for k in outputs}} if dynamic else None
+    torch.onnx.export(EndToEnd(model, **nms).eval(), (img,), str(path), opset_version=max(opset, 11), input_names=['images'],
+                      output_names=outputs, dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+    add_onnx_metadata(onnx, path, dict(meta, nms=json.dumps(nms)))
+    LOGGER.info('End-to-end ONNX export success (NMS inside: %s), saved as %s', nms, path)
     return path
 
 
@@ -252,18 +269,28 @@ def main(argv=None):
                    help='also X-int8.onnx (and X-int8_openvino_model/): post-training quantization')
     p.add_argument('--data', type=str, default='data/coco8.yaml', help='--int8: the data yaml of the calibration images')
     p.add_argument('--calib-images', type=int, default=100, help='--int8: how many training images calibrate')
+    p.add_argument('--nms', action='store_true', help='also X-nms.onnx: images in, final detections out')
+    p.add_argument('--conf-thres', type=float, default=0.25, help='--nms: score threshold')
+    p.add_argument('--iou-thres', type=float, default=0.45, help='--nms: NMS IoU threshold')
+    p.add_argument('--max-det', type=int, default=300, help='--nms: detections kept per image')
     opt = p.parse_args(argv)
     opt.img_size *= 2 if len(opt.img_size) == 1 else 1
     check_at_least('--img-size', opt.img_size, 1)
     check_at_least('--batch-size', opt.batch_size, 1)
     check_at_least('--opset', opt.opset, 13 if opt.int8 else 12)
     check_at_least('--calib-images', opt.calib_images, 1)
+    check_fraction('--conf-thres', opt.conf_thres)
+    check_fraction('--iou-thres', opt.iou_thres, allow_zero=False)
+    check_at_least('--max-det', opt.max_det, 1)
+    nms = dict(conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, max_det=opt.max_det) if opt.nms else None
+    if opt.nms and 'onnx' not in opt.include:
+        raise ArgumentError('--nms writes an ONNX file: add --include onnx')
     logging.basicConfig(format='%(message)s', level=logging.INFO)
     result = None
     if set(opt.include) - {'darknet'}:
         result = export(opt.weights, opt.img_size, opt.batch_size, opt.dynamic, opt.opset, cfg=opt.cfg,
                         include=opt.include, bf16=opt.bf16, int8=opt.int8, data=opt.data,
-                        calib_images=opt.calib_images)
+                        calib_images=opt.calib_images, nms=nms)
     elif opt.bf16 or opt.int8:
         raise ArgumentError('--bf16 and --int8 apply to --include onnx/openvino')
     if 'darknet' in opt.include:

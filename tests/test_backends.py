@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,40 @@ def test_benchmark_backends_prints_runtimes_side_by_side():
                                             ('onnxruntime', 'float32'), ('onnxruntime', 'int8'),
                                             ('openvino', 'float32'), ('openvino', 'bfloat16'), ('openvino', 'int8')}
     assert rows[0][-1] == '1.00x'
+
+
+@pytest.mark.parametrize('conf, iou, max_det', [(0.25, 0.45, 300), (0.001, 0.65, 20)])
+def test_end_to_end_onnx_gives_test_py_nms_detections(tmp_path, conf, iou, max_det):
+    """X-nms.onnx (NonMaxSuppression inside, run by ONNX Runtime alone) against test.py's non_max_suppression on
+    the PyTorch model's predictions: the same detections per image (count, classes, scores, boxes within 1e-3 px),
+    with dynamic batch and size, at a detection threshold and at test.py's evaluation one (max_det binding)."""
+    _need('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    import cv2
+    from models.experimental import attempt_load
+    from models.export import export
+    from utils.augmentations import letterbox
+    from utils.nms import non_max_suppression
+    from utils.sources import to_chw_rgb
+    weights = tmp_path / 'quick.pt'
+    shutil.copy(TRAINED, weights)
+    files, _ = export(str(weights), img_size=(SIZE, SIZE), include=('onnx',), dynamic=True,
+                      nms=dict(conf_thres=conf, iou_thres=iou, max_det=max_det))
+    session = ort.InferenceSession(str(files['onnx-nms']), providers=['CPUExecutionProvider'])
+    images = [cv2.imread(str(p)) for p in sorted(IMAGES.glob('*.jpg'))[:4]]
+    x = torch.from_numpy(np.stack([to_chw_rgb(letterbox(im, 224, auto=False)[0]) for im in images])).float() / 255
+    num, boxes, scores, classes = session.run(None, {'images': x.numpy()})
+    with torch.no_grad():
+        reference = non_max_suppression(attempt_load(weights)(x)[0], conf, iou, max_det=max_det)
+    assert num.shape == (4, 1) and boxes.shape == (4, max_det, 4) and sum(len(r) for r in reference) > 4
+    for i, ref in enumerate(reference):
+        n = int(num[i, 0])
+        assert n == len(ref)
+        order = np.lexsort((classes[i, :n], -scores[i, :n]))
+        ref = ref[np.lexsort((ref[:, 5].numpy(), -ref[:, 4].numpy()))].numpy()
+        np.testing.assert_allclose(scores[i, :n][order], ref[:, 4], atol=1e-5)
+        np.testing.assert_array_equal(classes[i, :n][order], ref[:, 5])
+        np.testing.assert_allclose(boxes[i, :n][order], ref[:, :4], atol=1e-3)
+        assert (scores[i, n:] == 0).all() and (classes[i, n:] == -1).all()
+    with pytest.raises(BackendError, match='has NMS inside'):
+        load_exported(files['onnx-nms'])
