@@ -72,8 +72,10 @@ class ExportedModel(nn.Module):
     """An exported model behind the interface test.py, detect.py and hubconf use: names, nc, stride, and
     forward(img) -> (decoded predictions, None). `.to()`, `.float()`, `.half()` and `.fuse()` change nothing."""
 
-    def __init__(self, run, meta, path, kind, input_shape):
+    def __init__(self, run, meta, path, kind, input_shape, keep=()):
         super().__init__()
+        self.keep_alive = keep  # the runtime's objects, released together with this module (OpenVINO: core first
+        # would unload the plugin under its compiled model)
         self.register_buffer('device_marker', torch.zeros(0), persistent=False)  # follows .to(device)
         self.run, self.path, self.kind = run, str(path), kind
         self.names = json.loads(meta['names'])
@@ -169,7 +171,8 @@ def _load_openvino(path, threads=0, precision=None):
     dims = [d.get_length() if d.is_static else -1 for d in shape]
     model_out = compiled.outputs[0]
     meta = dict(meta, precision=precision)
-    return ExportedModel(lambda x: request.infer({0: x})[model_out], meta, path, 'openvino', dims)
+    return ExportedModel(lambda x: request.infer({0: x})[model_out], meta, path, 'openvino', dims,
+                         keep=(core, model, compiled, request))
 
 
 def load_exported(path, threads=0, precision=None):

@@ -2,6 +2,7 @@
 trips, detections against PyTorch's on a model that has learnt coco8 (tests/data/quickstart-p5-tiny.pt, the
 quick start's final.pt), test.py, detect.py and torch.hub with every backend, one-line errors. Runtimes that are
 not installed skip with their reason (requirements-test.txt installs them)."""
+import json
 import shutil
 import subprocess
 import sys
@@ -25,32 +26,37 @@ def _need(module):
 
 @pytest.fixture(scope='module')
 def exports(tmp_path_factory):
-    """fp32 TorchScript, ONNX and OpenVINO, and INT8 ONNX/OpenVINO exports of the trained model at 192."""
+    """fp32 TorchScript, ONNX and OpenVINO, and INT8 ONNX/OpenVINO exports of the trained model at 192, written by
+    models/export.py (each checked against PyTorch there)."""
     _need('onnx')
     _need('onnxruntime')
     _need('openvino')
-    from models.export import export
     folder = tmp_path_factory.mktemp('exports')
     weights = folder / 'quick.pt'
     shutil.copy(TRAINED, weights)
-    files, diffs = export(str(weights), img_size=(SIZE, SIZE), include=('torchscript', 'onnx', 'openvino'),
-                          int8=True, data=str(ROOT / 'data' / 'coco8.yaml'))
-    assert all(d is not None and d < 1e-3 for k, d in diffs.items() if 'int8' not in k), diffs
+    r = subprocess.run([sys.executable, 'models/export.py', '--weights', str(weights), '--img', str(SIZE),
+                        '--include', 'torchscript', 'onnx', 'openvino', '--int8', '--data', 'data/coco8.yaml'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    files = {'torchscript': folder / 'quick.torchscript.pt', 'onnx': folder / 'quick.onnx',
+             'openvino': folder / 'quick_openvino_model', 'onnx-int8': folder / 'quick-int8.onnx',
+             'openvino-int8': folder / 'quick-int8_openvino_model'}
+    diffs = {ln.split(': ')[1].split()[0]: float(ln.rsplit(' ', 1)[1]) for ln in r.stderr.splitlines()
+             if 'largest difference from PyTorch' in ln}
+    assert diffs.keys() == files.keys() and all(diffs[k] < 1e-3 for k in ('torchscript', 'onnx', 'openvino')), diffs
     return weights, files
 
 
-def _detections(model, size=SIZE, conf=0.1):
-    """{image: (n, 6) detections after NMS} for the coco8 images, letterboxed to size x size."""
-    import cv2
-    from utils.augmentations import letterbox
-    from utils.nms import non_max_suppression
-    from utils.sources import to_chw_rgb
-    out = {}
-    for path in sorted(IMAGES.glob('*.jpg')):
-        img = torch.from_numpy(to_chw_rgb(letterbox(cv2.imread(str(path)), size, auto=False)[0]))[None] / 255.0
-        with torch.no_grad():
-            out[path.name] = non_max_suppression(model(img.float())[0], conf, 0.45)[0]
-    return out
+@pytest.fixture(scope='module')
+def outputs(exports):
+    """What tests/backend_outputs.py reports for the .pt and every export (in a process of its own)."""
+    weights, files = exports
+    specs = [f'pt={weights}'] + [f'{k}={v}' for k, v in files.items()] + [f'openvino-bf16={files["openvino"]}:bf16']
+    r = subprocess.run([sys.executable, 'tests/backend_outputs.py', str(SIZE), '0.1', *specs], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {k: (v['meta'], {img: torch.tensor(d).view(-1, 6) for img, d in v['detections'].items()})
+            for k, v in json.loads(r.stdout.splitlines()[-1]).items()}
 
 
 def _kept(reference, other, min_iou=0.9):
@@ -66,41 +72,39 @@ def _kept(reference, other, min_iou=0.9):
     return hits / max(total, 1)
 
 
-def test_metadata_round_trip(exports):
-    weights, files = exports
-    from models.experimental import attempt_load
-    pt = attempt_load(weights)
-    for fmt, path in files.items():
-        model = load_exported(path)
-        assert export_kind(path) == fmt.split('-')[0]
-        assert model.names == list(pt.names) and model.nc == 80 and model.stride.tolist() == [8, 16, 32]
-        assert model.precision == ('int8' if 'int8' in fmt else 'fp32')
-        assert model.static_shape == (None if fmt == 'torchscript' else (1, 3, SIZE, SIZE))
+def test_metadata_round_trip(exports, outputs):
+    assert {k: export_kind(v) for k, v in exports[1].items()} == {
+        'torchscript': 'torchscript', 'onnx': 'onnx', 'openvino': 'openvino', 'onnx-int8': 'onnx',
+        'openvino-int8': 'openvino'}
+    names = outputs['pt'][0] or None
+    coco = outputs['onnx'][0]['names']
+    assert names is None and len(coco) == 80 and coco[0] == 'person'
+    for fmt in ('torchscript', 'onnx', 'openvino', 'onnx-int8', 'openvino-int8', 'openvino-bf16'):
+        meta = outputs[fmt][0]
+        assert meta['names'] == coco and meta['nc'] == 80 and meta['stride'] == [8, 16, 32]
+        assert meta['precision'] == ('int8' if 'int8' in fmt else 'bf16' if 'bf16' in fmt else 'fp32')
+        assert meta['static_shape'] == (None if fmt == 'torchscript' else [1, 3, SIZE, SIZE])
 
 
-def test_float32_runtimes_give_pytorch_detections(exports):
-    weights, files = exports
-    from models.experimental import attempt_load
-    reference = _detections(attempt_load(weights))
+def test_float32_runtimes_give_pytorch_detections(outputs):
+    reference = outputs['pt'][1]
     assert sum(len(d) for d in reference.values()) >= 20  # it has learnt the images
     for fmt in ('torchscript', 'onnx', 'openvino'):
-        got = _detections(load_exported(files[fmt]))
+        got = outputs[fmt][1]
         for name, ref in reference.items():
             assert got[name].shape == ref.shape, (fmt, name)
             assert not len(ref) or (got[name][:, :4] - ref[:, :4]).abs().max() < 1e-3, fmt
             assert torch.equal(got[name][:, 5], ref[:, 5]), fmt
 
 
-def test_int8_and_bf16_keep_the_detections(exports):
+def test_int8_and_bf16_keep_the_detections(outputs):
     """On this width-0.125 model at 192 (the smallest there is) 8 bits move boxes by a pixel: INT8 keeps 89% of the
     detections at IoU 0.5 and 43% at 0.9, bfloat16 93% at 0.9. The README's figures for YOLOv4-tiny at 416 (a real
     model's channel counts) are 100% at 0.9 for both; a calibration that read images wrong would keep none."""
-    weights, files = exports
-    from models.experimental import attempt_load
-    reference = _detections(attempt_load(weights))
-    assert _kept(reference, _detections(load_exported(files['onnx-int8'])), min_iou=0.5) >= 0.8
-    assert _kept(reference, _detections(load_exported(files['openvino-int8'])), min_iou=0.5) >= 0.8
-    assert _kept(reference, _detections(load_exported(files['openvino'], precision='bf16'))) >= 0.9
+    reference = outputs['pt'][1]
+    assert _kept(reference, outputs['onnx-int8'][1], min_iou=0.5) >= 0.8
+    assert _kept(reference, outputs['openvino-int8'][1], min_iou=0.5) >= 0.8
+    assert _kept(reference, outputs['openvino-bf16'][1]) >= 0.9
 
 
 def test_test_py_and_detect_py_run_every_backend(exports, tmp_path):
@@ -117,18 +121,24 @@ def test_test_py_and_detect_py_run_every_backend(exports, tmp_path):
             assert 'static 192x192 input: images are letterboxed to 192 and batches are not rectangular' in r.stderr
     assert maps['torchscript'] == pytest.approx(maps['pt'], abs=0.005)  # the same rectangular batches
     assert maps['onnx'] == maps['openvino'] and abs(maps['onnx-int8'] - maps['onnx']) <= 0.03, maps  # see above
-    import detect
     for fmt in ('onnx', 'openvino-int8'):
-        save_dir, dets = detect.detect(str(files[fmt]), str(IMAGES), img_size=640, conf_thres=0.25, device='cpu',
-                                       project=str(tmp_path), name=f'd-{fmt}')
-        assert len(dets) == 8 and sum(len(d) for d in dets.values()) > 0 and len(list(save_dir.glob('*.jpg'))) == 8
+        r = subprocess.run([sys.executable, 'detect.py', '--weights', str(files[fmt]), '--source', str(IMAGES),
+                            '--img', '640', '--conf-thres', '0.1', '--device', 'cpu', '--project', str(tmp_path),
+                            '--name', f'd-{fmt}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and 'Traceback' not in r.stderr, (fmt, r.stderr[-3000:])
+        assert 'images are letterboxed to 192' in r.stderr and ' 0 boxes' not in r.stderr  # --img 640 gives way
+        assert len(list((tmp_path / f'd-{fmt}').glob('*.jpg'))) == 8
 
 
 def test_hub_custom_runs_an_export(exports):
     _, files = exports
-    hub = torch.hub.load(str(ROOT), 'custom', source='local', path=str(files['openvino']), device='cpu')
-    det = hub(str(IMAGES / '000000000009.jpg'))
-    assert hub.img_size == SIZE and det.shape[1] == 6 and len(det) > 0
+    code = (f"import torch; hub = torch.hub.load({str(ROOT)!r}, 'custom', source='local', path="
+            f"{str(files['openvino'])!r}, device='cpu'); det = hub({str(IMAGES / '000000000009.jpg')!r}); "
+            f"print(hub.img_size, tuple(det.shape))")
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    size, shape = r.stdout.split(' ', 1)
+    assert int(size) == SIZE and shape.strip().endswith(', 6)') and not shape.startswith('(0,')
 
 
 def test_exported_model_errors_are_one_line(exports, tmp_path, monkeypatch):
@@ -150,18 +160,22 @@ def test_exported_model_errors_are_one_line(exports, tmp_path, monkeypatch):
     proto = onnx.load(str(files['onnx']))
     del proto.metadata_props[:]
     onnx.save(proto, str(plain))
-    with pytest.raises(BackendError, match='not an export of this project'):
-        load_exported(plain)
+    r = subprocess.run([sys.executable, 'detect.py', '--weights', str(plain), '--source', str(IMAGES), '--device',
+                        'cpu', '--project', str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(r, 'detect.py', 'plain.onnx: not an export of this project')
 
 
 def test_benchmark_backends_prints_runtimes_side_by_side():
     _need('onnxruntime')
     _need('openvino')
-    from utils.benchmarks import main
-    table = main(['--cfg', 'models/yolov4-p5-tiny.yaml', '--img', '64', '--batch-size', '1', '--device', 'cpu',
-                  '--backend', 'pytorch', 'onnxruntime', 'openvino', '--iters', '1', '--warmup', '1',
-                  '--calib-images', '2'])
-    rows = [ln.split() for ln in table.splitlines()[1:]]
+    r = subprocess.run([sys.executable, '-m', 'utils.benchmarks', '--cfg', 'models/yolov4-p5-tiny.yaml', '--img',
+                        '64', '--batch-size', '1', '--device', 'cpu', '--backend', 'pytorch', 'onnxruntime',
+                        'openvino', '--iters', '1', '--warmup', '1', '--calib-images', '2'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert 'AMD' in lines[1] or 'Intel' in lines[1] or 'threads for every runtime' in lines[1]
+    rows = [ln.split() for ln in lines[3:]]
     assert {(r[0], r[1]) for r in rows} == {('pytorch', 'float32'), ('pytorch', 'bfloat16'),
                                             ('onnxruntime', 'float32'), ('onnxruntime', 'int8'),
                                             ('openvino', 'float32'), ('openvino', 'bfloat16'), ('openvino', 'int8')}
