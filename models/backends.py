@@ -89,7 +89,8 @@ class ExportedModel(nn.Module):
         return self
 
     def describe(self):
-        shape = 'dynamic shapes' if self.static_shape is None else 'static input ' + 'x'.join(map(str, self.static_shape))
+        shape = 'dynamic shapes' if self.static_shape is None else \
+            'static input ' + 'x'.join(map(str, self.static_shape))
         return f'{self.kind} {self.precision}, {shape}'
 
     def forward(self, img, augment=False):

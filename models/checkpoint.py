@@ -9,8 +9,9 @@ Two formats are read:
   package is required.
 * the project's own checkpoints (written by `save_checkpoint`, i.e. train.py): plain data only. The
   `model` (and `ema`) entries are `model_payload` dicts: {'yaml': config dict (or 'darknet_cfg': the cfg
-  text of a darknet model), 'state_dict': ..., 'names': [...], 'nc': int}. The header (`checkpoint_header`) and the training state (optimizer,
-  scaler, RNG states, results, options, hyperparameters) are described in docs/architecture.md.
+  text of a darknet model), 'state_dict': ..., 'names': [...], 'nc': int}. The header (`checkpoint_header`)
+  and the training state (optimizer, scaler, RNG states, results, options, hyperparameters) are described in
+  docs/architecture.md.
 
 A file that asks for any other class or function is refused with `CheckpointError` naming the file and it.
 """

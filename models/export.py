@@ -7,8 +7,9 @@
 TorchScript, ONNX and OpenVINO output the decoded prediction tensor (batch, boxes, 5 + nc) that
 non_max_suppression takes, and carry the model's names, strides and input size (models/backends.py runs them in
 test.py, detect.py and hubconf). Mish is exported as standard ops (x * tanh(softplus(x))). Each file is run where
-its runtime is installed, and its largest difference from PyTorch is printed. Darknet files (models/darknet_convert.py) are read back and run
-against the checkpoint, and that difference is printed too.
+its runtime is installed, and its largest difference from PyTorch is printed. Darknet files
+(models/darknet_convert.py) are read back and run against the checkpoint, and that difference is printed too.
+--nms adds an end-to-end ONNX file with NMS inside (models/end2end.py).
 """
 import json
 import logging
@@ -177,8 +178,9 @@ def export_end2end(model, img, path, meta, dynamic, opset, nms):
     from models.end2end import EndToEnd
     outputs = ['num_dets', 'boxes', 'scores', 'classes']
     axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}, **{k: {0: 'batch'} for k in outputs}} if dynamic else None
-    torch.onnx.export(EndToEnd(model, **nms).eval(), (img,), str(path), opset_version=max(opset, 11), input_names=['images'],
-                      output_names=outputs, dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+    torch.onnx.export(EndToEnd(model, **nms).eval(), (img,), str(path), opset_version=max(opset, 11),
+                      input_names=['images'], output_names=outputs, dynamic_axes=axes, dynamo=False,
+                      do_constant_folding=True)
     add_onnx_metadata(onnx, path, dict(meta, nms=json.dumps(nms)))
     LOGGER.info('End-to-end ONNX export success (NMS inside: %s), saved as %s', nms, path)
     return path
@@ -267,7 +269,7 @@ def main(argv=None):
     p.add_argument('--bf16', action='store_true', help='OpenVINO: run in bfloat16 (CPUs with AVX-512 BF16 or AMX)')
     p.add_argument('--int8', action='store_true',
                    help='also X-int8.onnx (and X-int8_openvino_model/): post-training quantization')
-    p.add_argument('--data', type=str, default='data/coco8.yaml', help='--int8: the data yaml of the calibration images')
+    p.add_argument('--data', type=str, default='data/coco8.yaml', help='--int8: data yaml of the calibration images')
     p.add_argument('--calib-images', type=int, default=100, help='--int8: how many training images calibrate')
     p.add_argument('--nms', action='store_true', help='also X-nms.onnx: images in, final detections out')
     p.add_argument('--conf-thres', type=float, default=0.25, help='--nms: score threshold')

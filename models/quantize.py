@@ -3,9 +3,9 @@
     quantize_onnx('best.onnx', 'best-int8.onnx', 'data/coco.yaml', (640, 640), 100, meta)
 
 ONNX Runtime's static quantization writes a QDQ model (QuantizeLinear/DequantizeLinear around each conv but the
-head's: int8 weights per output channel, uint8 activations with min/max ranges from the calibration images). ONNX Runtime
-and OpenVINO both run QDQ models with int8 kernels (VNNI or AVX2). Images are letterboxed exactly as test.py and
-detect.py feed them (models/backends.py), so the ranges are the ones inference sees.
+head's: int8 weights per output channel, uint8 activations with min/max ranges from the calibration images).
+ONNX Runtime and OpenVINO both run QDQ models with int8 kernels (VNNI or AVX2). Images are letterboxed as
+test.py and detect.py feed a static export (models/backends.py), so the ranges are the ones inference sees.
 """
 import logging
 import random

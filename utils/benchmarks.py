@@ -505,7 +505,8 @@ def parse_opt(argv=None):
     p.add_argument('--optimizer-impl', nargs='+', choices=['default', 'foreach', 'fused'], default=['default'],
                    help="train: PyTorch's optimizer step implementations to compare")
     p.add_argument('--backend', nargs='+', choices=['pytorch', 'onnxruntime', 'openvino'], default=None,
-                   help='infer: runtimes side by side on the CPU, each in its --precision (utils/benchmark_backends.py)')
+                   help='infer: runtimes side by side on the CPU, each in its --precision '
+                        '(utils/benchmark_backends.py)')
     p.add_argument('--precision', nargs='+', choices=['float32', 'bfloat16', 'int8'],
                    default=['float32', 'bfloat16', 'int8'], help='--backend: the precisions of each runtime to time')
     p.add_argument('--calib-images', type=int, default=32, help='--backend int8: calibration images from --source')
