@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.activations import Mish
-from models.yolo import CONFIG_DIR, EXP_CLAMP, find_config
+from models.yolo import CONFIG_DIR, Detect, decode_level, find_config, grid_boxes
 from utils.downloads import DARKNET_RELEASES, download_release, release_destination
 from utils.errors import UserError
 
@@ -66,6 +66,24 @@ class Block:
 
     def floats(self, key):
         return [float(x) for x in self.get(key, cast=str).split(',') if x.strip()]
+
+    def anchors(self):
+        """A [yolo] block's own anchors, (n, 2) float32 pixels: `anchors` picked by `mask` (default: all)."""
+        every = np.array(self.floats('anchors'), dtype=np.float32).reshape(-1, 2)
+        mask = self.ints('mask', default=range(len(every)))
+        if any(not 0 <= k < len(every) for k in mask):
+            raise DarknetError(f'{self.where()}: mask={self.options["mask"]} names anchors it does not have')
+        return every[mask]
+
+
+def format_anchors(pairs):
+    """w,h pairs as a cfg's anchors= value, float32-exact (9 significant digits)."""
+    return ', '.join(f'{x:.9g},{y:.9g}' for x, y in pairs)
+
+
+def format_cfg(sections):
+    """The cfg text of (section name, {option: value}) pairs, [net] first."""
+    return '\n'.join(f'[{kind}]\n' + ''.join(f'{k}={v}\n' for k, v in options.items()) for kind, options in sections)
 
 
 def find_cfg(cfg):
@@ -216,11 +234,7 @@ class DarknetHead(nn.Module):
         super().__init__()
         anchors, self.scale_xy, self.new_coords = [], [], []
         for b in yolo_blocks:
-            all_anchors = np.array(b.floats('anchors'), dtype=np.float32).reshape(-1, 2)
-            mask = b.ints('mask', default=range(len(all_anchors)))
-            if any(not 0 <= k < len(all_anchors) for k in mask):
-                raise DarknetError(f'{b.where()}: mask={b.options["mask"]} names anchors it does not have')
-            anchors.append(all_anchors[mask])
+            anchors.append(b.anchors())
             self.scale_xy.append(b.get('scale_x_y', 1.0, cast=float))
             self.new_coords.append(bool(b.get('new_coords', 0)))
         if len({len(a) for a in anchors}) != 1:
@@ -248,25 +262,14 @@ class DarknetHead(nn.Module):
         return torch.cat(z, 1) if self.export else (torch.cat(z, 1), xs)
 
     def _decode(self, i, x):
-        ny, nx = x.shape[2:4]
         if self.export or self.grid[i].shape[2:4] != x.shape[2:4] or self.grid[i].device != x.device:
-            yv, xv = torch.meshgrid(torch.arange(ny, device=x.device), torch.arange(nx, device=x.device),
-                                    indexing='ij')
-            self.grid[i] = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).float()
-        s = self.scale_xy[i]
-        y = x.float().sigmoid()
-        xy = (y[..., :2] * s - 0.5 * (s - 1) + self.grid[i]) * self.stride[i]
-        anchor = self.anchor_grid[i].to(y.dtype)
-        wh = (y[..., 2:4] * 2) ** 2 * anchor if self.new_coords[i] else torch.exp(x[..., 2:4].float()) * anchor
-        return torch.cat((xy, wh, y[..., 4:]), -1)
+            self.grid[i] = Detect._make_grid(x.shape[3], x.shape[2]).to(x.device)
+        return decode_level(x, self.grid[i], self.stride[i], self.anchor_grid[i], not self.new_coords[i],
+                            self.scale_xy[i])
 
     def train_box(self, i, t, anchors):
         """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
-        s = self.scale_xy[i]
-        xy = t[:, :2].sigmoid() * s - 0.5 * (s - 1)
-        if self.new_coords[i]:
-            return torch.cat((xy, (t[:, 2:4].sigmoid() * 2) ** 2 * anchors), 1)
-        return torch.cat((xy, torch.exp(t[:, 2:4].clamp(max=EXP_CLAMP)) * anchors), 1)
+        return grid_boxes(t, anchors, not self.new_coords[i], self.scale_xy[i])
 
     def cell_reach(self, i):
         """How far past its cell level i's centres reach ((s - 1) / 2): a target also trains the neighbour cell
@@ -372,13 +375,10 @@ class DarknetModel(nn.Module):
         head = self.model[-1]
         yolo_blocks = [b for b in self.blocks if b.kind == 'yolo']
         for b, anchors in zip(yolo_blocks, head.anchor_grid.view(head.nl, -1, 2).tolist()):
-            all_anchors = np.array(b.floats('anchors'), dtype=np.float32).reshape(-1, 2)
-            mask = b.ints('mask', default=range(len(all_anchors)))
-            if not np.array_equal(all_anchors[mask], np.array(anchors, dtype=np.float32)):  # autoanchor's
-                b.options.update(anchors=', '.join(f'{x:.9g},{y:.9g}' for x, y in anchors),  # float32-exact
-                                 mask=','.join(str(k) for k in range(len(anchors))), num=str(len(anchors)))
-        return '\n'.join(f'[{b.kind}]\n' + ''.join(f'{k}={v}\n' for k, v in b.options.items())
-                         for b in [self.net] + list(self.blocks))
+            if not np.array_equal(b.anchors(), np.array(anchors, dtype=np.float32)):  # autoanchor's
+                b.options.update(anchors=format_anchors(anchors), mask=','.join(str(k) for k in range(len(anchors))),
+                                 num=str(len(anchors)))
+        return format_cfg((b.kind, b.options) for b in [self.net] + list(self.blocks))
 
 
 def _set_classes(blocks, nc):
@@ -387,7 +387,7 @@ def _set_classes(blocks, nc):
         if b.kind == 'yolo':
             if i == 0 or blocks[i - 1].kind != 'convolutional':
                 raise DarknetError(f'{b.where()}: a [yolo] layer must follow a [convolutional] one')
-            na = len(b.ints('mask', default=range(len(b.floats('anchors')) // 2)))
+            na = len(b.anchors())
             b.options['classes'] = str(nc)
             blocks[i - 1].options['filters'] = str(na * (nc + 5))
 
@@ -402,11 +402,10 @@ def _check_before_yolo(block, conv, c):
         raise DarknetError(f'{block.where()}: with new_coords={int(new_coords)} the conv before it must have '
                            f'activation={"logistic" if new_coords else "linear"}')
     conv.act = nn.Identity()
-    mask = block.ints('mask', default=range(len(block.floats('anchors')) // 2))
-    nc = block.get('classes', 80)
-    if c != len(mask) * (5 + nc):
+    na, nc = len(block.anchors()), block.get('classes', 80)
+    if c != na * (5 + nc):
         raise DarknetError(f'{block.where()}: the layer before has {c} filters, not (classes + 5) * '
-                           f'{len(mask)} = {len(mask) * (5 + nc)}')
+                           f'{na} = {na * (5 + nc)}')
 
 
 def _conv_tensors(m):

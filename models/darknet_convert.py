@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from models.activations import Mish
 from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, Split, SPPCSP
-from models.darknet import BN_EPS, DarknetConv, DarknetError, DarknetModel, load_darknet_weights, save_darknet_weights
+from models.darknet import (BN_EPS, DarknetConv, DarknetError, DarknetModel, format_anchors, format_cfg,
+                            load_darknet_weights, save_darknet_weights)
 from models.yolo import Detect, Model
 
 NET = {'batch': 64, 'subdivisions': 8, 'channels': 3, 'momentum': 0.949, 'decay': 0.0005, 'angle': 0,
@@ -184,7 +185,7 @@ def _detect_level(w, i, m, level):
     w.add('convolutional', Binding(conv.weight, conv.bias), size=1, stride=1, pad=1, filters=conv.out_channels,
           activation='logistic' if scaled else 'linear')
     w.add('yolo', mask=','.join(str(level * m.na + k) for k in range(m.na)),
-          anchors=', '.join(f'{x:.9g},{y:.9g}' for x, y in anchors), classes=m.nc, num=len(anchors),
+          anchors=format_anchors(anchors), classes=m.nc, num=len(anchors),
           scale_x_y=m.scale_xy, **YOLO[m.decoding])
 
 
@@ -227,8 +228,7 @@ def yaml_to_darknet(model, img_size=640):
             if k % (len(model.model) - 1) == j:  # Detect reads rows before it
                 _detect_level(w, out[j], detect, level)
     net = dict(NET, width=img_size, height=img_size)
-    text = '\n'.join(f'[{kind}]\n' + ''.join(f'{k}={v}\n' for k, v in options.items())
-                     for kind, options in [('net', net)] + w.blocks)
+    text = format_cfg([('net', net)] + w.blocks)
     dk = DarknetModel(text=text)
     for layer, binding in zip(dk.model, w.bindings):
         if binding is not None:

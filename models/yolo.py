@@ -27,6 +27,25 @@ TEST_SIZES = {'yolov4-p5': 896, 'yolov4-p6': 1280, 'yolov4-p7': 1536, 'yolov4-cs
               'yolov4-tiny': 416}  # paper test sizes
 
 
+def decode_level(x, grid, stride, anchor_grid, exp_wh=False, s=2.0):
+    """One level's raw map x (bs, na, ny, nx, 5 + nc) decoded in float32 (float16 steps are 1 px above 1024):
+    xy = (sigmoid * s - (s - 1) / 2 + cell) * stride; wh = (2 sigmoid)^2 * anchor (Scaled-YOLOv4, s = 2) or
+    exp(t) * anchor (darknet's YOLOv4 and tiny); objectness and classes sigmoid."""
+    y = x.float().sigmoid()
+    xy = (y[..., :2] * s - 0.5 * (s - 1) + grid.to(y.dtype)) * stride
+    anchor = anchor_grid.to(y.dtype)
+    wh = torch.exp(x[..., 2:4].float()) * anchor if exp_wh else (y[..., 2:4] * 2) ** 2 * anchor
+    return torch.cat((xy, wh, y[..., 4:]), -1)
+
+
+def grid_boxes(t, anchors, exp_wh=False, s=2.0):
+    """decode_level's boxes in grid units (x, y relative to the cell) for raw predictions t (n, 4+) at matched
+    cells, as the loss takes them; exp(t) is clamped so that it cannot overflow."""
+    xy = t[:, :2].sigmoid() * s - 0.5 * (s - 1)
+    wh = torch.exp(t[:, 2:4].clamp(max=EXP_CLAMP)) * anchors if exp_wh else (t[:, 2:4].sigmoid() * 2) ** 2 * anchors
+    return torch.cat((xy, wh), 1)
+
+
 class Detect(nn.Module):
     """Per-level 1x1 prediction convs; in inference mode also decodes boxes to pixels."""
 
@@ -64,34 +83,20 @@ class Detect(nn.Module):
                     if self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
                         self.grid[i] = self._make_grid(nx, ny).to(x[i].device)
                     grid = self.grid[i]
-                y = x[i].float().sigmoid()  # decoded in float32: float16 steps are 1 px above 1024
-                if self.decoding == 'scaled':
-                    xy = (y[..., 0:2] * 2. - 0.5 + grid.to(y.dtype)) * self.stride[i]
-                    wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i].to(y.dtype)
-                else:  # darknet's YOLOv4 (tiny): xy scaled by scale_x_y about the cell centre, wh = exp(t) * anchor
-                    s = self.scale_xy
-                    xy = (y[..., :2] * s - 0.5 * (s - 1) + grid.to(y.dtype)) * self.stride[i]
-                    wh = torch.exp(x[i][..., 2:4].float()) * self.anchor_grid[i].to(y.dtype)
-                z.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))
+                z.append(decode_level(x[i], grid, self.stride[i], self.anchor_grid[i], self.decoding == 'yolov4',
+                                      self.scale_xy).view(bs, -1, self.no))
         if self.training:
             return x
         return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
 
     def train_box(self, i, t, anchors):
         """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
-        if self.decoding == 'scaled':
-            pxy = t[:, :2].sigmoid() * 2. - 0.5
-            pwh = (t[:, 2:4].sigmoid() * 2) ** 2 * anchors
-        else:
-            s = self.scale_xy
-            pxy = t[:, :2].sigmoid() * s - 0.5 * (s - 1)
-            pwh = torch.exp(t[:, 2:4].clamp(max=EXP_CLAMP)) * anchors
-        return torch.cat((pxy, pwh), 1)
+        return grid_boxes(t, anchors, self.decoding == 'yolov4', self.scale_xy)
 
     def cell_reach(self, i):
-        """How far past its cell a centre reaches ((s - 1) / 2; xy in (-0.5, 1.5) for 'scaled'): targets also
-        train the neighbour cell that can reach them."""
-        return 0.5 if self.decoding == 'scaled' else 0.5 * (self.scale_xy - 1)
+        """How far past its cell a centre reaches ((s - 1) / 2: 0.5 for Scaled-YOLOv4's xy in (-0.5, 1.5)):
+        targets also train the neighbour cell that can reach them."""
+        return 0.5 * (self.scale_xy - 1)
 
     @staticmethod
     def _make_grid(nx=20, ny=20):
