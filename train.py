@@ -27,13 +27,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import test as tester  # test.py
-from models.checkpoint import (load_checkpoint, model_from_checkpoint, model_from_payload, remove_stale_temp_files,
-                               strip_optimizer)
-from models.darknet import DarknetModel, load_darknet_model
-from models.yolo import Model, find_config
+from models.checkpoint import load_checkpoint, remove_stale_temp_files, strip_optimizer
+from models.yolo import find_config
 from utils.autoanchor import check_anchors
 from utils.data_config import load_data_config
 from utils.datasets import check_label_classes, create_dataloader, loader_failure, stop_loader_workers
@@ -48,9 +45,9 @@ from utils.distributed import init_distributed, process_group_store
 from utils.run_dir import agree_on_plan, release_run, resume_path, run_folder_of
 from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard
 from utils.sampling import batch_rng
-from utils.torch_utils import (EMA_ATTRIBUTES, ModelEMA, de_parallel, intersect_dicts, random_rescale, select_device,
-                               set_bn_momentum)
+from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, random_rescale, select_device, set_bn_momentum
 from utils.train_state import RunState, plain, restore_training_state, training_checkpoint
+from utils.train_model import build_model, maybe_sync_bn, wrap_ddp
 from utils.train_utils import EVOLVE_META, class_weights_from_labels, image_order, load_hyp, mutate_hyp
 from utils.watchdog import Watchdog
 
@@ -129,40 +126,6 @@ def prepare_run_folder(paths, hyp, opt):
         yaml.safe_dump({k: plain(v) for k, v in vars(opt).items()}, f, sort_keys=False)
 
 
-def build_model(opt, nc, device, ckpt=None, verbose=True):
-    """The model to train: restored from a resumed checkpoint, transferred from --weights (a .pt, or darknet
-    .weights), or new from --cfg (a YAML, or a darknet .cfg); the first --freeze layers frozen."""
-    if ckpt is not None:
-        model = model_from_payload(ckpt['model'], opt.weights).to(device)
-    elif opt.weights:
-        if str(opt.weights).endswith('.weights'):  # with its darknet cfg, or the YAML that describes it
-            src = load_darknet_model(opt.weights, opt.cfg or None)
-        else:
-            src = model_from_checkpoint(load_checkpoint(opt.weights), opt.weights, prefer_ema=True)
-        if opt.cfg:
-            model = new_model(opt.cfg, nc, verbose)
-        elif isinstance(src, DarknetModel):
-            model = DarknetModel(text=src.to_cfg(), nc=nc).initialize_biases()
-        else:
-            model = Model(src.yaml, ch=3, nc=nc, verbose=verbose)
-        model = model.to(device)
-        sd = intersect_dicts(src.float().state_dict(), model.state_dict(), exclude=['anchor'] if opt.cfg else [])
-        model.load_state_dict(sd, strict=False)
-        LOGGER.info('Transferred %g/%g items from %s', len(sd), len(model.state_dict()), opt.weights)
-    else:
-        model = new_model(opt.cfg, nc, verbose).to(device)
-    for k, v in model.named_parameters():
-        v.requires_grad = not any(k.startswith(f'model.{j}.') for j in range(opt.freeze))
-    return model
-
-
-def new_model(cfg, nc, verbose):
-    """A model with fresh weights from --cfg: a YAML, or a darknet .cfg (path, or name in models/)."""
-    if str(cfg).endswith('.cfg'):
-        return DarknetModel(cfg, nc=nc).initialize_biases()
-    return Model(cfg, ch=3, nc=nc, verbose=verbose)
-
-
 def build_train_loader(opt, data, hyp, imgsz, stride, nc):
     """(loader, dataset, total batch size used): the batch is the one asked for, or all images when fewer."""
     loader, dataset = create_dataloader(data['train'], imgsz, opt.batch_size, stride, single_cls=opt.single_cls,
@@ -185,17 +148,6 @@ def rewrite_results(results_file, lines):
     os.replace(tmp, results_file)
 
 
-def maybe_sync_bn(model, sync_bn, rank, device):
-    if sync_bn and rank == -1:
-        LOGGER.info('--sync-bn: one process, so plain BatchNorm (the same statistics) is used')
-    elif sync_bn and device.type != 'cpu':
-        LOGGER.info('Using SyncBatchNorm')
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
-    elif sync_bn:
-        LOGGER.warning('WARNING: --sync-bn needs CUDA; ignored on CPU')
-    return model
-
-
 def first_run_checks(dataset, model, hyp, imgsz, opt, save_dir, names):
     """Label statistics plot and the autoanchor check (new runs only, main process)."""
     labels = np.concatenate([x for x in dataset.labels if len(x)] or [np.zeros((0, 5))], 0)
@@ -203,17 +155,6 @@ def first_run_checks(dataset, model, hyp, imgsz, opt, save_dir, names):
         plot_labels(labels, save_dir, names)
     if not opt.noautoanchor:
         check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, seed=opt.seed)
-
-
-def wrap_ddp(model, rank, local_rank, device):
-    """Under DDP: every rank starts from rank 0's anchors, and the model is wrapped."""
-    if rank == -1:
-        return model
-    head = de_parallel(model).model[-1]
-    dist.broadcast(head.anchors, 0)
-    dist.broadcast(head.anchor_grid, 0)
-    cuda = device.type != 'cpu'
-    return DDP(model, device_ids=[local_rank] if cuda else None, output_device=local_rank if cuda else None)
 
 
 def autocast(device, amp_dtype):
