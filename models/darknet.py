@@ -488,17 +488,17 @@ def load_darknet_model(weights, cfg=None):
         from models.darknet_convert import yaml_from_darknet  # it builds on this module
         build = lambda path: yaml_from_darknet(cfg, path)  # noqa: E731
     else:
-        DarknetModel(cfg)  # a bad cfg fails before any download
+        empty = DarknetModel(cfg)  # built once, before any download: a bad cfg fails first
 
         def build(path):
-            model = DarknetModel(cfg)
-            load_darknet_weights(model, path)
-            return model
+            load_darknet_weights(empty, path)
+            return empty
+    loaded = []  # a download is checked by loading it: that model is the one returned
     if not weights.is_file() and weights.name in DARKNET_RELEASES:  # darknet's release, by name
         weights = release_destination(weights)
         if not weights.is_file():
-            download_release(weights.name, weights, validate=build)
-    model = build(weights)
+            download_release(weights.name, weights, validate=lambda path: loaded.append(build(path)))
+    model = loaded[0] if loaded else build(weights)
     if model.nc == 80 and COCO_YAML.is_file():
         import yaml
         model.names = list(yaml.safe_load(COCO_YAML.read_text())['names'])
