@@ -42,7 +42,7 @@ from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterati
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.progress import progress
 from utils.distributed import init_distributed, process_group_store
-from utils.run_dir import agree_on_plan, release_run, resume_path, run_folder_of
+from utils.run_dir import agree_on_plan, elastic_restart, release_run, resume_path, run_folder_of
 from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard
 from utils.sampling import batch_rng
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, random_rescale, select_device, set_bn_momentum
@@ -354,8 +354,14 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
         LOGGER.info('Resuming %s at epoch %g%s, to %g epochs', paths.save_dir, state.epoch,
                     f' batch {state.batch}' if state.batch else '', opt.epochs)
         if state.epoch >= opt.epochs:
-            raise ArgumentError(f'{opt.weights} has already trained {state.epoch} epochs: give --epochs above '
-                                f'that to extend the run (e.g. the paper\'s fine-tune to 450)')
+            if not (elastic_restart() or opt.resume == 'auto'):
+                raise ArgumentError(f'{opt.weights} has already trained {state.epoch} epochs: give --epochs above '
+                                    f'that to extend the run (e.g. the paper\'s fine-tune to 450)')
+            # a restart or requeue of a finished job (killed after its last checkpoint): nothing is left to train
+            LOGGER.info('%s has trained all %g epochs: nothing left to do', paths.save_dir, opt.epochs)
+            if main_proc:
+                finish_run(paths)
+            return state.results
     if main_proc:
         rewrite_results(paths.results, state.results_lines)
     scheduler.last_epoch = state.epoch - 1  # as published: epoch e (> 0) runs at lambda(e - 1)
@@ -533,7 +539,7 @@ def resumed_options(opt, ckpt, path):
     hyp = ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp)
     saved.hyp_changed = hyp != ckpt['hyp']  # the same --hyp again (a restart, --resume auto) is no change
     saved.hyp = opt.hyp or saved.hyp
-    saved.weights, saved.resume = str(path), True
+    saved.weights, saved.resume = str(path), 'auto' if getattr(opt, 'resume', None) == 'auto' else True  # a requeue
     saved.save_dir = str(run_folder_of(path))
     return saved, hyp
 

@@ -251,6 +251,11 @@ def test_resume_auto_starts_then_continues(files, tmp_path):
     assert code == 0 and 'Continuing' in err, err[-3000:]
     assert [x.name for x in tmp_path.iterdir()] == ['auto']
     assert [ln.split()[0] for ln in (tmp_path / 'auto' / 'results.txt').read_text().splitlines()] == ['0/0', '1/1']
+    (tmp_path / 'auto' / 'weights' / 'final.pt').unlink()  # a requeue of the finished job (killed before its end)
+    code, err = _train(_args(files, tmp_path, 'auto', 2, 0, 2, '--resume', 'auto'))
+    assert code == 0 and 'has trained all 2 epochs: nothing left to do' in err, err[-3000:]
+    assert (tmp_path / 'auto' / 'weights' / 'final.pt').is_file() and [x.name for x in tmp_path.iterdir()] == ['auto']
+    assert len((tmp_path / 'auto' / 'results.txt').read_text().splitlines()) == 2
 
 
 def test_killed_loader_worker_is_one_line_and_saves(files, tmp_path):
