@@ -40,7 +40,8 @@ def attempt_load(weights, map_location=None, cfg=None):
         elif str(w).endswith('.weights'):
             m = load_darknet_model(w, cfg).to(map_location or 'cpu')
         else:
-            m = model_from_checkpoint(load_checkpoint(w, map_location=map_location or 'cpu'), path=w)
+            # rebuilt on the CPU from its state_dict, then moved (test.py --device 0 once ran a CPU model)
+            m = model_from_checkpoint(load_checkpoint(w, map_location='cpu'), path=w).to(map_location or 'cpu')
         model.append(m.float().fuse().eval())
     for m in model:
         for p in m.parameters():

@@ -106,6 +106,23 @@ def test_project_checkpoint_round_trip(tmp_path):
     assert loaded.names == ['a', 'b']
 
 
+def test_loaded_model_is_moved_to_map_location(tmp_path, monkeypatch):
+    """A checkpoint's model is rebuilt on the CPU; attempt_load must move it to map_location (test.py --device 0
+    on a GPU failed with 'Input type (torch.cuda.HalfTensor) and weight type (torch.HalfTensor)')."""
+    save_checkpoint({'model': model_payload(Model(tiny_cfg('yolov4-p5', nc=2)))}, tmp_path / 'w.pt')
+    if torch.cuda.is_available():
+        assert next(attempt_load(tmp_path / 'w.pt', map_location='cuda:0').parameters()).is_cuda
+        return
+    moved = []
+
+    def record_to(self, *args, **kwargs):  # this machine has no second device: record where it would go
+        moved.append(args[0] if args else kwargs.get('device'))
+        return self
+    monkeypatch.setattr(nn.Module, 'to', record_to)
+    attempt_load(tmp_path / 'w.pt', map_location='cuda:0')
+    assert moved == ['cuda:0']
+
+
 def test_ensemble_of_two(tmp_path):
     for i in range(2):
         m = Model(tiny_cfg('yolov4-p5', nc=2))
