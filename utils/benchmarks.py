@@ -91,10 +91,12 @@ def mish_implementation(mode):
             os.environ['YOLO_MISH'] = old
 
 
-def _mish_used(mode, device):
-    """The Mish implementation a forward pass really runs under YOLO_MISH=mode (`auto` may fall back)."""
+def _mish_used(mode, device, memory_format='contiguous'):
+    """The Mish implementation a forward pass really runs under YOLO_MISH=mode (`auto` may fall back; channels_last
+    activations always run PyTorch's)."""
     from models.activations import extension_for
-    return 'native' if extension_for(mode, device.type == 'cuda') is None else 'cuda'
+    used = extension_for(mode, device.type == 'cuda', memory_format == 'contiguous')
+    return 'native' if used is None else 'cuda'
 
 
 def _cuda_graph(model, x, warmup):
@@ -158,7 +160,7 @@ def bench_infer(opt, device):
                 _sync(device)
                 ms = (time.perf_counter() - t) / opt.iters * 1000
                 tflops = gflops * bs / ms  # GFLOP per ms = TFLOP/s
-                rows.append([bs, dt, fmt, runner, _mish_used(mish, device), 'yes' if nms else 'no', f'{ms:.2f}',
+                rows.append([bs, dt, fmt, runner, _mish_used(mish, device, fmt), 'yes' if nms else 'no', f'{ms:.2f}',
                              f'{bs * 1000 / ms:.1f}', f'{tflops:.1f}' if tflops >= 10 else f'{tflops:.3f}',
                              f'{100 * tflops / peak:.1f}' if peak and dt != 'float32' else '-'])
         del run, m, x
@@ -297,7 +299,7 @@ def bench_train(opt, device):
             _sync(device)
         dt = (time.perf_counter() - t) / opt.iters
         precision = 'float32' if dtype == 'float32' else f'AMP {dtype}'
-        rows.append([bs, opt.img, precision, _mish_used(mish, device), f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
+        rows.append([bs, opt.img, precision, _mish_used(mish, device, fmt), f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
                      f'{_peak_memory_mb(device):.0f}', fmt, runner, impl])
         del run, model, optimizer
         if runner == 'compile':
