@@ -38,7 +38,7 @@ from utils.errors import ArgumentError, ArgumentParser, UserError, check_at_leas
 from utils.general import check_img_size, options_from_kwargs, set_logging
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
-from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, warmup_iterations, warmup_step
+from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, step_schedule, warmup_iterations, warmup_step
 from utils.plots import plot_images, plot_labels, plot_results
 from utils.progress import progress
 from utils.distributed import init_distributed, process_group_store
@@ -421,7 +421,7 @@ def run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test,
             stopped = train_one_epoch(loop, state, guard)
             if not stopped:
                 lr = [g['lr'] for g in loop.optimizer.param_groups]
-                scheduler.step()
+                step_schedule(scheduler)
                 if main_proc:  # a stop during its evaluation saves with every batch of the epoch done
                     stopped = not end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test,
                                                tb_writer, guard)

@@ -51,3 +51,14 @@ def test_bfloat16_loss_close_to_float32():
         low, low_items = loss_fn(model(x), targets)
     assert low.item() == pytest.approx(ref.item(), rel=BF16_REL_TOL)
     assert low_items.tolist() == pytest.approx(ref_items.tolist(), rel=BF16_REL_TOL, abs=1e-4)
+
+
+def test_epoch_schedule_step_after_amp_skipped_every_step_is_silent(recwarn):
+    """A 1-batch epoch whose only step AMP skipped for float16 overflow has no optimizer.step(); the per-epoch
+    schedule still advances, and PyTorch's warning about the order (seen in the GPU report) is not printed."""
+    from utils.optim import cosine_lr, step_schedule
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=cosine_lr(10))
+    step_schedule(scheduler)
+    assert not [w for w in recwarn if 'lr_scheduler.step()' in str(w.message)]
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(0.1 * cosine_lr(10)(1))

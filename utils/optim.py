@@ -1,6 +1,7 @@
 """The published optimizer and learning-rate recipe: parameter groups, nominal batch, cosine schedule, warm-up."""
 import logging
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -52,6 +53,15 @@ def smart_optimizer(model, hyp, total_batch_size, adam=False, impl='default'):
 def cosine_lr(epochs, final=0.2):
     """The published schedule: a learning-rate factor falling from 1 to `final` (0.2) along a half cosine."""
     return lambda epoch: ((1 + math.cos(epoch * math.pi / epochs)) / 2) * (1 - final) + final
+
+
+def step_schedule(scheduler):
+    """The per-epoch scheduler step, without PyTorch's warning that it came before any optimizer.step(). That
+    happens only when AMP's GradScaler skipped every step of the epoch for float16 overflow (a 1-batch epoch
+    whose step is the first); the schedule counts epochs, so no rate is skipped and the warning would be false."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'Detected call of `lr_scheduler\.step\(\)` before')
+        scheduler.step()
 
 
 def warmup_iterations(batches_per_epoch, hyp):
