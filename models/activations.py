@@ -13,8 +13,8 @@ Implementation, chosen per call by the environment variable YOLO_MISH:
 CPU tensors always use `F.mish`, and so do CUDA tensors in another memory layout than contiguous (channels_last):
 the extension's kernels read and write contiguous memory only, and copying each activation there and back is
 costly (on an H200, P5 at batch 32 with the extension: 190 ms in channels_last against 96 ms contiguous, where
-P6 with PyTorch's Mish is faster in channels_last). Tracing, scripting and export always use `F.mish` (models/export.py further
-writes it as standard ops).
+P6 with PyTorch's Mish is faster in channels_last). Tracing, scripting and export always use `F.mish`
+(models/export.py further writes it as standard ops).
 
 `Mish.forward` must not depend on attributes set in `__init__`: an unpickled released module carries only
 the plain `nn.Module` state of the original `MishCuda` object.
