@@ -139,9 +139,13 @@ def bench_infer(opt, device):
     gflops = count_flops(model, opt.img)  # per image, multiply-adds x 2
     peak = opt.peak_tflops or (fp16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == 'cuda'
                                else None)
-    rows = []
+    rows, seen = [], set()
     for bs, dt, fmt, runner, mish in itertools.product(opt.batch_size, opt.dtype, opt.memory_format, opt.runner,
                                                        opt.mish):
+        used = _mish_used(mish, device, fmt)
+        if (bs, dt, fmt, runner, used) in seen:  # channels_last runs PyTorch's Mish whatever --mish says
+            continue
+        seen.add((bs, dt, fmt, runner, used))
         dtype = getattr(torch, dt)
         mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
         m = copy.deepcopy(model).to(dtype=dtype, memory_format=mf)
@@ -160,7 +164,7 @@ def bench_infer(opt, device):
                 _sync(device)
                 ms = (time.perf_counter() - t) / opt.iters * 1000
                 tflops = gflops * bs / ms  # GFLOP per ms = TFLOP/s
-                rows.append([bs, dt, fmt, runner, _mish_used(mish, device, fmt), 'yes' if nms else 'no', f'{ms:.2f}',
+                rows.append([bs, dt, fmt, runner, used, 'yes' if nms else 'no', f'{ms:.2f}',
                              f'{bs * 1000 / ms:.1f}', f'{tflops:.1f}' if tflops >= 10 else f'{tflops:.3f}',
                              f'{100 * tflops / peak:.1f}' if peak and dt != 'float32' else '-'])
         del run, m, x
@@ -266,10 +270,14 @@ def bench_train(opt, device):
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
         hyp = yaml.safe_load(f)
     cuda = device.type == 'cuda'
-    rows = []
+    rows, seen = [], set()
     for bs, dtype, fmt, runner, impl, mish in itertools.product(
             opt.batch_size, opt.dtype or (['float16'] if cuda else ['float32']), opt.memory_format,
             opt.runner or ['eager'], opt.optimizer_impl, opt.mish):
+        used = _mish_used(mish, device, fmt)
+        if (bs, dtype, fmt, runner, impl, used) in seen:  # as in the inference table
+            continue
+        seen.add((bs, dtype, fmt, runner, impl, used))
         if dtype == 'float16' and not cuda:
             raise SystemExit('benchmarks: --mode train --dtype float16 needs CUDA (float16 AMP with a scaler, as '
                              'train.py uses it); on CPU use float32 or bfloat16')
@@ -299,7 +307,7 @@ def bench_train(opt, device):
             _sync(device)
         dt = (time.perf_counter() - t) / opt.iters
         precision = 'float32' if dtype == 'float32' else f'AMP {dtype}'
-        rows.append([bs, opt.img, precision, _mish_used(mish, device, fmt), f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
+        rows.append([bs, opt.img, precision, used, f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
                      f'{_peak_memory_mb(device):.0f}', fmt, runner, impl])
         del run, model, optimizer
         if runner == 'compile':
@@ -550,8 +558,7 @@ def _check_cuda_options(opt, device):
         raise SystemExit('benchmarks: --mode train takes --runner eager or compile')
     if not cuda and opt.mish != ['native']:
         LOGGER.warning('benchmarks: on CPU every Mish is PyTorch\'s (the extension is for CUDA tensors): '
-                       'one row per setting, mish native')
-        opt.mish = ['native']
+                       'one row per setting, mish native')  # rows that ran the same are one row
     if not cuda and opt.mode == 'infer' and 'graph' in opt.runner:
         raise SystemExit('benchmarks: --runner graph needs a CUDA device (--device 0)')
 
