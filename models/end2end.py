@@ -14,7 +14,6 @@ import torch.nn as nn
 import torchvision  # imported before any tracing: its first import runs ops the tracer cannot record
 
 
-
 class NonMaxSuppression(torch.autograd.Function):
     """ONNX's NonMaxSuppression: selected (k, 3) [batch, class, box] of boxes (b, n, 4) xyxy and scores (b, c, n).
     Eager PyTorch computes it with torchvision (what tracing records is replaced by the operator)."""

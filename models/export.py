@@ -76,39 +76,47 @@ def export(weights, img_size=(640, 640), batch_size=1, dynamic=False, opset=13, 
         raise ArgumentError('--bf16 is an OpenVINO precision: add --include openvino')
     with quiet_exporters():
         model, img, meta = _prepared(weights, img_size, batch_size, dynamic, device, cfg)
-        stem = str(Path(weights).with_suffix(''))
-        files = {}
-        if 'torchscript' in include:
-            files['torchscript'] = export_torchscript(model, img, Path(stem + '.torchscript.pt'), meta)
-        if not {'onnx', 'openvino'} & set(include) and not int8:
-            return files, _differences(files, model, img)
-        if not _have('onnx'):
-            if 'openvino' in include or int8:
-                raise ArgumentError('--include openvino and --int8 go through ONNX: pip install onnx (or pip '
-                                    'install -r requirements-test.txt)')
-            LOGGER.warning('ONNX not written: the onnx package is not installed (pip install onnx onnxruntime, or '
-                           'pip install -r requirements-test.txt); the TorchScript file above is complete')
-            return files, _differences(files, model, img)
-        onnx_file = export_onnx(model, img, Path(stem + '.onnx'), meta, dynamic, opset)
-        if 'onnx' in include:
-            files['onnx'] = onnx_file
-        if nms:
-            files['onnx-nms'] = export_end2end(model, img, Path(stem + '-nms.onnx'), meta, dynamic, opset, nms)
-        if int8:
-            from models.quantize import quantize_onnx
-            files['onnx-int8'] = quantize_onnx(onnx_file, Path(stem + '-int8.onnx'), data, img.shape[2:],
-                                               calib_images, dict(meta, precision='int8'))
-        if 'openvino' in include:
-            files['openvino'] = export_openvino(onnx_file, Path(stem + '_openvino_model'),
-                                                dict(meta, precision='bf16' if bf16 else 'fp32'))
-            if int8:
-                files['openvino-int8'] = export_openvino(files['onnx-int8'], Path(stem + '-int8_openvino_model'),
-                                                         dict(meta, precision='int8'))
-        if 'onnx' not in include:
-            onnx_file.unlink()  # only the way to OpenVINO or INT8
-            if int8 and 'openvino' in include:
-                files.pop('onnx-int8').unlink()
+        files = write_exports(model, img, meta, str(Path(weights).with_suffix('')), include, dynamic, opset, bf16,
+                              int8, data, calib_images, nms)
         return files, _differences({k: v for k, v in files.items() if k != 'onnx-nms'}, model, img)
+
+
+def write_exports(model, img, meta, stem, include, dynamic=False, opset=13, bf16=False, int8=False,
+                  data='data/coco8.yaml', calib_images=100, nms=None):
+    """{format: path} of the files export() describes, written as <stem>.* from a model prepared for export
+    (prepare_for_export), its example input `img` and its metadata (models.backends.metadata)."""
+    files = {}
+    if 'torchscript' in include:
+        files['torchscript'] = export_torchscript(model, img, Path(stem + '.torchscript.pt'), meta)
+    if not {'onnx', 'openvino'} & set(include) and not int8:
+        return files
+    if not _have('onnx'):
+        if 'openvino' in include or int8:
+            raise ArgumentError('--include openvino and --int8 go through ONNX: pip install onnx (or pip '
+                                'install -r requirements-test.txt)')
+        LOGGER.warning('ONNX not written: the onnx package is not installed (pip install onnx onnxruntime, or '
+                       'pip install -r requirements-test.txt); the TorchScript file above is complete')
+        return files
+    onnx_file = export_onnx(model, img, Path(stem + '.onnx'), meta, dynamic, opset)
+    if 'onnx' in include:
+        files['onnx'] = onnx_file
+    if nms:
+        files['onnx-nms'] = export_end2end(model, img, Path(stem + '-nms.onnx'), meta, dynamic, opset, nms)
+    if int8:
+        from models.quantize import quantize_onnx
+        files['onnx-int8'] = quantize_onnx(onnx_file, Path(stem + '-int8.onnx'), data, img.shape[2:],
+                                           calib_images, dict(meta, precision='int8'))
+    if 'openvino' in include:
+        files['openvino'] = export_openvino(onnx_file, Path(stem + '_openvino_model'),
+                                            dict(meta, precision='bf16' if bf16 else 'fp32'))
+        if int8:
+            files['openvino-int8'] = export_openvino(files['onnx-int8'], Path(stem + '-int8_openvino_model'),
+                                                     dict(meta, precision='int8'))
+    if 'onnx' not in include:
+        onnx_file.unlink()  # only the way to OpenVINO or INT8
+        if int8 and 'openvino' in include:
+            files.pop('onnx-int8').unlink()
+    return files
 
 
 @contextmanager

@@ -38,24 +38,16 @@ def cpu_description():
 
 
 def _exports(model, img, bs, folder, wanted, source, calib_images):
-    """{(backend, precision): path} of the exports the rows need, written into folder."""
+    """{(backend, precision): path} of the exports the rows need, written into folder by models/export.py."""
     from models.backends import metadata
-    from models.export import export_onnx, export_openvino, prepare_for_export
-    from models.quantize import quantize_onnx
+    from models.export import prepare_for_export, write_exports
     meta = metadata(model.names, model.stride.tolist(), img.shape[2:], bs, False, 'fp32')
-    onnx_file = export_onnx(prepare_for_export(copy.deepcopy(model)), img, folder / f'b{bs}.onnx', meta, False, 13)
-    paths = {('onnxruntime', 'float32'): onnx_file}
-    if any(p == 'int8' for _, p in wanted):
-        paths[('onnxruntime', 'int8')] = quantize_onnx(onnx_file, folder / f'b{bs}-int8.onnx', source,
-                                                       img.shape[2:], calib_images, dict(meta, precision='int8'))
-    if any(b == 'openvino' for b, _ in wanted):
-        paths[('openvino', 'float32')] = paths[('openvino', 'bfloat16')] = export_openvino(
-            onnx_file, folder / f'b{bs}_openvino_model', meta)
-        if ('openvino', 'int8') in wanted:
-            paths[('openvino', 'int8')] = export_openvino(paths[('onnxruntime', 'int8')],
-                                                          folder / f'b{bs}-int8_openvino_model',
-                                                          dict(meta, precision='int8'))
-    return paths
+    files = write_exports(prepare_for_export(copy.deepcopy(model)), img, meta, str(folder / f'b{bs}'),
+                          ('onnx', 'openvino') if any(b == 'openvino' for b, _ in wanted) else ('onnx',),
+                          int8=any(p == 'int8' for _, p in wanted), data=source, calib_images=calib_images)
+    return {('onnxruntime', 'float32'): files['onnx'], ('onnxruntime', 'int8'): files.get('onnx-int8'),
+            ('openvino', 'float32'): files.get('openvino'), ('openvino', 'bfloat16'): files.get('openvino'),
+            ('openvino', 'int8'): files.get('openvino-int8')}
 
 
 def _runner(backend, precision, model, path, threads):
