@@ -111,17 +111,11 @@ def custom(path, device=None, img_size=640, cfg=None):
     torch.hub.load(repo, 'custom', path='.../best.pt');
     img_size: the default inference size (a call's size= overrides it; use the size the model was trained at)."""
     def build():
-        from models.backends import export_kind, input_size, load_exported
-        from models.checkpoint import model_from_checkpoint, load_checkpoint
-        from models.darknet import load_darknet_model
+        from models.backends import export_kind, input_size
+        from models.experimental import attempt_load
         from utils.torch_utils import select_device
-        dev = select_device(device or '')
-        if export_kind(path):
-            model = load_exported(path)
-            return _detector(model, dev, input_size(model, img_size)[0])
-        model = load_darknet_model(path, cfg) if str(path).endswith('.weights') else \
-            model_from_checkpoint(load_checkpoint(path), str(path))
-        return _detector(model, dev, img_size)
+        model = attempt_load(path, map_location=select_device(device or ''), cfg=cfg)  # fused, eval, no grads
+        return Detector(model, img_size=input_size(model, img_size)[0] if export_kind(path) else img_size)
     return _user_errors_in_one_line(build)
 
 
