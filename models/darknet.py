@@ -28,9 +28,15 @@ from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
 COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-class releases
-BN_EPS = 1e-6  # darknet's inference batch norm: (x - mean) / sqrt(variance + .000001f)
+# AlexeyAB darknet's batch norm: (x - mean) / sqrt(variance + .00001f) in src/blas.c normalize_cpu, and
+# sqrt(variance + .00001) in src/network.c fuse_conv_batchnorm, which darknet runs for inference. (pjreddie's original
+# darknet and OpenCV's darknet importer use .000001f; the published yolov4-csp branch builds cfgs with eps 1e-4.)
+BN_EPS = 1e-5
+# darknet's activations (src/activations.h): leaky is x > 0 ? x : .1f * x; mish is x * tanh(softplus(x)) with
+# softplus x above 20, as PyTorch's; a [convolutional] without activation= is logistic (parse_convolutional)
 ACTIVATIONS = {'linear': nn.Identity, 'leaky': lambda: nn.LeakyReLU(0.1), 'logistic': nn.Sigmoid,
                'mish': Mish, 'swish': nn.SiLU, 'relu': nn.ReLU}
+YOLO_CLASSES = 20  # a [yolo] layer's classes when its cfg gives none (parse_yolo in src/parser.c)
 SECTIONS = ('net', 'network', 'convolutional', 'route', 'shortcut', 'maxpool', 'upsample', 'yolo')
 
 
@@ -146,7 +152,8 @@ class DarknetConv(nn.Module):
 
 
 class Route(nn.Module):
-    """[route]: the concatenation of earlier layers' outputs, or channel group `group_id` of `groups`."""
+    """[route]: the concatenation of earlier layers' outputs; with `groups`, of channel group `group_id` of each of
+    them (darknet's forward_route_layer in src/route_layer.c takes the group of every layer, then concatenates)."""
 
     def __init__(self, block, index, widths):
         super().__init__()
@@ -154,11 +161,12 @@ class Route(nn.Module):
         if any(not 0 <= i < index for i in self.layers):
             raise DarknetError(f'{block.where()}: layers={block.options["layers"]} points outside the layers before it')
         self.groups, self.group_id = block.get('groups', 1), block.get('group_id', 0)
-        self.c2 = sum(widths[i] for i in self.layers) // self.groups
+        self.c2 = sum(widths[i] // self.groups for i in self.layers)
 
     def forward(self, x, outputs):
-        x = torch.cat([outputs[i] for i in self.layers], 1) if len(self.layers) > 1 else outputs[self.layers[0]]
-        return x.chunk(self.groups, 1)[self.group_id] if self.groups > 1 else x
+        parts = [outputs[i].chunk(self.groups, 1)[self.group_id] if self.groups > 1 else outputs[i]
+                 for i in self.layers]
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
 class Shortcut(nn.Module):
@@ -178,7 +186,8 @@ class Shortcut(nn.Module):
 
 
 class MaxPool(nn.Module):
-    """Darknet's max pool: `padding` (default size - 1) split with the smaller half left and top."""
+    """Darknet's max pool: `padding` (default size - 1: parse_maxpool in src/parser.c) split with the smaller half
+    left and top (forward_maxpool_layer's offset -pad / 2)."""
 
     def __init__(self, block):
         super().__init__()
@@ -196,11 +205,13 @@ class MaxPool(nn.Module):
 
 
 class Upsample(nn.Module):
-    """[upsample]: nearest-neighbour by `stride`."""
+    """[upsample]: nearest-neighbour by `stride` (darknet's `scale`, a factor on the values, must be 1)."""
 
     def __init__(self, block):
         super().__init__()
         self.stride = block.get('stride', 2)
+        if block.get('scale', 1.0, cast=float) != 1 or self.stride < 0:
+            raise DarknetError(f'{block.where()}: only an [upsample] with scale=1 and a positive stride is supported')
 
     def forward(self, x, outputs):
         return F.interpolate(x, scale_factor=self.stride, mode='nearest')
@@ -316,8 +327,8 @@ class DarknetModel(nn.Module):
             layers.append(layer)
             widths.append(c)
         self.yolo = [i for i, m in enumerate(layers) if isinstance(m, YoloOutput)]
-        self.nc = yolo_blocks[0].get('classes', 80)
-        if any(b.get('classes', 80) != self.nc for b in yolo_blocks):
+        self.nc = yolo_blocks[0].get('classes', YOLO_CLASSES)
+        if any(b.get('classes', YOLO_CLASSES) != self.nc for b in yolo_blocks):
             raise DarknetError(f'{self.cfg_file}: the [yolo] layers have different classes=')
         self.model = nn.ModuleList(layers + [DarknetHead(yolo_blocks, self.nc)])
         self.names = [str(i) for i in range(self.nc)]
@@ -332,7 +343,7 @@ class DarknetModel(nn.Module):
         self.model[-1].export = value
 
     def _strides(self):
-        s = min(256, *self.net_size)  # a dry run: 256 has whole cells up to stride 128 and costs little
+        s = 256  # a dry run of any net size: 256 has two cells or more up to stride 128 and costs little
         with torch.no_grad():
             raw = self.train().forward(torch.zeros(1, self.model[0].conv.in_channels, s, s))
         self.eval()
@@ -402,7 +413,7 @@ def _check_before_yolo(block, conv, c):
         raise DarknetError(f'{block.where()}: with new_coords={int(new_coords)} the conv before it must have '
                            f'activation={"logistic" if new_coords else "linear"}')
     conv.act = nn.Identity()
-    na, nc = len(block.anchors()), block.get('classes', 80)
+    na, nc = len(block.anchors()), block.get('classes', YOLO_CLASSES)
     if c != na * (5 + nc):
         raise DarknetError(f'{block.where()}: the layer before has {c} filters, not (classes + 5) * '
                            f'{na} = {na * (5 + nc)}')
@@ -417,17 +428,25 @@ def _conv_tensors(m):
     return [m.conv.bias, m.conv.weight]
 
 
+def wide_counter(major, minor):
+    """Whether a .weights header stores the images-seen counter as uint64: AlexeyAB darknet's load_weights_upto
+    (src/parser.c) reads 64 bits when major * 10 + minor >= 2, whatever else (pjreddie's original darknet also asks
+    major and minor below 1000)."""
+    return major * 10 + minor >= 2
+
+
 def weights_file_size(model, version=(0, 2, 5)):
     """The size in bytes of `model`'s .weights file: header (16 or 20 bytes) and one float32 per value."""
-    major, minor, _ = version
-    header = 20 if major * 10 + minor >= 2 and major < 1000 and minor < 1000 else 16
+    header = 20 if wide_counter(*version[:2]) else 16
     return header + 4 * sum(t.numel() for m in model.model if isinstance(m, DarknetConv) for t in _conv_tensors(m))
 
 
 def load_darknet_weights(model, path):
     """Read a darknet .weights file into `model` (a DarknetModel) exactly; returns the seen-images counter.
 
-    Header: int32 major, minor, revision, then the images seen as uint64 (version >= 0.2) or int32."""
+    Header: int32 major, minor, revision, then the images seen as uint64 (version >= 0.2) or int32; then per conv
+    layer, in cfg order, float32 biases, [scales, rolling mean, rolling variance], weights (load_convolutional_weights
+    in AlexeyAB darknet's src/parser.c)."""
     path = Path(path)
     if not path.is_file():
         raise DarknetError(f'darknet weights {path} not found')
@@ -435,7 +454,7 @@ def load_darknet_weights(model, path):
     if len(data) < 16:
         raise DarknetError(f'{path}: {len(data)} bytes is too short for a darknet .weights header')
     major, minor, revision = np.frombuffer(data[:12], dtype='<i4')
-    wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+    wide = wide_counter(major, minor)
     seen = int(np.frombuffer(data[12:20], '<u8')[0] if wide else np.frombuffer(data[12:16], '<i4')[0])
     body = data[20 if wide else 16:]
     if len(body) % 4:
@@ -460,7 +479,7 @@ def load_darknet_weights(model, path):
 def save_darknet_weights(model, path, seen=0, version=(0, 2, 5)):
     """Write `model`'s tensors as a darknet .weights file (version 0.2.5: a uint64 images-seen counter)."""
     major, minor, revision = version
-    wide = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+    wide = wide_counter(major, minor)
     parts = [np.array(version, dtype='<i4').tobytes(), np.array([seen], dtype='<u8' if wide else '<i4').tobytes()]
     for m in model.model:
         if isinstance(m, DarknetConv):

@@ -5,7 +5,7 @@
     model = yaml_from_darknet('yolov4-tiny.yaml', 'yolov4-tiny.weights')   # darknet's release in the YAML model
 
 Every layer maps onto darknet's standard layers (docs/architecture.md, "Darknet files"):
-- a batch norm keeps its values, its variance moved from the model's eps to darknet's 1e-6 (the same function;
+- a batch norm keeps its values, its variance moved from the model's eps to darknet's 1e-5 (the same function;
   float32 rounding). YOLOv4-tiny's YAML uses darknet's eps, so its files convert bit for bit both ways;
 - the batch norm + Mish that our BottleneckCSP2 and SPPCSP apply to their bottleneck branch a second time
   (darknet's own P5/P6/CSP cfgs do not) becomes a depthwise 1x1 [convolutional] with weights 1 and that norm,

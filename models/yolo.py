@@ -131,7 +131,7 @@ class Model(nn.Module):
             self.stride = m.stride
             self._initialize_biases()
         initialize_weights(self)
-        if 'bn_eps' in self.yaml:  # darknet's 1e-6 (YOLOv4-tiny), for its .weights to load exactly
+        if 'bn_eps' in self.yaml:  # darknet's 1e-5 (YOLOv4-tiny), for its .weights to load exactly
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.eps = float(self.yaml['bn_eps'])

@@ -2,7 +2,6 @@
 import copy
 import functools
 import http.server
-import os
 import sys
 import threading
 from pathlib import Path
@@ -11,10 +10,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# The optional larger dataset (128 COCO images with annotations); tests that need it skip without it.
-COCO128 = Path(os.environ.get('YOLO_COCO128', ROOT.parent / 'shared' / 'datasets' / 'coco128'))
-# darknet's own cfg files (yolov4.cfg, ...), beyond those shipped in models/; tests that need them skip without them.
-DARKNET_CFGS = Path(os.environ.get('YOLO_DARKNET_CFGS', ROOT.parent / 'shared' / 'darknet' / 'cfg'))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
