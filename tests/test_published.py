@@ -1,0 +1,99 @@
+"""Known answers from the published code itself (tests/data/published/, made by tests/published_fixtures.py running
+github:WongKinYiu/ScaledYOLOv4 branch yolov4-large): a checkpoint it pickled and stripped as the releases were, its
+model's outputs with and without TTA, its loss, and its test.py's COCO JSON boxes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, tiny_cfg
+from models.checkpoint import load_checkpoint, model_from_checkpoint
+from models.experimental import attempt_load
+from models.yolo import Model
+from published_fixtures import DEPTH, LOSS_NC, LOSS_TARGETS, OUT, OUTPUT_COLUMNS, WIDTH, loss_predictions
+from utils.loss import ComputeLoss
+
+PICKLE = OUT / 'p5-tiny.pt'
+
+
+@pytest.fixture(scope='module')
+def outputs():
+    return np.load(OUT / 'outputs.npz')
+
+
+def forward(model, image, augment=False):
+    x = torch.from_numpy(image.astype(np.float32)) / 255.0
+    with torch.no_grad():
+        return model(x, augment=augment)[0][..., :OUTPUT_COLUMNS].numpy()
+
+
+def assert_outputs_match(ours, published):
+    """Boxes within 2e-3 px and scores within 1e-5 (float32 rounding of the same float16 weights)."""
+    assert ours.shape == published.shape
+    np.testing.assert_allclose(ours[..., :4], published[..., :4], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(ours[..., 4:], published[..., 4:], rtol=0, atol=1e-5)
+
+
+def test_published_pickle_loads_with_its_outputs(outputs):
+    """The published code's own pickle (whole Model, mish_cuda.MishCuda, float16 by its strip_optimizer) loads
+    without running code from the file and gives the published model's outputs."""
+    model = attempt_load(PICKLE, map_location='cpu')
+    assert model.names[0] == 'person' and model.nc == 80 and model.stride.tolist() == [8, 16, 32]
+    assert_outputs_match(forward(model, outputs['image']), outputs['plain'])
+
+
+def test_2020_pickle_state_is_upgraded(tmp_path, outputs):
+    """The 2020 releases were pickled by PyTorch 1.6 and an older train.py: no Upsample.recompute_scale_factor, no
+    Conv2d.padding_mode, no model names or nc, a Detect grid of another size. The same pickle stripped of those
+    loads and runs as the published model (models.checkpoint._upgrade_released_model)."""
+    ckpt = load_checkpoint(PICKLE)
+    model = ckpt['model']
+    for m in model.modules():
+        if isinstance(m, torch.nn.Upsample):
+            del m.recompute_scale_factor
+        elif isinstance(m, torch.nn.Conv2d):
+            del m.padding_mode
+    model.model[-1].grid = [torch.zeros(1, 1, 3, 3, 2)] * model.model[-1].nl
+    del model.names, model.nc
+    torch.save(ckpt, tmp_path / 'old.pt')
+    old = model_from_checkpoint(load_checkpoint(tmp_path / 'old.pt')).fuse().eval()
+    assert old.nc == 80 and len(old.names) == 80
+    assert_outputs_match(forward(old, outputs['image']), outputs['plain'])
+
+
+def test_tta_is_published(outputs):
+    """forward(augment=True): scales 1, 0.83, 0.67 with the middle one flipped left-right, boxes mapped back."""
+    model = attempt_load(PICKLE, map_location='cpu')
+    assert_outputs_match(forward(model, outputs['image'], augment=True), outputs['tta'])
+
+
+def test_loss_is_published():
+    """The published compute_loss on seeded predictions and targets (nc=3, hyp.scratch.yaml, class gain scaled by
+    nc / 80 as the published train.py does): the total and its box, objectness and class parts."""
+    judged = np.load(OUT / 'loss.npz')
+    model = Model(tiny_cfg('yolov4-p5', DEPTH, WIDTH, nc=LOSS_NC))
+    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
+    p = [torch.from_numpy(a) for a in loss_predictions([tuple(s) for s in judged['shapes']])]
+    loss, items = ComputeLoss(model, dict(hyp, cls=hyp['cls'] * LOSS_NC / 80))(p, torch.from_numpy(LOSS_TARGETS))
+    np.testing.assert_allclose(loss.detach().numpy(), judged['loss'], rtol=1e-5)
+    np.testing.assert_allclose(items.numpy(), judged['items'], rtol=1e-5)
+
+
+def test_coco_json_boxes_are_published(tmp_path):
+    """test.py --save-json on data/coco8 at 192, conf 0.001, iou 0.65: the same detections as the published
+    test.py's JSON, boxes mapped back to the original pixels (scale_coords) and written as COCO x, y, w, h."""
+    import test
+    test.test(str(ROOT / 'data' / 'coco8.yaml'), str(PICKLE), batch_size=8, imgsz=192, conf_thres=0.001,
+              iou_thres=0.65, save_json=True, save_dir=tmp_path, plots=False, device='cpu', workers=0)
+    ours = json.loads((tmp_path / 'detections_val2017_p5-tiny_results.json').read_text())
+    published = json.loads((OUT / 'test-json.json').read_text())
+    assert len(ours) == len(published) > 1000
+
+    def rows(dets):
+        return np.array(sorted((d['image_id'], d['category_id'], -d['score'], *d['bbox']) for d in dets))
+    a, b = rows(ours), rows(published)
+    np.testing.assert_array_equal(a[:, :2], b[:, :2])
+    np.testing.assert_allclose(a[:, 2], b[:, 2], rtol=0, atol=2e-5)  # scores rounded to 5 places
+    np.testing.assert_allclose(a[:, 3:], b[:, 3:], rtol=0, atol=2e-3)  # boxes rounded to 3 places
