@@ -183,13 +183,11 @@ def model_from_payload(payload, path='checkpoint'):
 
 
 def _upgrade_released_model(model):
-    """Make a model unpickled from a release (PyTorch 1.6-era module state) run on today's PyTorch."""
+    """Make a model unpickled from a release (PyTorch 1.6-era module state, an older train.py) run today. PyTorch's
+    own __setstate__ restores what 1.6 lacked (Upsample.recompute_scale_factor, Conv2d.padding_mode); this adds
+    the names and nc the model lacks and drops the Detect grids cached at another size."""
     for m in model.modules():
-        if isinstance(m, nn.Upsample) and not hasattr(m, 'recompute_scale_factor'):
-            m.recompute_scale_factor = None
-        elif isinstance(m, nn.Conv2d) and not hasattr(m, 'padding_mode'):
-            m.padding_mode = 'zeros'
-        elif isinstance(m, Detect):
+        if isinstance(m, Detect):
             m.grid = [torch.zeros(1)] * m.nl
     if not hasattr(model, 'names'):
         model.names = [str(i) for i in range(model.yaml['nc'])]

@@ -41,7 +41,8 @@ def main(size, conf, *specs):
         name, _, target = spec.partition('=')
         path, _, precision = target.partition(':') if not target.endswith('.pt') else (target, '', '')
         if path.endswith('.pt') and 'torchscript' not in path:
-            model, meta = attempt_load(path), {}
+            model = attempt_load(path)
+            meta = {'names': list(model.names), 'nc': model.nc, 'stride': model.stride.tolist()}
         else:
             model = load_exported(path, precision=precision or None)
             meta = {'names': model.names, 'nc': model.nc, 'stride': model.stride.tolist(),

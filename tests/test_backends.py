@@ -76,9 +76,9 @@ def test_metadata_round_trip(exports, outputs):
     assert {k: export_kind(v) for k, v in exports[1].items()} == {
         'torchscript': 'torchscript', 'onnx': 'onnx', 'openvino': 'openvino', 'onnx-int8': 'onnx',
         'openvino-int8': 'openvino'}
-    names = outputs['pt'][0] or None
-    coco = outputs['onnx'][0]['names']
-    assert names is None and len(coco) == 80 and coco[0] == 'person'
+    pytorch = outputs['pt'][0]  # every export carries the PyTorch model's names, classes and strides
+    coco = pytorch['names']
+    assert len(coco) == 80 and coco[0] == 'person' and pytorch['nc'] == 80 and pytorch['stride'] == [8, 16, 32]
     for fmt in ('torchscript', 'onnx', 'openvino', 'onnx-int8', 'openvino-int8', 'openvino-bf16'):
         meta = outputs[fmt][0]
         assert meta['names'] == coco and meta['nc'] == 80 and meta['stride'] == [8, 16, 32]

@@ -99,7 +99,8 @@ def test_test_mode_prints_the_time_split(capsys):
     row = re.search(r'\n\s+4\s+contiguous\s+8\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)\s+[\d.]+'
                     r'\s+([\d.]+)', out)
     total, inference, nms, coco, rest, command = map(float, row.groups())
-    assert total == pytest.approx(inference + nms + coco + rest, abs=0.02) and inference > 0
+    # the parts are measured separately and 'rest' is what is left of the total: nothing may be counted twice
+    assert inference > 0 and min(nms, coco) >= 0 and rest >= -0.02 and inference + nms + coco <= total + 0.02
     assert command > 0  # a fresh process was timed (comparing it with the in-process split is timing: flaky)
 
 

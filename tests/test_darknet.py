@@ -130,8 +130,10 @@ def test_cfg_errors_name_the_line(tmp_path, edit, needle):
     text = (ROOT / 'models' / 'yolov4-tiny.cfg').read_text()
     first_conv = text.index('[convolutional]')
     (tmp_path / 'm.cfg').write_text(text[:first_conv] + edit + text[first_conv:])
-    if needle is None:  # a well-formed extra layer: the model builds (and the yolo check catches nothing)
-        DarknetModel(tmp_path / 'm.cfg')
+    if needle is None:  # a well-formed extra layer: the model builds with it, and the layer after reads its 8 maps
+        model = DarknetModel(tmp_path / 'm.cfg')
+        assert len(model.model) == len(DarknetModel('yolov4-tiny.cfg').model) + 1
+        assert model.model[0].conv.out_channels == 8 and model.model[1].conv.in_channels == 8
         return
     with pytest.raises(DarknetError, match=needle):
         DarknetModel(tmp_path / 'm.cfg')

@@ -47,7 +47,8 @@ def test_published_pickle_loads_with_its_outputs(outputs):
 def test_2020_pickle_state_is_upgraded(tmp_path, outputs):
     """The 2020 releases were pickled by PyTorch 1.6 and an older train.py: no Upsample.recompute_scale_factor, no
     Conv2d.padding_mode, no model names or nc, a Detect grid of another size. The same pickle stripped of those
-    loads and runs as the published model (models.checkpoint._upgrade_released_model)."""
+    loads and runs as the published model (PyTorch's __setstate__ restores the first two;
+    models.checkpoint._upgrade_released_model the rest)."""
     ckpt = load_checkpoint(PICKLE)
     model = ckpt['model']
     for m in model.modules():
