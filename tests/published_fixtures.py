@@ -6,9 +6,10 @@ The published code runs in processes of its own (its `models` and `utils` packag
 checkout given on the command line, never copied here. Two shims let the 2020 code run on today's libraries, and
 change none of its arithmetic: a `mish_cuda` module whose MishCuda is x * tanh(softplus(x)) (the extension's
 function, so the pickle names `mish_cuda.MishCuda` as the released files do), and numpy's removed aliases
-(np.int, np.float, np.trapz) restored, and an integer tensor's clamp_ by a float tensor's value (build_targets' grid
-indices), which 2020's PyTorch did and today's refuses. The Model is built under torch.no_grad(), where today's PyTorch lets its bias
-priors be written in place as 2020's did. torch.load is told to unpickle whole models (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
+(np.int, np.float, np.trapz) restored, and an integer tensor's clamp_ by a float tensor's value (build_targets'
+grid indices), which 2020's PyTorch did and today's refuses. The Model is built under torch.no_grad(), where
+today's PyTorch lets its bias priors be written in place as 2020's did. torch.load is told to unpickle whole models
+(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
 
 What it writes (tests/test_published.py reads them):
 - p5-tiny.pt: the quick start's trained weights (tests/data/quickstart-p5-tiny.pt) in the published Model of
@@ -21,8 +22,9 @@ What it writes (tests/test_published.py reads them):
 - loss.npz: the published utils.general.compute_loss on seeded predictions (numpy default_rng(LOSS_SEED) normals,
   shapes `shapes`) and `targets`, for that model's P5 head with nc=3 and hyp.scratch.yaml with its class gain
   scaled by nc / 80 as the published train.py does: `loss` (total x batch) and `items` (lbox, lobj, lcls, total).
-- test-json.json: the published test.py's test() (as its __main__ calls it, figures off) --save-json on data/coco8 at --img 192 --conf 0.001 --iou 0.65 --batch 8
-  with p5-tiny.pt: the COCO JSON boxes pycocotools scores.
+- test-json.json: the published test.py's test() (as its __main__ calls it, figures off) with --save-json on
+  data/coco8 at --img 192 --conf 0.001 --iou 0.65 --batch 8 with p5-tiny.pt: the COCO JSON boxes pycocotools
+  scores.
 """
 import json
 import os

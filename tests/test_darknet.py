@@ -378,4 +378,5 @@ def test_yolo_classes_default_is_darknets():
     with pytest.raises(DarknetError, match=r'not \(classes \+ 5\) \* 3 = 75'):
         DarknetModel(text=TWO_LAYER_ROUTE.format(filters=255, classes=''))
     with pytest.raises(DarknetError, match='only an \\[upsample\\] with scale=1'):
-        DarknetModel(text=TWO_LAYER_ROUTE.format(filters=75, classes='').replace('[route]', '[upsample]\nscale=2\n[route]'))
+        DarknetModel(text=TWO_LAYER_ROUTE.format(filters=75, classes='').replace('[route]',
+                                                                                '[upsample]\nscale=2\n[route]'))
