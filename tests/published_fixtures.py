@@ -144,9 +144,10 @@ def judge_loss(out):
 
 
 def judge_test_json(out, tmp):
+    import yaml
     data = Path(tmp) / 'coco8'
     shutil.copytree(ROOT / 'data' / 'coco8', data, ignore=shutil.ignore_patterns('*.cache*'))  # without our cache
-    names = json.loads(json.dumps(__import__('yaml').safe_load(open(ROOT / 'data' / 'coco8.yaml'))['names']))
+    names = yaml.safe_load((ROOT / 'data' / 'coco8.yaml').read_text())['names']
     (Path(tmp) / 'coco8.yaml').write_text(json.dumps({'train': str(data / 'images'), 'val': str(data / 'images'),
                                                       'nc': 80, 'names': names}))
     import argparse
