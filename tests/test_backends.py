@@ -98,8 +98,9 @@ def test_float32_runtimes_give_pytorch_detections(outputs):
 
 
 def test_int8_and_bf16_keep_the_detections(outputs):
-    """On this width-0.125 model at 192 (the smallest there is) 8 bits move boxes by a pixel: INT8 keeps 89% of the
-    detections at IoU 0.5 and 43% at 0.9, bfloat16 93% at 0.9. The README's figures for YOLOv4-tiny at 416 (a real
+    """On this width-0.125 model at 192 (the smallest there is) 8 bits move boxes by a pixel: INT8 keeps 89-93% of
+    the detections at IoU 0.5 and 34-36% at 0.9 (7-bit weights, reduce_range), bfloat16 93-100% at 0.9. Without
+    reduce_range, ONNX Runtime's int8 kernels on a CPU without VNNI (AVX2) saturated and kept 7%. The README's figures for YOLOv4-tiny at 416 (a real
     model's channel counts) are 100% at 0.9 for both; a calibration that read images wrong would keep none."""
     reference = outputs['pt'][1]
     assert _kept(reference, outputs['onnx-int8'][1], min_iou=0.5) >= 0.8
@@ -120,7 +121,8 @@ def test_test_py_and_detect_py_run_every_backend(exports, tmp_path):
         if fmt != 'torchscript' and fmt != 'pt':
             assert 'static 192x192 input: images are letterboxed to 192 and batches are not rectangular' in r.stderr
     assert maps['torchscript'] == pytest.approx(maps['pt'], abs=0.005)  # the same rectangular batches
-    assert maps['onnx'] == maps['openvino'] and abs(maps['onnx-int8'] - maps['onnx']) <= 0.03, maps  # see above
+    # see above; 7-bit weights cost this narrow model 0.05 of mAP on 8 images (0.25 against 0.30 on an AVX2 CPU)
+    assert maps['onnx'] == maps['openvino'] and abs(maps['onnx-int8'] - maps['onnx']) <= 0.06, maps
     for fmt in ('onnx', 'openvino-int8'):
         r = subprocess.run([sys.executable, 'detect.py', '--weights', str(files[fmt]), '--source', str(IMAGES),
                             '--img', '640', '--conf-thres', '0.1', '--device', 'cpu', '--project', str(tmp_path),
