@@ -18,15 +18,21 @@ def _free_port():
 
 
 def _two_nodes(args, tmp_path):
-    """Start node 0 and node 1 (one process each) with the same rendezvous endpoint; returns their results."""
+    """Start node 0 and node 1 (one process each) with the same rendezvous endpoint; returns their exit codes and
+    standard error. Their output goes to files: a pipe nobody reads fills up, and a node blocked writing to it never
+    reached the rendezvous (the other node then failed with 'wait timeout ... MASTER_ADDR')."""
     endpoint = f'127.0.0.1:{_free_port()}'
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    procs = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc_per_node', '1',
-                               '--node_rank', str(node), '--rdzv_backend', 'c10d', '--rdzv_endpoint', endpoint,
-                               '--rdzv_id', 'job1', 'train.py', *map(str, args)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for node in (0, 1)]
-    return [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+    logs = [tmp_path / f'node{node}-{len(list(tmp_path.glob("node*.log")))}.log' for node in (0, 1)]
+    procs = []
+    for node, log in zip((0, 1), logs):
+        with open(log, 'w') as f:
+            procs.append(subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2',
+                                           '--nproc_per_node', '1', '--node_rank', str(node), '--rdzv_backend', 'c10d',
+                                           '--rdzv_endpoint', endpoint, '--rdzv_id', 'job1', 'train.py',
+                                           *map(str, args)],
+                                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, text=True, env=env))
+    return [(p.wait(timeout=600), log.read_text()) for p, log in zip(procs, logs)]
 
 
 def test_two_nodes_train_then_resume_from_shared_last(tmp_path):
