@@ -3,12 +3,12 @@
     python tests/published_fixtures.py PUBLISHED_CHECKOUT      # rewrites tests/data/published/
 
 The published code runs in processes of its own (its `models` and `utils` packages have our names), from a
-checkout given on the command line, never copied here. Two shims let the 2020 code run on today's libraries, and
-change none of its arithmetic: a `mish_cuda` module whose MishCuda is x * tanh(softplus(x)) (the extension's
-function, so the pickle names `mish_cuda.MishCuda` as the released files do), and numpy's removed aliases
-(np.int, np.float, np.trapz) restored, and an integer tensor's clamp_ by a float tensor's value (build_targets'
-grid indices), which 2020's PyTorch did and today's refuses. The Model is built under torch.no_grad(), where
-today's PyTorch lets its bias priors be written in place as 2020's did. torch.load is told to unpickle whole models
+checkout given on the command line, never copied here. Shims let the 2020 code run on today's libraries and change
+none of its arithmetic: a `mish_cuda` module whose MishCuda is x * tanh(softplus(x)) (the extension's function, so
+the pickle names `mish_cuda.MishCuda` as the released files do); numpy's removed aliases (np.int, np.float,
+np.trapz); an integer tensor's clamp_ by a float tensor's value (build_targets' grid indices), which 2020's PyTorch
+did and today's refuses; the Model's bias priors written under torch.no_grad(), where today's PyTorch lets them be
+written in place through a view as 2020's did. torch.load is told to unpickle whole models
 (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
 
 What it writes (tests/test_published.py reads them):
@@ -22,6 +22,12 @@ What it writes (tests/test_published.py reads them):
 - loss.npz: the published utils.general.compute_loss on seeded predictions (numpy default_rng(LOSS_SEED) normals,
   shapes `shapes`) and `targets`, for that model's P5 head with nc=3 and hyp.scratch.yaml with its class gain
   scaled by nc / 80 as the published train.py does: `loss` (total x batch) and `items` (lbox, lobj, lcls, total).
+- recipe.json: the published train.py itself, run for TRAIN_EPOCHS epochs on data/coco8 (batch TRAIN_BATCH, --img
+  TRAIN_IMG, the P5 at depth 0.33, width 0.125 from scratch, hyp.scratch.yaml, --notest), with its optimizer's
+  step and ModelEMA.update wrapped to record, at every step, each parameter group's size, learning rate, momentum
+  and weight decay, and the EMA decay of every update. Every step here is a warm-up iteration (nw = 1000) taken
+  with accumulation 1, so step k is iteration k of epoch k // (8 / TRAIN_BATCH). Its figures are skipped (today's
+  matplotlib breaks its colour table).
 - test-json.json: the published test.py's test() (as its __main__ calls it, figures off) with --save-json on
   data/coco8 at --img 192 --conf 0.001 --iou 0.65 --batch 8 with p5-tiny.pt: the COCO JSON boxes pycocotools
   scores.
@@ -46,6 +52,8 @@ LOSS_SEED, LOSS_NC, LOSS_BATCH = 0, 3, 2
 LOSS_TARGETS = np.array([[0, 0, 0.50, 0.50, 0.20, 0.30], [0, 1, 0.12, 0.81, 0.05, 0.07],
                          [0, 2, 0.33, 0.66, 0.60, 0.45], [1, 0, 0.74, 0.26, 0.11, 0.09],
                          [1, 2, 0.49, 0.51, 0.90, 0.85], [1, 1, 0.04, 0.96, 0.03, 0.02]], dtype=np.float32)
+
+TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_IMG = 3, 2, 64
 
 SHIM_MISH = '''import torch, torch.nn as nn, torch.nn.functional as F
 class MishCuda(nn.Module):
@@ -94,8 +102,7 @@ def published_model(nc=80):
     cfg = yaml.safe_load(open('models/yolov4-p5.yaml'))
     cfg.update(depth_multiple=DEPTH, width_multiple=WIDTH, nc=nc)
     torch.manual_seed(0)
-    with torch.no_grad():  # its bias priors are written in place through a view, which PyTorch >= 1.7 refuses
-        return Model(cfg)  # outside no_grad (the same values)
+    return Model(cfg)
 
 
 def judge_checkpoint(out):
@@ -160,12 +167,62 @@ def judge_test_json(out, tmp):
     shutil.move('detections_val2017_p5-tiny_results.json', out / 'test-json.json')
 
 
+def judge_recipe(out, tmp):
+    import runpy
+    import yaml
+    import torch
+    import utils.general
+    import utils.torch_utils
+    cfg = yaml.safe_load(open('models/yolov4-p5.yaml'))
+    cfg.update(depth_multiple=DEPTH, width_multiple=WIDTH)
+    (Path(tmp) / 'p5-tiny.yaml').write_text(yaml.safe_dump(cfg))
+    data = Path(tmp) / 'coco8.yaml'  # written by judge_test_json
+    steps, decays = [], []
+    step, update = torch.optim.SGD.step, utils.torch_utils.ModelEMA.update
+
+    def recording_step(self, *args, **kwargs):
+        steps.append([{'params': len(g['params']), 'lr': g['lr'], 'momentum': g['momentum'],
+                       'weight_decay': g['weight_decay']} for g in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    def recording_update(self, model):
+        decays.append(self.decay(self.updates + 1))
+        return update(self, model)
+    torch.optim.SGD.step, utils.torch_utils.ModelEMA.update = recording_step, recording_update
+    utils.general.plot_images = utils.general.plot_labels = lambda *args, **kwargs: None
+    sys.argv = ['train.py', '--cfg', str(Path(tmp) / 'p5-tiny.yaml'), '--data', str(data), '--hyp',
+                'data/hyp.scratch.yaml', '--weights', '', '--epochs', str(TRAIN_EPOCHS), '--batch-size',
+                str(TRAIN_BATCH), '--img-size', str(TRAIN_IMG), str(TRAIN_IMG), '--device', 'cpu', '--notest',
+                '--nosave', '--noautoanchor', '--logdir', str(Path(tmp) / 'runs')]
+    try:
+        runpy.run_path('train.py', run_name='__main__')
+    finally:
+        torch.optim.SGD.step, utils.torch_utils.ModelEMA.update = step, update
+    (out / 'recipe.json').write_text(json.dumps({'epochs': TRAIN_EPOCHS, 'batch': TRAIN_BATCH, 'images': 8,
+                                                 'steps': steps, 'ema_decay': decays}, indent=0))
+
+
+def bias_priors_without_grad():
+    """The published Model writes its bias priors in place through a view of a parameter, which PyTorch >= 1.7
+    refuses outside torch.no_grad(); the same writes under no_grad give the same values."""
+    import torch
+    from models.yolo import Model
+    initialize = Model._initialize_biases
+
+    def _initialize_biases(self, *args, **kwargs):
+        with torch.no_grad():
+            return initialize(self, *args, **kwargs)
+    Model._initialize_biases = _initialize_biases
+
+
 def judge(out, tmp):
     out = Path(out)
+    bias_priors_without_grad()
     judge_checkpoint(out)
     judge_outputs(out)
     judge_loss(out)
     judge_test_json(out, tmp)
+    judge_recipe(out, tmp)
 
 
 def regenerate(published):

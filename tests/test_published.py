@@ -98,3 +98,32 @@ def test_coco_json_boxes_are_published(tmp_path):
     np.testing.assert_array_equal(a[:, :2], b[:, :2])
     np.testing.assert_allclose(a[:, 2], b[:, 2], rtol=0, atol=2e-5)  # scores rounded to 5 places
     np.testing.assert_allclose(a[:, 3:], b[:, 3:], rtol=0, atol=2e-3)  # boxes rounded to 3 places
+
+
+def test_recipe_is_published():
+    """The published train.py's own optimizer steps (recipe.json): parameter groups, warm-up learning rates
+    (biases falling from 0.1, the rest rising from 0 towards lr0 x the cosine factor of the epoch), momentum
+    (0.9 rising to hyp momentum), weight decay scaled to the nominal batch 64, and the EMA decay ramp. Ours are
+    built and stepped as train.py does."""
+    from utils.optim import cosine_lr, smart_optimizer, warmup_iterations, warmup_step
+    from utils.torch_utils import ModelEMA
+    judged = json.loads((OUT / 'recipe.json').read_text())
+    batches = judged['images'] // judged['batch']
+    model = Model(tiny_cfg('yolov4-p5', DEPTH, WIDTH))
+    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
+    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, judged['batch'])
+    lr_lambda = cosine_lr(judged['epochs'], hyp.get('lrf', 0.2))
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda)
+    warmup = warmup_iterations(batches, hyp)
+    assert warmup == 1000 and len(judged['steps']) == judged['epochs'] * batches
+    for ni, groups in enumerate(judged['steps']):
+        assert warmup_step(optimizer, ni, warmup, nominal_accumulate, lr_lambda(ni // batches),
+                           hyp['momentum']) == 1
+        ours = [{'params': len(g['params']), 'lr': g['lr'], 'momentum': g['momentum'],
+                 'weight_decay': g['weight_decay']} for g in optimizer.param_groups]
+        assert [g['params'] for g in ours] == [g['params'] for g in groups]
+        for key in ('lr', 'momentum', 'weight_decay'):
+            assert [g[key] for g in ours] == pytest.approx([g[key] for g in groups], rel=1e-12, abs=1e-15), (ni, key)
+    ema = ModelEMA(model)
+    assert [ema.decay(u) for u in range(1, len(judged['ema_decay']) + 1)] == pytest.approx(judged['ema_decay'],
+                                                                                          rel=1e-12)
