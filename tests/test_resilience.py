@@ -339,47 +339,58 @@ class FakeStore:
         return self.data[key].encode()
 
 
-def _watchdogs(timeout=0.6):
+class FakeClock:
+    """Seconds that pass only when a test says so: the watchdog tests need no sleeps and no threads."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _watchdogs(timeout=10):
     from utils.watchdog import Watchdog
-    store, ended = FakeStore(), {}
-    dogs = [Watchdog(timeout, r, 2, store, exit_fn=lambda m, r=r: ended.setdefault(r, m)) for r in (0, 1)]
+    store, ended, clock = FakeStore(), {}, FakeClock()
+    dogs = [Watchdog(timeout, r, 2, store, exit_fn=lambda m, r=r: ended.setdefault(r, m), clock=clock) for r in (0, 1)]
     for d in dogs:
         d.arm()
         d.beat('forward/backward', 'epoch 0 batch 0')
-        d.start()
-    return dogs, ended
+    return dogs, ended, clock
+
+
+def _pass(clock, seconds, dogs, each_second=None):
+    """`seconds` of the watchdogs' rounds (one a second, as a 10 s timeout gives), calling each_second() first."""
+    for _ in range(seconds):
+        clock.now += 1
+        if each_second:
+            each_second()
+        for d in dogs:
+            d.check()
 
 
 def test_watchdog_waits_while_rank_0_evaluates_then_names_a_stopped_rank():
-    dogs, ended = _watchdogs()
-    try:
-        dogs[1].beat('all-reduce', 'agreeing on the step', waiting=True)
-        t = time.time()
-        while time.time() - t < 2.5:  # rank 0 evaluates for 4 timeouts; rank 1 waits: not a hang
-            dogs[0].beat('evaluation', 'batch 3')
-            time.sleep(0.05)
-        assert not ended
-        dogs[0]._stop.set()  # rank 0 stops: no sign of life (its records are no longer published)
-        time.sleep(2.5)
-        assert 0 not in ended and ended[1].startswith('train.py: error: rank 0 (pid ') and \
-            'shows no sign of life' in ended[1] and 'last seen evaluation (batch 3)' in ended[1]
-    finally:
-        for d in dogs:
-            d.stop()
+    dogs, ended, clock = _watchdogs()
+    dogs[1].beat('all-reduce', 'agreeing on the step', waiting=True)
+    _pass(clock, 40, dogs, lambda: dogs[0].beat('evaluation', 'batch 3'))  # 4 timeouts: rank 1 waits, no hang
+    assert not ended
+    _pass(clock, 9, dogs[1:])  # rank 0 stops: its records are no longer published
+    assert not ended
+    _pass(clock, 3, dogs[1:])
+    assert 0 not in ended and ended[1].startswith('train.py: error: rank 0 (pid ') and \
+        'shows no sign of life for 11 s' in ended[1] and 'last seen evaluation (batch 3)' in ended[1]
 
 
 def test_watchdog_names_a_rank_stuck_in_its_own_phase():
-    dogs, ended = _watchdogs()
-    try:
-        dogs[0].beat('loading data', 'epoch 2 batch 5; data-loader workers [123, 124]')
-        dogs[1].beat('all-reduce', 'agreeing on the step', waiting=True)
-        time.sleep(2.5)
-        assert re.fullmatch(r'train\.py: error: rank 0 made no progress for \d+ s while loading data \(epoch 2 batch '
-                            r'5; data-loader workers \[123, 124\]\); ending this process so that the job can be '
-                            r'restarted \(torchrun --max-restarts\) or resumed \(--resume\)', ended[0]), ended[0]
-    finally:
-        for d in dogs:
-            d.stop()
+    dogs, ended, clock = _watchdogs()
+    dogs[0].beat('loading data', 'epoch 2 batch 5; data-loader workers [123, 124]')
+    dogs[1].beat('all-reduce', 'agreeing on the step', waiting=True)
+    _pass(clock, 10, dogs)
+    assert not ended  # exactly the timeout: not yet
+    _pass(clock, 1, dogs)
+    assert re.fullmatch(r'train\.py: error: rank 0 made no progress for 11 s while loading data \(epoch 2 batch '
+                        r'5; data-loader workers \[123, 124\]\); ending this process so that the job can be '
+                        r'restarted \(torchrun --max-restarts\) or resumed \(--resume\)', ended[0]), ended[0]
 
 
 def test_sigterm_during_evaluation_saves_the_finished_epoch(files, reference, tmp_path):
@@ -426,17 +437,13 @@ def test_only_a_different_hyp_is_a_new_schedule(files, tmp_path):
 
 def test_watchdog_without_a_store_leaves_waits_to_the_process_group():
     from utils.watchdog import Watchdog
-    ended = []
-    dog = Watchdog(0.5, 1, 2, None, exit_fn=ended.append)
+    ended, clock = [], FakeClock()
+    dog = Watchdog(10, 1, 2, None, exit_fn=ended.append, clock=clock)
     dog.arm()
     dog.beat('forward/backward')
     dog.beat('all-reduce', 'agreeing on the step', waiting=True)
-    dog.start()
-    try:
-        time.sleep(1.5)
-        assert not ended  # it cannot tell a slow rank 0 from a lost one
-        dog.beat('loading data', 'epoch 0 batch 1')
-        time.sleep(1.5)
-        assert ended and 'rank 1 made no progress' in ended[0] and 'while loading data' in ended[0]
-    finally:
-        dog.stop()
+    _pass(clock, 30, [dog])
+    assert not ended  # it cannot tell a slow rank 0 from a lost one
+    dog.beat('loading data', 'epoch 0 batch 1')
+    _pass(clock, 11, [dog])
+    assert ended and 'rank 1 made no progress for 11 s' in ended[0] and 'while loading data' in ended[0]

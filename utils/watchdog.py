@@ -28,15 +28,17 @@ SLOW_PHASES = {'saving checkpoint': 4}  # phases allowed a multiple of the timeo
 
 
 class Watchdog:
-    """See the module docstring. timeout in seconds (0: off); store: the process group's store (DDP) or None."""
+    """See the module docstring. timeout in seconds (0: off); store: the process group's store (DDP) or None.
+    `clock` (seconds, default time.monotonic) and `check()` let a test drive it without threads or sleeps."""
 
-    def __init__(self, timeout, rank=-1, world_size=1, store=None, prefix='train.py', exit_fn=None):
+    def __init__(self, timeout, rank=-1, world_size=1, store=None, prefix='train.py', exit_fn=None,
+                 clock=time.monotonic):
         self.timeout, self.rank, self.world_size, self.store = timeout, rank, world_size, store
-        self.prefix = prefix
+        self.prefix, self.clock = prefix, clock
         self.exit_fn = exit_fn or _exit_now
         self.interval = min(max(timeout / 10, 0.2), 5.0)
         self.phase, self.detail, self.waiting = 'starting', '', False
-        self.beats, self.last_beat = 0, time.monotonic()
+        self.beats, self.last_beat, self.heartbeats = 0, clock(), 0
         self.armed = False
         self.peers = {}  # rank -> dict(record, seen_alive, seen_progress): when its counters last changed here
         self._stop = threading.Event()
@@ -60,7 +62,7 @@ class Watchdog:
         """Progress: the training thread enters `phase` (waiting=True: a wait for the other ranks)."""
         self.phase, self.detail, self.waiting = phase, detail, waiting
         self.beats += 1
-        self.last_beat = time.monotonic()
+        self.last_beat = self.clock()
         if self.armed is None and not waiting:
             self.armed = True
 
@@ -68,18 +70,24 @@ class Watchdog:
         return self.timeout * SLOW_PHASES.get(phase, 1)
 
     def _run(self):
-        hb = 0
         while not self._stop.wait(self.interval):
-            hb += 1
-            now = time.monotonic()
-            if self.store is not None:
-                self._exchange(hb, now)
-            if self.armed is True and now - self.last_beat > self._limit(self.phase):
-                message = self._diagnose(now)
-                if message:
-                    self.exit_fn(f'{self.prefix}: error: {message}; ending this process so that the job can be '
-                                 f'restarted (torchrun --max-restarts) or resumed (--resume)')
-                    return
+            if self.check():
+                return
+
+    def check(self):
+        """One round of the watchdog thread: publish and read the records, and end the process (exit_fn) when
+        this rank is stuck or waits for a rank that is; returns whether it ended."""
+        self.heartbeats += 1
+        now = self.clock()
+        if self.store is not None:
+            self._exchange(self.heartbeats, now)
+        if self.armed is True and now - self.last_beat > self._limit(self.phase):
+            message = self._diagnose(now)
+            if message:
+                self.exit_fn(f'{self.prefix}: error: {message}; ending this process so that the job can be '
+                             f'restarted (torchrun --max-restarts) or resumed (--resume)')
+                return True
+        return False
 
     def _exchange(self, hb, now):
         """Publish this rank's record and read the others'; note when each peer's counters last changed."""
