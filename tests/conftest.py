@@ -2,8 +2,10 @@
 import copy
 import functools
 import http.server
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,27 @@ def tiny_cfg(name='yolov4-p5', depth=0.33, width=0.125, nc=None):
     if nc is not None:
         d['nc'] = nc
     return copy.deepcopy(d)
+
+
+class DrainedProcess(subprocess.Popen):
+    """A subprocess whose stderr a thread reads as it is written (stdout is discarded). A test that polls a file
+    while the process runs would otherwise leave the pipe to fill up and block the process mid-run.
+    communicate() returns (None, all of stderr); `lines` holds (time read, line) pairs as they come."""
+
+    def __init__(self, cmd, **kwargs):
+        super().__init__(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.stderr:
+            self.lines.append((time.time(), line))
+
+    def communicate(self, input=None, timeout=None):
+        self.wait(timeout=timeout)
+        self._reader.join(timeout=60)
+        return None, ''.join(line for _, line in self.lines)
 
 
 @pytest.fixture

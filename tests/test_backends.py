@@ -100,8 +100,9 @@ def test_float32_runtimes_give_pytorch_detections(outputs):
 def test_int8_and_bf16_keep_the_detections(outputs):
     """On this width-0.125 model at 192 (the smallest there is) 8 bits move boxes by a pixel: INT8 keeps 89-93% of
     the detections at IoU 0.5 and 34-36% at 0.9 (7-bit weights, reduce_range), bfloat16 93-100% at 0.9. Without
-    reduce_range, ONNX Runtime's int8 kernels on a CPU without VNNI (AVX2) saturated and kept 7%. The README's figures for YOLOv4-tiny at 416 (a real
-    model's channel counts) are 100% at 0.9 for both; a calibration that read images wrong would keep none."""
+    reduce_range, ONNX Runtime's int8 kernels on a CPU without VNNI (AVX2) saturated and kept 7%. The README's
+    figures for YOLOv4-tiny at 416 (a real model's channel counts) are 100% at 0.9 for both; a calibration that
+    read images wrong would keep none."""
     reference = outputs['pt'][1]
     assert _kept(reference, outputs['onnx-int8'][1], min_iou=0.5) >= 0.8
     assert _kept(reference, outputs['openvino-int8'][1], min_iou=0.5) >= 0.8

@@ -11,14 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_cfg
+from conftest import ROOT, DrainedProcess, tiny_cfg
 
 DATA = str(ROOT / 'data' / 'coco8.yaml')
 
@@ -44,8 +43,7 @@ def _popen(args, torchrun=None, **kw):
     cmd = [sys.executable, 'train.py'] if torchrun is None else \
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', _free_port(),
          *torchrun, 'train.py']
-    return subprocess.Popen(cmd + [str(a) for a in args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), **kw)
+    return DrainedProcess(cmd + [str(a) for a in args], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), **kw)
 
 
 def _train(args, torchrun=None):
@@ -185,20 +183,17 @@ def test_stopped_rank_ends_the_job_then_it_restarts(files, tmp_path):
     line naming it; torchrun --max-restarts then restarts it and the run finishes."""
     p = _popen(_args(files, tmp_path, 's', 3, 0, 2, '--notest', '--save-period-steps', '1', '--watchdog', '4'),
                torchrun=['--max-restarts', '1'])
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend((time.time(), ln) for ln in p.stderr), daemon=True)
-    reader.start()
-    _wait_for(p, tmp_path / 's' / 'weights' / 'last.pt', (1, 1))
+    lines = p.lines
+    _wait_for(p, tmp_path / 's' / 'weights' / 'last.pt', (0, 2))  # two epochs before the run could end
     stopped_at = time.time()
     victim = _worker_of_rank(p.pid, 1)
     os.kill(victim, signal.SIGSTOP)
-    p.wait(timeout=300)
-    reader.join(timeout=10)
+    p.communicate(timeout=300)
     hang = [(t, ln) for t, ln in lines if 'shows no sign of life' in ln]
     assert hang, ''.join(ln for _, ln in lines)[-3000:]
     t, line = hang[0]
     assert line.startswith(f'train.py: error: rank 1 (pid {victim} on ') and 'torchrun --max-restarts' in line
-    assert t - stopped_at < 4 + 10
+    assert t - stopped_at < 4 + 60  # the watchdog's 4 s, with room for a loaded machine; gloo's own wait is 30 min
     assert p.returncode == 0, ''.join(ln for _, ln in lines)[-3000:]
     assert len((tmp_path / 's' / 'results.txt').read_text().splitlines()) == 3
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_cfg
+from conftest import ROOT, DrainedProcess, tiny_cfg
 
 TINY_ARGS = ['--data', str(ROOT / 'data' / 'coco8.yaml'), '--batch-size', '4', '--img', '64', '64',
              '--device', 'cpu', '--workers', '0', '--noautoanchor']
@@ -175,8 +175,7 @@ def test_rect_training_and_evolve(tiny_yaml, tmp_path):
 
 def test_sigterm_saves_last_and_exits_cleanly(tiny_yaml, tmp_path):
     args = ['--cfg', str(tiny_yaml), '--epochs', '50', '--project', str(tmp_path), '--name', 's', *TINY_ARGS]
-    p = subprocess.Popen([sys.executable, 'train.py', *args], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = DrainedProcess([sys.executable, 'train.py', *args], cwd=ROOT)
     results = tmp_path / 's' / 'results.txt'
     deadline = time.time() + 300
     while time.time() < deadline and not (results.exists() and results.read_text().count('\n') >= 2):
@@ -214,9 +213,8 @@ def test_non_finite_losses_skip_then_stop(tiny_yaml, tmp_path, monkeypatch, caps
 def test_sigterm_under_torchrun_stops_every_rank(tiny_yaml, tmp_path):
     args = ['--cfg', str(tiny_yaml), '--epochs', '50', '--project', str(tmp_path), '--name', 'ds', *TINY_ARGS]
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-                          _free_port(), 'train.py', *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+    p = DrainedProcess([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+                        _free_port(), 'train.py', *args], cwd=ROOT, env=env)
     results = tmp_path / 'ds' / 'results.txt'
     deadline = time.time() + 300
     while time.time() < deadline and not (results.exists() and results.read_text().count('\n') >= 2):
