@@ -91,13 +91,22 @@ def test_coco_json_boxes_are_published(tmp_path):
     ours = json.loads((tmp_path / 'detections_val2017_p5-tiny_results.json').read_text())
     published = json.loads((OUT / 'test-json.json').read_text())
     assert len(ours) == len(published) > 1000
-
-    def rows(dets):
-        return np.array(sorted((d['image_id'], d['category_id'], -d['score'], *d['bbox']) for d in dets))
-    a, b = rows(ours), rows(published)
-    np.testing.assert_array_equal(a[:, :2], b[:, :2])
-    np.testing.assert_allclose(a[:, 2], b[:, 2], rtol=0, atol=2e-5)  # scores rounded to 5 places
-    np.testing.assert_allclose(a[:, 3:], b[:, 3:], rtol=0, atol=2e-3)  # boxes rounded to 3 places
+    # matched within each image and class (scipy's assignment), so that last-bit differences between CPUs cannot
+    # reorder near-equal detections: boxes within 2e-3 px (rounded to 3 places), scores within 2e-5 (5 places)
+    from scipy.optimize import linear_sum_assignment
+    groups = {}
+    for side, dets in enumerate((ours, published)):
+        for d in dets:
+            groups.setdefault((d['image_id'], d['category_id']), ([], []))[side].append([d['score'], *d['bbox']])
+    worst = np.zeros(2)
+    for key, (a, b) in groups.items():
+        assert len(a) == len(b), key
+        a, b = np.array(a), np.array(b)
+        cost = np.abs(a[:, None, 1:] - b[None, :, 1:]).max(-1) + 100 * np.abs(a[:, None, 0] - b[None, :, 0])
+        rows, cols = linear_sum_assignment(cost)
+        d = np.abs(a[rows] - b[cols])
+        worst = np.maximum(worst, [d[:, 0].max(), d[:, 1:].max()])
+    assert worst[0] <= 2e-5 and worst[1] <= 2e-3, worst
 
 
 def test_recipe_is_published():
