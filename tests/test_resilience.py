@@ -442,3 +442,20 @@ def test_watchdog_without_a_store_leaves_waits_to_the_process_group():
     dog.beat('loading data', 'epoch 0 batch 1')
     _pass(clock, 11, [dog])
     assert ended and 'rank 1 made no progress for 11 s' in ended[0] and 'while loading data' in ended[0]
+
+
+def test_watchdog_names_the_ranks_that_never_reported():
+    """A 4-rank job whose ranks 1 and 3 never reached the store (stopped at start-up): the waiting ranks name them."""
+    from utils.watchdog import Watchdog
+    store, ended, clock = FakeStore(), {}, FakeClock()
+    dogs = [Watchdog(10, r, 4, store, exit_fn=lambda m, r=r: ended.setdefault(r, m), clock=clock) for r in (0, 2)]
+    for d in dogs:
+        d.arm()
+        d.beat('forward/backward')
+        d.beat('all-reduce', 'agreeing on the step', waiting=True)
+    _pass(clock, 11, dogs)
+    assert not ended  # rank 0's last progress was seen by rank 2 a round after it was made
+    _pass(clock, 1, dogs)
+    assert ended[2] == ('train.py: error: rank 2 waited 12 s in all-reduce for ranks 1, 3, which never reported '
+                        '(not started, or stopped before their first report); ending this process so that the job '
+                        'can be restarted (torchrun --max-restarts) or resumed (--resume)')

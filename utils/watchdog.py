@@ -135,8 +135,11 @@ class Watchdog:
             self._kill_if_local(p['record'])
             return (f'rank {r} (pid {p["record"]["pid"]} on {p["record"]["host"]}) made no progress for '
                     f'{now - p["progress"]:.0f} s while {p["record"]["phase"]}')
-        if len(self.peers) < self.world_size - 1:
-            return f'rank {max(self.rank, 0)} waited {stuck_for:.0f} s in {self.phase} for ranks that never reported'
+        silent = [r for r in range(self.world_size) if r != self.rank and r not in self.peers]
+        if silent:  # never in the store: no pid or host to give, only their ranks
+            return (f'rank {max(self.rank, 0)} waited {stuck_for:.0f} s in {self.phase} for rank'
+                    f'{"s" if len(silent) > 1 else ""} {", ".join(map(str, silent))}, which never reported (not '
+                    f'started, or stopped before their first report)')
         return (f'every rank has waited {stuck_for:.0f} s in a collective (rank {max(self.rank, 0)}: '
                 f'{self.phase}{where}): a stuck collective')
 
