@@ -2,13 +2,12 @@
 (gloo), as on a cluster; then both resume from the same last.pt on shared storage."""
 import os
 import socket
-import subprocess
 import sys
 
 import torch
 import yaml
 
-from conftest import ROOT, tiny_cfg
+from conftest import ROOT, DrainedProcess, tiny_cfg
 
 
 def _free_port():
@@ -19,20 +18,16 @@ def _free_port():
 
 def _two_nodes(args, tmp_path):
     """Start node 0 and node 1 (one process each) with the same rendezvous endpoint; returns their exit codes and
-    standard error. Their output goes to files: a pipe nobody reads fills up, and a node blocked writing to it never
-    reached the rendezvous (the other node then failed with 'wait timeout ... MASTER_ADDR')."""
+    standard error. Their stderr is drained as it comes: a pipe read only after wait() fills up, and a node blocked
+    writing to it never reached the rendezvous (the other node then failed with 'wait timeout ... MASTER_ADDR')."""
     endpoint = f'127.0.0.1:{_free_port()}'
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    logs = [tmp_path / f'node{node}-{len(list(tmp_path.glob("node*.log")))}.log' for node in (0, 1)]
-    procs = []
-    for node, log in zip((0, 1), logs):
-        with open(log, 'w') as f:
-            procs.append(subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2',
-                                           '--nproc_per_node', '1', '--node_rank', str(node), '--rdzv_backend', 'c10d',
-                                           '--rdzv_endpoint', endpoint, '--rdzv_id', 'job1', 'train.py',
-                                           *map(str, args)],
-                                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, text=True, env=env))
-    return [(p.wait(timeout=600), log.read_text()) for p, log in zip(procs, logs)]
+    procs = [DrainedProcess([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc_per_node', '1',
+                             '--node_rank', str(node), '--rdzv_backend', 'c10d', '--rdzv_endpoint', endpoint,
+                             '--rdzv_id', 'job1', 'train.py', *map(str, args)], cwd=ROOT, env=env)
+             for node in (0, 1)]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errors)]
 
 
 def test_two_nodes_train_then_resume_from_shared_last(tmp_path):
