@@ -91,7 +91,7 @@ def _build(cfg, pretrained, classes, device):
     device = select_device(device or '')  # '' : CUDA when there is one, else the CPU
     if pretrained:
         if cfg == 'yolov4-tiny':  # released for darknet only: its .weights in the YAML model that is its cfg
-            from models.darknet import load_darknet_model
+            from models.darknet_convert import load_darknet_model
             model = load_darknet_model(f'{cfg}.weights', cfg=ROOT / 'models' / f'{cfg}.yaml')
         else:
             weights = f'{cfg}.pt'

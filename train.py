@@ -5,12 +5,13 @@
     python train.py --resume [runs/train/exp] [--epochs 450 --hyp data/hyp.finetune.yaml]
     python train.py ... --name p5 --resume auto      (continue runs/train/p5 if it has a checkpoint, else start it)
 
-The stages, each a function: build the model (build_model) and optimizer (smart_optimizer), the loaders
-(build_train_loader), restore a resumed run (utils.train_state), then per epoch train_one_epoch and end_of_epoch
-(evaluate, log, save). main() decides where the run writes and what it resumes (utils.run_dir), turns flags (or a
-resumed run's saved options) into those inputs, and guards the run: signals stop it at a batch boundary with a
-checkpoint, a watchdog turns hangs into failures, and checkpoints come every --save-period-min minutes or
---save-period-steps optimizer steps as well as at each epoch's end.
+The stages, each a function: main() decides where the run writes and what it resumes (utils.train.run_dir) and
+turns flags (or a resumed run's saved options) into the inputs of train(); train() builds the model, loaders,
+optimizer and schedule (build_parts), the hooks in their order (build_hooks), and hands them to the Trainer
+(utils.train.trainer), whose loop calls them: checkpoints every --save-period-min minutes or --save-period-steps
+optimizer steps and at each epoch's end, evaluation, results.txt, trackers, the watchdog and stop signals (a signal
+stops the run at a batch boundary with a checkpoint). From Python, run(..., callbacks=[...]) adds hooks of yours
+(docs/architecture.md, "Callbacks").
 """
 import argparse
 import logging
@@ -18,9 +19,9 @@ import os
 import random
 import signal
 import sys
-import time
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,47 +30,42 @@ import torch.distributed as dist
 import yaml
 
 import test as tester  # test.py
-from models.checkpoint import load_checkpoint, remove_stale_temp_files, strip_optimizer
+from models.checkpoint import load_checkpoint, remove_stale_temp_files
 from models.yolo import find_config
-from utils.autoanchor import check_anchors
 from utils.data_config import load_data_config
-from utils.datasets import check_label_classes, create_dataloader, loader_failure, stop_loader_workers
+from utils.datasets import check_label_classes, create_dataloader, stop_loader_workers
+from utils.distributed import init_distributed, process_group_store
 from utils.errors import ArgumentError, ArgumentParser, UserError, check_at_least, run_cli
 from utils.general import check_img_size, options_from_kwargs, set_logging
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
-from utils.optim import cosine_lr, set_epoch_lr, smart_optimizer, step_schedule, warmup_iterations, warmup_step
-from utils.plots import plot_images, plot_labels, plot_results
-from utils.progress import progress
-from utils.distributed import init_distributed, process_group_store
-from utils.run_dir import agree_on_plan, elastic_restart, release_run, resume_path, run_folder_of
-from utils.run_guard import BeatingLoader, EvaluationInterrupted, Guard
-from utils.sampling import batch_rng
-from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, random_rescale, select_device, set_bn_momentum
-from utils.train_state import RunState, plain, restore_training_state, training_checkpoint
-from utils.train_model import build_model, maybe_sync_bn, wrap_ddp
-from utils.train_utils import EVOLVE_META, class_weights_from_labels, image_order, load_hyp, mutate_hyp
-from utils.watchdog import Watchdog
+from utils.plots import plot_labels
+from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, select_device, set_bn_momentum
+from utils.train.autoanchor import check_anchors
+from utils.train.hooks import (Checkpoints, EMAHook, EpochCheckpoint, Evaluation, FinishRun, ImageWeights, Progress,
+                               ResultsFile, SafeCallback, StopSignals, TrainBatchPlots, WatchdogHook, finish_run)
+from utils.train.model import build_model, maybe_sync_bn, wrap_ddp
+from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations
+from utils.train import resume
+from utils.train.recipe import EVOLVE_META, class_weights_from_labels, load_hyp, mutate_hyp
+from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, load_newest_intact, release_run,
+                                 resume_path, run_folder_of)
+from utils.train.state import plain
+from utils.train.trackers import MLflow, TensorBoard, mlflow_available
+from utils.train.trainer import Recipe, Trainer, TrainingStopped, TrainParts
+from utils.train.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
 DEFAULT_HYP = Path(__file__).resolve().parent / 'data' / 'hyp.scratch.yaml'  # the paper's recipe
-MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
 
 
-class TrainingStopped(RuntimeError):
-    """Training ended early (signal, non-finite losses, a failed data loader); exit_code is what train.py exits
-    with; save: whether rank 0 saves the state reached (a batch boundary) before exiting."""
-
-    def __init__(self, message, exit_code=1, save=False):
-        super().__init__(message)
-        self.exit_code, self.save = exit_code, save
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunPaths:
-    """Where a run writes: the run folder, its weights and results.txt."""
+    """Where a run writes: the run folder, its weights (last.pt and the one before it, best.pt, final.pt) and
+    results.txt."""
     save_dir: Path
     last: Path
+    previous: Path
     best: Path
     final: Path
     results: Path
@@ -78,36 +74,8 @@ class RunPaths:
     def of(cls, save_dir):
         save_dir = Path(save_dir)
         w = save_dir / 'weights'
-        return cls(save_dir, w / 'last.pt', w / 'best.pt', w / 'final.pt', save_dir / 'results.txt')
-
-
-@dataclass
-class EpochLoop:
-    """What one training epoch works with; built once by train(), passed to train_one_epoch()."""
-    model: torch.nn.Module
-    loader: object
-    optimizer: torch.optim.Optimizer
-    scaler: object
-    ema: object  # ModelEMA on the main process, else None
-    loss_fn: ComputeLoss
-    device: torch.device
-    hyp: dict
-    lr_lambda: object  # epoch -> learning-rate factor
-    warmup_iters: int
-    nominal_accumulate: float  # nominal batch / total batch
-    epochs: int
-    imgsz: int
-    stride: int
-    multi_scale: bool
-    seed: int = 0
-    rank: int = -1
-    world_size: int = 1
-    amp_dtype: str = 'float16'  # autocast dtype: float16 (CUDA only, as published), bfloat16, or none
-    channels_last: bool = False
-    plot_dir: Path = None  # where train_batch*.jpg go (None: not plotted)
-    names: list = field(default_factory=list)
-    opt: argparse.Namespace = None  # the run's options and hyperparameters as given: saved in checkpoints
-    hyp_given: dict = None
+        return cls(save_dir=save_dir, last=w / 'last.pt', previous=w / PREVIOUS_NAME, best=w / 'best.pt',
+                   final=w / 'final.pt', results=save_dir / 'results.txt')
 
 
 def seed_everything(seed):
@@ -141,13 +109,6 @@ def build_train_loader(opt, data, hyp, imgsz, stride, nc):
     return loader, dataset, used
 
 
-def rewrite_results(results_file, lines):
-    """results.txt as of the checkpoint: a line written after it (killed in between) goes."""
-    tmp = results_file.with_suffix('.tmp')
-    tmp.write_text(''.join(line + '\n' for line in lines))
-    os.replace(tmp, results_file)
-
-
 def first_run_checks(dataset, model, hyp, imgsz, opt, save_dir, names):
     """Label statistics plot and the autoanchor check (new runs only, main process)."""
     labels = np.concatenate([x for x in dataset.labels if len(x)] or [np.zeros((0, 5))], 0)
@@ -157,183 +118,13 @@ def first_run_checks(dataset, model, hyp, imgsz, opt, save_dir, names):
         check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, seed=opt.seed)
 
 
-def autocast(device, amp_dtype):
-    """Mixed precision for the forward pass and loss: float16 on CUDA (published), bfloat16 on CUDA or CPU."""
-    enabled = amp_dtype == 'bfloat16' or (amp_dtype == 'float16' and device.type == 'cuda')
-    dtype = torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
-
-
-def agree_across_ranks(loop, finite, guard):
-    """(finite, stop): under DDP all ranks agree on skipping a step and on stopping, or they would wait on
-    each other; one small all-reduce per batch."""
-    if loop.rank == -1:
-        return finite, guard.signal is not None
-    guard.beat('all-reduce', 'agreeing on the step', waiting=True)
-    flags = torch.tensor([0. if finite else 1., float(guard.signal or 0)], device=loop.device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    guard.signal = int(flags[1].item()) or None
-    return flags[0].item() == 0, guard.signal is not None
-
-
-def next_batch(batches, guard, where, worker_pids):
-    """The next (i, batch) or None at the end; a failed data loader becomes TrainingStopped."""
-    guard.beat('loading data', f'{where}; data-loader workers {worker_pids or "none (in process)"}')
-    try:
-        return next(batches)
-    except StopIteration:
-        return None
-    except (RuntimeError, UserError, OSError) as e:
-        reason = loader_failure(e) or (' '.join(str(e).split()) if isinstance(e, UserError) else None)
-        if reason is None:
-            raise
-        raise TrainingStopped(f'data loader failed at {where}: {reason}', save=True) from None
-
-
-def train_one_epoch(loop, state, guard):
-    """Train epoch state.epoch from batch state.batch on. Updates state at each batch (mean losses, progress
-    row, accumulation, steps); saves periodic checkpoints through guard. Returns True when a stop was agreed."""
-    main_proc, nb = loop.rank in (-1, 0), len(loop.loader)
-    loop.model.train()
-    it = iter(loop.loader)
-    worker_pids = [w.pid for w in getattr(it, '_workers', [])]
-    batches = enumerate(it, start=state.batch)
-    pbar = None
-    if main_proc:
-        LOGGER.info(('\n' + '%10s' * 8), 'Epoch', 'gpu_mem', 'box', 'obj', 'cls', 'total', 'targets', 'img_size')
-        pbar = progress(total=nb, initial=state.batch, leave=False)
-    try:
-        while (item := next_batch(batches, guard, f'epoch {state.epoch} batch {state.batch}', worker_pids)):
-            if train_batch(loop, state, guard, item, pbar):
-                return True
-            guard.watchdog.arm()  # after this process's first batch (start-up and torch.compile are not timed)
-    finally:
-        if pbar is not None:
-            pbar.close()
-    return False
-
-
-def train_batch(loop, state, guard, item, pbar):
-    """One batch: forward, the ranks' agreement, backward and (at accumulation boundaries) an optimizer step,
-    progress, and a periodic checkpoint when due. Returns whether a stop was agreed."""
-    model, optimizer, device = loop.model, loop.optimizer, loop.device
-    i, (imgs, targets, paths, _) = item
-    guard.beat('forward/backward', f'epoch {state.epoch} batch {i}', waiting=loop.rank != -1)  # DDP syncs inside
-    ni = i + len(loop.loader) * state.epoch  # iterations since the start of training
-    imgs = imgs.to(device, non_blocking=True).float() / 255.0
-    if loop.channels_last:
-        imgs = imgs.contiguous(memory_format=torch.channels_last)
-    if ni <= loop.warmup_iters:
-        state.accumulate = warmup_step(optimizer, ni, loop.warmup_iters, loop.nominal_accumulate,
-                                       loop.lr_lambda(state.epoch), loop.hyp['momentum'])
-    if loop.multi_scale:
-        imgs = random_rescale(imgs, loop.imgsz, loop.stride, batch_rng(loop.seed, state.epoch, i, loop.rank))
-    with autocast(device, loop.amp_dtype):
-        loss, loss_items = loop.loss_fn(model(imgs), targets.to(device))
-        if loop.rank != -1:
-            loss *= loop.world_size  # gradients are averaged across ranks
-    finite, stop = agree_across_ranks(loop, bool(torch.isfinite(loss).all()), guard)
-    stepped = finite and optimizer_step(loop, state, loss, ni, guard)
-    if not finite:
-        skip_step(loop, state, loss_items, i, guard)
-    state.batch = i + 1
-    if pbar is not None and finite:
-        state.mloss = (state.mloss * i + loss_items.detach().cpu()) / (i + 1)
-        mem = '%.3gG' % (torch.cuda.memory_reserved() / 1E9 if device.type != 'cpu' else 0)
-        state.row = ('%10s' * 2 + '%10.4g' * 6) % (f'{state.epoch}/{loop.epochs - 1}', mem, *state.mloss,
-                                                   targets.shape[0], imgs.shape[-1])
-        pbar.set_description(state.row)
-        if ni < 3 and loop.plot_dir is not None:
-            plot_images(imgs, targets, paths, loop.plot_dir / f'train_batch{ni}.jpg', loop.names)
-    if pbar is not None:
-        pbar.update(1)
-    if stepped and not stop and guard.due(state.steps):
-        guard.save(training_checkpoint(state, model, loop.ema, optimizer, loop.scaler, loop.opt, loop.hyp_given))
-    return stop
-
-
-def optimizer_step(loop, state, loss, ni, guard):
-    """Backward, and an optimizer step (with the EMA update) at each accumulation boundary; returns whether it
-    stepped."""
-    state.bad_steps = 0
-    loop.scaler.scale(loss).backward()
-    if ni % state.accumulate:
-        return False
-    guard.beat('optimizer step')
-    loop.scaler.step(loop.optimizer)
-    loop.scaler.update()
-    loop.optimizer.zero_grad()
-    if loop.ema:
-        loop.ema.update(loop.model)
-    state.steps += 1
-    return True
-
-
-def skip_step(loop, state, loss_items, i, guard):
-    """A non-finite loss: the step is skipped (accumulated gradients dropped); 10 in a row stop the run."""
-    state.bad_steps += 1
-    LOGGER.warning('WARNING: non-finite loss %s at epoch %g batch %g: step skipped', loss_items.tolist(),
-                   state.epoch, i)
-    loop.optimizer.zero_grad()
-    if state.bad_steps >= MAX_BAD_STEPS:
-        raise TrainingStopped(f'{state.bad_steps} non-finite losses in a row: training stopped; the last good '
-                              f'checkpoint is {guard.paths.last}. Lower lr0 or check the labels.')
-
-
-TB_TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
-           'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
-           'x/lr0', 'x/lr1', 'x/lr2']
-
-
-def end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test, tb_writer, guard):
-    """Main process, after each epoch: evaluate the EMA, log, save last.pt/best.pt, then append to results.txt.
-
-    Updates state (results, maps, best fitness, results lines) and moves it to the next epoch. Returns False,
-    with state unchanged, when a stop signal ended the evaluation."""
-    epoch = state.epoch
-    loop.ema.update_attr(de_parallel(loop.model), include=EMA_ATTRIBUTES)
-    final_epoch = epoch + 1 == loop.epochs
-    if not opt.notest or final_epoch:
-        try:
-            results, maps, _ = tester.test(data, batch_size=opt.batch_size, imgsz=imgsz_test, model=loop.ema.ema,
-                                           single_cls=opt.single_cls, dataloader=BeatingLoader(testloader, guard),
-                                           save_dir=paths.save_dir, plots=final_epoch, compute_loss=loop.loss_fn)
-        except EvaluationInterrupted:
-            return False
-        state.results, state.maps = tuple(results), [float(x) for x in maps]
-    line = state.row + '%10.4g' * 7 % tuple(state.results)
-    state.results_lines.append(line)
-    epoch_fitness = float(fitness(np.array(state.results).reshape(1, -1))[0])
-    state.best_fitness = max(state.best_fitness, epoch_fitness)
-    if tb_writer:
-        for x, tag in zip(list(state.mloss[:-1].tolist()) + list(state.results) + lr, TB_TAGS):
-            tb_writer.add_scalar(tag, x, epoch)
-    state.start_epoch(epoch + 1)
-
-    def append_line():
-        with open(paths.results, 'a') as f:
-            f.write(line + '\n')
-    if opt.nosave and not final_epoch:
-        append_line()
-    else:  # the checkpoint first (it carries the results lines), then the line, once the checkpoint is on disk
-        ck = training_checkpoint(state, loop.model, loop.ema, loop.optimizer, loop.scaler, opt, loop.hyp_given,
-                                 epoch_fitness)
-        guard.save(ck, best=state.best_fitness == epoch_fitness, background=not final_epoch, then=append_line)
-    return True
-
-
-def train(hyp, opt, device, tb_writer=None, ckpt=None):
-    """Train with options `opt` (train.py's argparse namespace); returns the final test results."""
-    rank, main_proc = opt.global_rank, opt.global_rank in (-1, 0)
-    paths, hyp_given = RunPaths.of(opt.save_dir), dict(hyp)
-    if main_proc:
-        prepare_run_folder(paths, hyp, opt)
-    seed_everything(opt.seed + 1 + max(rank, 0))
-    data = load_data_config(opt.data, required=('nc', 'train', 'val'))
-    nc = 1 if opt.single_cls else data['nc']
-    names = ['item'] if opt.single_cls else data['names']
-
+def build_parts(hyp, opt, data, nc, device, ckpt):
+    """(TrainParts without the loss, Recipe, dataset, test image size): the model (restored, transferred or
+    new), the loader, the optimizer and its schedule, the gradient scaler and the EMA."""
+    main_proc = opt.global_rank in (-1, 0)
+    hyp_given = dict(hyp)
     model = build_model(opt, nc, device, ckpt, verbose=main_proc)
+    model.activation_checkpointing = opt.activation_checkpointing
     if 'bn_momentum' in hyp:  # published: 0.03, which needs thousands of steps to forget the initial statistics
         set_bn_momentum(model, hyp['bn_momentum'])
     gs = int(model.stride.max())
@@ -343,122 +134,114 @@ def train(hyp, opt, device, tb_writer=None, ckpt=None):
         model = model.to(memory_format=torch.channels_last)
     optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, total_batch_size, opt.adam, opt.optimizer_impl)
     lr_lambda = cosine_lr(opt.epochs, hyp.get('lrf', 0.2))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda)
-    scaler = torch.amp.GradScaler('cuda', enabled=device.type != 'cpu' and opt.amp_dtype == 'float16')
-    ema = ModelEMA(model) if main_proc else None
+    recipe = Recipe(epochs=opt.epochs, hyp=hyp, hyp_given=hyp_given, lr_lambda=lr_lambda,
+                    warmup_iters=warmup_iterations(len(loader), hyp), nominal_accumulate=nominal_accumulate,
+                    imgsz=imgsz, stride=gs, multi_scale=opt.multi_scale, seed=opt.seed, amp_dtype=opt.amp_dtype,
+                    channels_last=opt.channels_last, opt=opt)
+    parts = TrainParts(model=model, optimizer=optimizer, loader=loader, device=device, loss_fn=None,
+                       scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda),
+                       scaler=torch.amp.GradScaler('cuda', enabled=device.type != 'cpu' and opt.amp_dtype == 'float16'),
+                       ema=ModelEMA(model) if main_proc else None)
+    return parts, recipe, dataset, imgsz_test
 
-    state = RunState(accumulate=max(round(nominal_accumulate), 1))
-    if ckpt is not None:
-        state = restore_training_state(ckpt, model, optimizer, scaler, ema, hyp, opt.hyp_changed, rank,
-                                       state.accumulate)
-        LOGGER.info('Resuming %s at epoch %g%s, to %g epochs', paths.save_dir, state.epoch,
-                    f' batch {state.batch}' if state.batch else '', opt.epochs)
-        if state.epoch >= opt.epochs:
-            if not (elastic_restart() or opt.resume == 'auto'):
-                raise ArgumentError(f'{opt.weights} has already trained {state.epoch} epochs: give --epochs above '
-                                    f'that to extend the run (e.g. the paper\'s fine-tune to 450)')
-            # a restart or requeue of a finished job (killed after its last checkpoint): nothing is left to train
-            LOGGER.info('%s has trained all %g epochs: nothing left to do', paths.save_dir, opt.epochs)
-            if main_proc:
-                finish_run(paths)
-            return state.results
+
+def build_hooks(opt, paths, evaluation, dataset, names, hyp, callbacks=()):
+    """The hooks of a run, in the order they are called at each event. The order is the contract:
+    - Progress first: its bar closes before the evaluation prints;
+    - EMAHook before Checkpoints: a periodic checkpoint carries the EMA of its step;
+    - Evaluation before EpochCheckpoint: the checkpoint records the epoch's fitness and picks best.pt by it;
+    - EpochCheckpoint before ResultsFile: an epoch's line is appended once the checkpoint that carries it is on
+      disk, so that results.txt never runs ahead of last.pt;
+    - Checkpoints (its after_train waits for the writes) before FinishRun, which strips best.pt into final.pt;
+    - trackers and the user's callbacks last, each unable to break the run (SafeCallback)."""
+    rank, main_proc = opt.global_rank, opt.global_rank in (-1, 0)
+    store = process_group_store() if rank != -1 else None
+    hooks = [StopSignals(), WatchdogHook(Watchdog(opt.watchdog, rank, opt.world_size, store))]
+    if opt.image_weights:
+        hooks.append(ImageWeights(dataset, class_weights_from_labels(dataset.labels, len(names)).numpy(), opt.seed))
     if main_proc:
-        rewrite_results(paths.results, state.results_lines)
-    scheduler.last_epoch = state.epoch - 1  # as published: epoch e (> 0) runs at lambda(e - 1)
-    if ckpt is not None and (opt.hyp_changed or ckpt['opt'].get('epochs') != opt.epochs):
-        set_epoch_lr(optimizer, lr_lambda, max(state.epoch - 1, 0))  # a new schedule (fine-tune, more epochs)
+        periods = (0, 0) if opt.nosave else (opt.save_period_min, opt.save_period_steps)
+        checkpoints = Checkpoints(paths, *periods)
+        hooks += [Progress()] + ([TrainBatchPlots(paths.save_dir, names)] if not opt.resume else [])
+        hooks += [EMAHook(), checkpoints, evaluation, EpochCheckpoint(checkpoints, evaluation, not opt.nosave),
+                  ResultsFile(paths.results, checkpoints), FinishRun(paths)]
+        hooks += [SafeCallback(t) for t in build_trackers(opt, paths, hyp)]
+    return hooks + [SafeCallback(c) for c in callbacks]
 
-    model = maybe_sync_bn(model, opt.sync_bn, rank, device)
+
+def build_trackers(opt, paths, hyp):
+    """TensorBoard (not for --evolve's generations, as published) and MLflow when asked for (--mlflow)."""
+    trackers = [] if opt.evolve else [TensorBoard(paths.save_dir)]
+    if opt.mlflow is not None:
+        params = {**{f'opt/{k}': plain(v) for k, v in vars(opt).items()}, **{f'hyp/{k}': v for k, v in hyp.items()}}
+        trackers.append(MLflow(opt.mlflow or None, os.environ.get('MLFLOW_EXPERIMENT_NAME', 'scaled-yolov4'),
+                               paths.save_dir.name, params, paths))
+    return trackers
+
+
+def resumed_finished(ckpt, opt, paths):
+    """Log where a resume starts; True when the run has already trained all its epochs (a restart or requeue of a
+    finished job: nothing is left to do). A named resume of a finished run asks for more --epochs instead."""
+    progress = ckpt.get('progress') or {}
+    epoch, batch = progress.get('epoch', ckpt['epoch'] + 1), progress.get('batch', 0)
+    LOGGER.info('Resuming %s at epoch %g%s, to %g epochs', paths.save_dir, epoch, f' batch {batch}' if batch else '',
+                opt.epochs)
+    if epoch < opt.epochs:
+        return False
+    if not (elastic_restart() or opt.resume == 'auto'):
+        raise ArgumentError(f'{opt.weights} has already trained {epoch} epochs: give --epochs above that to extend '
+                            f'the run (e.g. the paper\'s fine-tune to 450)')
+    LOGGER.info('%s has trained all %g epochs: nothing left to do', paths.save_dir, opt.epochs)
+    if opt.global_rank in (-1, 0):
+        finish_run(paths)
+    return True
+
+
+def train(hyp, opt, device, ckpt=None, callbacks=()):
+    """Train with options `opt` (train.py's argparse namespace); returns the final test results."""
+    rank, main_proc = opt.global_rank, opt.global_rank in (-1, 0)
+    paths = RunPaths.of(opt.save_dir)
+    if main_proc:
+        prepare_run_folder(paths, hyp, opt)
+    if ckpt is not None and resumed_finished(ckpt, opt, paths):
+        return tuple((ckpt.get('progress') or {}).get('results') or (0,) * 7)
+    seed_everything(opt.seed + 1 + max(rank, 0))
+    data = load_data_config(opt.data, required=('nc', 'train', 'val'))
+    nc = 1 if opt.single_cls else data['nc']
+    names = ['item'] if opt.single_cls else data['names']
+    parts, recipe, dataset, imgsz_test = build_parts(hyp, opt, data, nc, device, ckpt)
+    model = maybe_sync_bn(parts.model, opt.sync_bn, rank, device)
     testloader = None
     if main_proc:
-        testloader = create_dataloader(data['val'], imgsz_test, opt.batch_size, gs, single_cls=opt.single_cls,
-                                       hyp=hyp, cache=opt.cache_images and not opt.notest, rect=True, rank=-1,
-                                       world_size=opt.world_size, workers=opt.workers, pad=0.5, prefix='val: ')[0]
+        testloader = create_dataloader(data['val'], imgsz_test, opt.batch_size, recipe.stride,
+                                       single_cls=opt.single_cls, hyp=recipe.hyp, cache=opt.cache_images and not
+                                       opt.notest, rect=True, rank=-1, world_size=opt.world_size,
+                                       workers=opt.workers, pad=0.5, prefix='val: ')[0]
         if ckpt is None:
-            first_run_checks(dataset, model, hyp, imgsz, opt, paths.save_dir, names)
-    model = wrap_ddp(model, rank, opt.local_rank, device)
+            first_run_checks(dataset, model, recipe.hyp, recipe.imgsz, opt, paths.save_dir, names)
+    parts.model = wrap_ddp(model, rank, opt.local_rank, device)
     if opt.compile:
-        model = torch.compile(model)
-    m = de_parallel(model)
+        parts.model = torch.compile(parts.model)
+    m = de_parallel(parts.model)
     m.nc, m.names = nc, names
-    if ema:
-        ema.update_attr(m, include=EMA_ATTRIBUTES)
-    loss_fn = ComputeLoss(model, dict(hyp, cls=hyp['cls'] * nc / 80.))  # class loss gain scaled to nc
-    class_weights = class_weights_from_labels(dataset.labels, nc).numpy()
-
-    loop = EpochLoop(model, loader, optimizer, scaler, ema, loss_fn, device, hyp, lr_lambda,
-                     warmup_iterations(len(loader), hyp), nominal_accumulate, opt.epochs, imgsz, gs, opt.multi_scale,
-                     opt.seed, rank, opt.world_size, opt.amp_dtype, opt.channels_last,
-                     paths.save_dir if main_proc and ckpt is None else None, names, opt, hyp_given)
+    if parts.ema:
+        parts.ema.update_attr(m, include=EMA_ATTRIBUTES)
+    parts.loss_fn = ComputeLoss(parts.model, dict(recipe.hyp, cls=recipe.hyp['cls'] * nc / 80.))  # cls gain to nc
+    evaluation = Evaluation(partial(tester.test, data, batch_size=opt.batch_size, imgsz=imgsz_test,
+                                    single_cls=opt.single_cls, save_dir=paths.save_dir), testloader, not opt.notest)
+    hooks = build_hooks(opt, paths, evaluation, dataset, names, recipe.hyp_given, callbacks)
+    trainer = Trainer(parts, recipe, hooks, rank, opt.world_size)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt, opt.hyp_changed)
     LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
-                imgsz, imgsz_test, loader.num_workers, paths.save_dir, opt.epochs)
-    t0, start_epoch = time.time(), state.epoch
-    watchdog = Watchdog(opt.watchdog, rank, opt.world_size, process_group_store() if rank != -1 else None)
-    periods = (0, 0) if opt.nosave else (opt.save_period_min, opt.save_period_steps)
+                recipe.imgsz, imgsz_test, parts.loader.num_workers, paths.save_dir, opt.epochs)
     try:
-        with Guard(paths, *periods, watchdog, main_proc) as guard:
-            run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset,
-                       class_weights, guard)
+        return trainer.train()
     finally:
-        stop_loader_workers(loader, testloader)
-    if main_proc:
-        finish_run(paths)
-        LOGGER.info('%g epochs completed in %.3f hours. Results in %s', opt.epochs - start_epoch,
-                    (time.time() - t0) / 3600, paths.save_dir)
-    return state.results
+        stop_loader_workers(parts.loader, testloader)
 
 
-def run_epochs(loop, state, scheduler, paths, opt, data, testloader, imgsz_test, tb_writer, dataset, class_weights,
-               guard):
-    """The epoch loop. A stop signal (SIGINT, SIGTERM, SIGUSR1) or a failed data loader ends it at a batch
-    boundary with last.pt saved there: --resume continues with the next batch."""
-    main_proc = loop.rank in (-1, 0)
-    try:
-        for epoch in range(state.epoch, loop.epochs):
-            images = image_order(dataset, class_weights, state.maps, loop.seed, epoch, loop.rank, loop.device) \
-                if opt.image_weights else None
-            loop.loader.sampler.set_epoch(epoch, state.batch * loop.loader.batch_size, images)
-            stopped = train_one_epoch(loop, state, guard)
-            if not stopped:
-                lr = [g['lr'] for g in loop.optimizer.param_groups]
-                step_schedule(scheduler)
-                if main_proc:  # a stop during its evaluation saves with every batch of the epoch done
-                    stopped = not end_of_epoch(loop, state, lr, paths, opt, data, testloader, imgsz_test,
-                                               tb_writer, guard)
-                else:
-                    state.start_epoch(epoch + 1)
-            if guard.signal and (stopped or loop.rank == -1):  # under DDP a stop is agreed inside the epoch
-                raise TrainingStopped(f'{signal.Signals(guard.signal).name} received', 128 + guard.signal,
-                                      save=True)
-    except TrainingStopped as e:
-        if not e.save:
-            raise
-        if not main_proc:
-            raise TrainingStopped(f'rank {loop.rank}: {e} (rank 0 saves {paths.last})', e.exit_code) from None
-        guard.save(training_checkpoint(state, loop.model, loop.ema, loop.optimizer, loop.scaler, opt,
-                                       loop.hyp_given), background=False)
-        where = f'epoch {state.epoch} batch {state.batch}' if state.batch else f'the start of epoch {state.epoch}'
-        raise TrainingStopped(f'{e}: {paths.last} saved at {where}; continue with python train.py --resume '
-                              f'{paths.save_dir}', e.exit_code) from None
-    except RuntimeError as e:  # the loader's SIGCHLD handler raises wherever this thread is: no save then
-        if guard.signal and not main_proc:  # rank 0 stopped in its evaluation and left this rank's collective
-            raise TrainingStopped(f'rank {loop.rank}: {signal.Signals(guard.signal).name} received (rank 0 saves '
-                                  f'{paths.last})', 128 + guard.signal) from None
-        reason = loader_failure(e)
-        if reason is None:
-            raise
-        raise TrainingStopped(f'data loader failed: {reason}; the last checkpoint is {paths.last}') from None
-
-
-def finish_run(paths):
-    """results.png, and final.pt: the float16 EMA weights of best.pt (or last.pt) for inference."""
-    plot_results(paths.save_dir)
-    src = paths.best if paths.best.exists() else paths.last
-    if src.exists():
-        strip_optimizer(src, paths.final)
-
-
-def parse_opt(argv=None):
+def build_parser():
     p = ArgumentParser(prog='train.py', description='Train Scaled-YOLOv4.')
     p.add_argument('--weights', type=str, default='', help='initial weights path ("" to train from scratch)')
     p.add_argument('--cfg', type=str, default='', help='model.yaml path')
@@ -474,7 +257,8 @@ def parse_opt(argv=None):
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--notest', action='store_true', help='only test the final epoch')
     p.add_argument('--noautoanchor', action='store_true', help='disable the autoanchor check')
-    p.add_argument('--evolve', nargs='?', const=300, type=int, default=0, help='evolve hyperparameters for N generations')
+    p.add_argument('--evolve', nargs='?', const=300, type=int, default=0,
+                   help='evolve hyperparameters for N generations')
     p.add_argument('--cache-images', nargs='?', const='ram', default=False, choices=['ram', 'disk'],
                    help='cache decoded images in RAM (default) or on disk')
     p.add_argument('--image-weights', action='store_true', help='sample images by class weights')
@@ -504,9 +288,20 @@ def parse_opt(argv=None):
                         'on CUDA or a CPU that supports it, none for float32')
     p.add_argument('--channels-last', action='store_true', help='channels_last memory format for model and images')
     p.add_argument('--compile', action='store_true', help='torch.compile the model for training')
+    p.add_argument('--activation-checkpointing', action='store_true',
+                   help='recompute the activations of each block in backward instead of keeping them: less memory '
+                        'for more time (the same gradients; README "Memory")')
     p.add_argument('--optimizer-impl', default='default', choices=['default', 'foreach', 'fused'],
                    help="PyTorch's optimizer step: default, multi-tensor foreach, or fused")
-    opt = p.parse_args(argv)
+    p.add_argument('--mlflow', nargs='?', const='', default=None, metavar='TRACKING_URI',
+                   help='also log to MLflow (pip install mlflow-skinny): params, per-epoch metrics and final.pt, at '
+                        'TRACKING_URI or MLflow\'s own default (MLFLOW_TRACKING_URI); experiment: '
+                        'MLFLOW_EXPERIMENT_NAME or scaled-yolov4')
+    return p
+
+
+def parse_opt(argv=None):
+    opt = build_parser().parse_args(argv)
     opt.img_size.extend([opt.img_size[-1]] * (2 - len(opt.img_size)))
     return opt
 
@@ -526,19 +321,25 @@ def check_options(opt):
     check_at_least('--watchdog', opt.watchdog, 0)
     if opt.resume and opt.evolve:
         raise ArgumentError('--resume and --evolve: evolution runs its generations anew; give one of them')
+    if opt.mlflow is not None and not mlflow_available():
+        raise ArgumentError('--mlflow needs the mlflow package: pip install mlflow-skinny')
 
 
-def resumed_options(opt, ckpt, path):
-    """(options, hyp) of a resumed run: its saved options, with this command's --epochs, --hyp, --device and the
-    process layout (rank, world size) taking precedence."""
+def resumed_options(opt, ckpt, path, given=()):
+    """(options, hyp) of a resumed run: its saved options, with the flags this command gives (names in `given`)
+    that a resume may change, and the process layout (rank, world size). A flag that changes the model, the data or
+    the recipe is refused (utils.train.resume). --epochs, --device and --hyp count as given when set."""
     saved = argparse.Namespace(**{**vars(parse_opt([])), **ckpt['opt']})  # options added since: their defaults
     for k in ('local_rank', 'world_size', 'global_rank'):
         setattr(saved, k, getattr(opt, k))
-    saved.device = opt.device or saved.device
-    saved.epochs = opt.epochs or saved.epochs
     hyp = ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp)
     saved.hyp_changed = hyp != ckpt['hyp']  # the same --hyp again (a restart, --resume auto) is no change
-    saved.hyp = opt.hyp or saved.hyp
+    given = set(given) | {k for k in ('epochs', 'device', 'hyp') if getattr(opt, k, None)}
+    changes = resume.compare(given, opt, ckpt['opt'], run_folder_of(path), saved.hyp_changed, find_config)
+    for dest, value, _ in changes:
+        setattr(saved, dest, value)
+    if changes:
+        LOGGER.warning('WARNING: resuming %s with %s', run_folder_of(path), resume.describe(changes))
     saved.weights, saved.resume = str(path), 'auto' if getattr(opt, 'resume', None) == 'auto' else True  # a requeue
     saved.save_dir = str(run_folder_of(path))
     return saved, hyp
@@ -560,21 +361,27 @@ def new_run_options(opt):
     return hyp
 
 
-def run(**kwargs):
+def run(callbacks=(), **kwargs):
     """train.py from Python: run(cfg='models/yolov4-p5.yaml', data='data/coco.yaml', epochs=300, ...).
 
     Keyword names are the command-line flags with underscores (img_size=[896, 896], batch_size=64, ...).
+    callbacks: hooks of yours (utils.train.hooks.Hook), called after the run's own at each event; one that fails
+    is a warning and is not called again (docs/architecture.md, "Callbacks").
     """
-    return main(opt=options_from_kwargs(parse_opt, kwargs, 'train.run'))
+    return main(opt=options_from_kwargs(parse_opt, kwargs, 'train.run'), callbacks=callbacks, given=set(kwargs))
 
 
 def named_resume(opt):
-    """(path, loaded checkpoint) of a resume of a named (or the latest) checkpoint, else None: read before the
-    run is planned for the device it was trained on, and handed on so that it is read only once."""
+    """(path, loaded checkpoint, damaged path or None) of a resume of a named run or checkpoint (or the latest
+    run), else None: read before the run is planned for the device it was trained on, and handed on so that it is
+    read only once. A run's newest intact checkpoint is taken when its last.pt is unreadable; a file the user named
+    is not swapped for another."""
     if not opt.resume or opt.resume == 'auto':
         return None
     path = resume_path(opt.resume, opt.project)
-    return path, load_checkpoint(path)
+    if opt.resume is not True and Path(opt.resume).is_file():
+        return path, load_checkpoint(path), None
+    return load_newest_intact(path.parent, run_folder_of(path) / 'results.txt')
 
 
 def check_world_size(total_batch_size, world_size):
@@ -583,19 +390,18 @@ def check_world_size(total_batch_size, world_size):
                             f'{world_size}')
 
 
-def main(argv=None, opt=None):
-    opt = opt or parse_opt(argv)
+def process_layout(opt):
+    """This process's rank, local rank and the world size, from torchrun's environment (in place)."""
     opt.local_rank = int(os.environ.get('LOCAL_RANK', opt.local_rank))
     opt.world_size = int(os.environ.get('WORLD_SIZE', 1))
     opt.global_rank = int(os.environ.get('RANK', -1)) if opt.world_size > 1 or 'RANK' in os.environ else -1
     if opt.world_size == 1:
         opt.global_rank = opt.local_rank = -1
-    set_logging(opt.global_rank)
-    check_options(opt)
-    if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
-        new_run_options(deepcopy(opt))
-        check_world_size(opt.batch_size, opt.world_size)
-    preloaded = named_resume(opt)
+
+
+def start_device(opt, preloaded):
+    """The device this process trains on (a named resume's saved device unless --device says otherwise), with the
+    process group started under DDP."""
     saved_device = (preloaded[1].get('opt') or {}).get('device', '') if preloaded else ''
     device = select_device(opt.device or saved_device, batch_size=opt.batch_size if opt.world_size == 1 else None)
     if opt.global_rank != -1:
@@ -603,23 +409,34 @@ def main(argv=None, opt=None):
             torch.cuda.set_device(opt.local_rank)
             device = torch.device('cuda', opt.local_rank)
         init_distributed(device, opt.global_rank, opt.world_size, opt.ddp_timeout)
-    lock, tb_writer, failed = None, None, True
+    return device
+
+
+def main(argv=None, opt=None, callbacks=(), given=None):
+    """train.py: argv (default sys.argv[1:]), or options already parsed with the names of those given (`given`,
+    which a resume compares with the run's; run() passes both)."""
+    if opt is None:
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        opt, given = parse_opt(argv), resume.given_flags(build_parser(), argv)
+    process_layout(opt)
+    set_logging(opt.global_rank)
+    check_options(opt)
+    if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
+        new_run_options(deepcopy(opt))
+        check_world_size(opt.batch_size, opt.world_size)
+    preloaded = named_resume(opt)
+    device = start_device(opt, preloaded)
+    lock, failed = None, True
     try:
         save_dir, checkpoint, ckpt, lock = agree_on_plan(opt, preloaded)
         if checkpoint:
-            opt, hyp = resumed_options(opt, ckpt, Path(checkpoint))
+            opt, hyp = resumed_options(opt, ckpt, Path(checkpoint), given or ())
         else:
             hyp = new_run_options(opt)
             opt.save_dir, opt.resume = save_dir, False
         check_world_size(opt.total_batch_size, opt.world_size)
         opt.batch_size = opt.total_batch_size // opt.world_size
-        if opt.evolve:
-            result = evolve(hyp, opt, device)
-        else:
-            if opt.global_rank in (-1, 0):
-                from torch.utils.tensorboard import SummaryWriter
-                tb_writer = SummaryWriter(log_dir=opt.save_dir)
-            result = train(hyp, opt, device, tb_writer, ckpt)
+        result = evolve(hyp, opt, device) if opt.evolve else train(hyp, opt, device, ckpt, callbacks)
         failed = False
         return result
     except TrainingStopped as e:
@@ -638,8 +455,6 @@ def main(argv=None, opt=None):
                      str(e).splitlines()[0] if str(e) else type(e).__name__)
         sys.exit(1)
     finally:
-        if tb_writer is not None:
-            tb_writer.close()
         if lock is not None:
             release_run(lock, failed)
         if dist.is_available() and dist.is_initialized():

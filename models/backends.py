@@ -53,6 +53,15 @@ def metadata(names, stride, img_size, batch_size, dynamic, precision, nms=None):
             'nms': json.dumps(nms)}
 
 
+def add_onnx_metadata(onnx, path, meta):
+    """Write `meta` into the ONNX file's metadata_props (in place)."""
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(path))
+
+
 def _require(module, kind, path):
     try:
         return __import__(module)
@@ -134,7 +143,7 @@ def _load_onnx(path, threads=0):
         options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
-    except Exception as e:  # onnxruntime raises its own exception types for files it cannot read
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for files it cannot read
         raise BackendError(f'{path}: not an ONNX model ONNX Runtime can load ({" ".join(str(e).split())[:200]})') \
             from None
     meta = _check_meta(session.get_modelmeta().custom_metadata_map, path)

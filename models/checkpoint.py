@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -210,8 +211,10 @@ def _temp_path(path, pid):
     return path.with_name(f'.{path.name}.{pid}.tmp')
 
 
-def save_checkpoint(ckpt, path):
-    """Write atomically: a temporary file in the same folder, fsync, then rename over the target.
+def save_checkpoint(ckpt, path, previous=None):
+    """Write atomically: a temporary file in the same folder, fsync, then rename over the target. With `previous`
+    (a second slot, last-previous.pt), the file being replaced is kept there (a hard link: no copy, no space),
+    so that a checkpoint damaged later (a failing disk, a truncated copy) leaves one intact behind it.
 
     A kill at any moment leaves the previous file whole. A full disk or a read-only folder raises
     CheckpointError naming the file (the previous file is kept).
@@ -224,19 +227,41 @@ def save_checkpoint(ckpt, path):
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.is_file():
+            keep_previous(path, Path(previous))
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         reason = write_error_reason(e)
         if reason is None:
             raise
-        kept = f'; the previous {path.name} is kept' if path.exists() else ''
-        raise CheckpointError(f'{reason} on {_device_of(path.parent)} writing {path}{kept}: free space and '
-                              f'continue with --resume') from None
+        raise CheckpointError(f'{reason} on {_device_of(path.parent)} writing {path}: {_after_write_error(path)}') \
+            from None
     finally:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def keep_previous(path, previous):
+    """previous becomes (atomically) another name of path's current file."""
+    tmp = _temp_path(previous, os.getpid())
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a file system without hard links: a copy
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, previous)
+
+
+def _after_write_error(path):
+    """What a failed checkpoint write leaves, and what to do: continue from the checkpoint kept, or, when the run
+    has none yet, start it again (there is nothing to resume)."""
+    if path.exists():
+        return f'the previous {path.name} is kept; free space and continue with --resume'
+    if any((path.parent / name).is_file() for name in ('last.pt', 'last-previous.pt')):
+        return 'free space and continue with --resume (last.pt is kept)'
+    return 'no checkpoint of this run was written, so there is nothing to resume: free space and start it again'
 
 
 def _device_of(folder):

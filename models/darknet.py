@@ -21,13 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import checkpointing as activation_checkpointing
 from models.activations import Mish
 from models.yolo import CONFIG_DIR, Detect, decode_level, find_config, grid_boxes
-from utils.downloads import DARKNET_RELEASES, download_release, release_destination
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
-COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-class releases
 # AlexeyAB darknet's batch norm: (x - mean) / sqrt(variance + .00001f) in src/blas.c normalize_cpu, and
 # sqrt(variance + .00001) in src/network.c fuse_conv_batchnorm, which darknet runs for inference. (pjreddie's original
 # darknet and OpenCV's darknet importer use .000001f; the published yolov4-csp branch builds cfgs with eps 1e-4.)
@@ -356,7 +355,10 @@ class DarknetModel(nn.Module):
             raise DarknetError('augmented inference (--augment) is not available for darknet cfg models')
         outputs, levels = [], []
         for m in self.model[:-1]:
-            x = m(x, outputs)
+            if isinstance(m, DarknetConv) and activation_checkpointing.active(self, x):
+                x = activation_checkpointing.checkpointed(lambda t, m=m: m(t, outputs), m, x)
+            else:
+                x = m(x, outputs)
             if isinstance(m, YoloOutput):
                 levels.append(x)
             outputs.append(x)
@@ -486,39 +488,3 @@ def save_darknet_weights(model, path, seen=0, version=(0, 2, 5)):
             parts += [t.detach().float().cpu().numpy().astype('<f4').tobytes() for t in _conv_tensors(m)]
     Path(path).write_bytes(b''.join(parts))
     return path
-
-
-def load_darknet_model(weights, cfg=None):
-    """The model of darknet `weights`, in eval mode: a DarknetModel of `cfg`, or, when `cfg` is a YAML of ours
-    that darknet's layers describe in order (yolov4-tiny.yaml), that YAML model (models/darknet_convert.py).
-    `cfg` defaults to the cfg of the same name in models/ (yolov4-tiny.weights: models/yolov4-tiny.cfg). Darknet's
-    releases (utils.downloads.DARKNET_RELEASES) that are not on disk are downloaded into weights/ first, checked
-    against the cfg before they get their name. An 80-class model gets COCO's class names."""
-    weights = Path(weights)
-    if not weights.is_file() and weights.name not in DARKNET_RELEASES:
-        raise DarknetError(f'darknet weights {weights} not found (darknet\'s releases {", ".join(DARKNET_RELEASES)} '
-                           f'are downloaded into weights/ when named)')
-    if cfg is None:
-        if not (CONFIG_DIR / f'{weights.stem}.cfg').is_file():
-            raise DarknetError(f'{weights}: no models/{weights.stem}.cfg to build it from: give its darknet cfg '
-                               f'(--cfg path/to/{weights.stem}.cfg)')
-        cfg = CONFIG_DIR / f'{weights.stem}.cfg'
-    if str(cfg).endswith(('.yaml', '.yml')):
-        from models.darknet_convert import yaml_from_darknet  # it builds on this module
-        build = lambda path: yaml_from_darknet(cfg, path)  # noqa: E731
-    else:
-        empty = DarknetModel(cfg)  # built once, before any download: a bad cfg fails first
-
-        def build(path):
-            load_darknet_weights(empty, path)
-            return empty
-    loaded = []  # a download is checked by loading it: that model is the one returned
-    if not weights.is_file() and weights.name in DARKNET_RELEASES:  # darknet's release, by name
-        weights = release_destination(weights)
-        if not weights.is_file():
-            download_release(weights.name, weights, validate=lambda path: loaded.append(build(path)))
-    model = loaded[0] if loaded else build(weights)
-    if model.nc == 80 and COCO_YAML.is_file():
-        import yaml
-        model.names = list(yaml.safe_load(COCO_YAML.read_text())['names'])
-    return model.eval()

@@ -3,6 +3,7 @@
     text, dk = yaml_to_darknet(model)                       # a DarknetModel with the same outputs
     write_darknet(model, 'best.cfg', 'best.weights')
     model = yaml_from_darknet('yolov4-tiny.yaml', 'yolov4-tiny.weights')   # darknet's release in the YAML model
+    model = load_darknet_model('yolov4-tiny.weights')     # a .weights of darknet's cfg, or of a YAML of ours
 
 Every layer maps onto darknet's standard layers (docs/architecture.md, "Darknet files"):
 - a batch norm keeps its values, its variance moved from the model's eps to darknet's 1e-5 (the same function;
@@ -16,15 +17,20 @@ So a YAML model that darknet's cfg describes layer for layer (yolov4-tiny.yaml) 
 order, and the release's .weights load into it.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+import yaml
 
 from models.activations import Mish
 from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, Split, SPPCSP
 from models.darknet import (BN_EPS, DarknetConv, DarknetError, DarknetModel, format_anchors, format_cfg,
                             load_darknet_weights, save_darknet_weights)
-from models.yolo import Detect, Model
+from models.yolo import CONFIG_DIR, Detect, Model
+from utils.downloads import DARKNET_RELEASES, download_release, release_destination
+
+COCO_YAML = CONFIG_DIR.parent / 'data' / 'coco.yaml'  # class names of the 80-class releases
 
 NET = {'batch': 64, 'subdivisions': 8, 'channels': 3, 'momentum': 0.949, 'decay': 0.0005, 'angle': 0,
        'saturation': 1.5, 'exposure': 1.5, 'hue': .1, 'learning_rate': 0.001, 'burn_in': 1000,
@@ -263,4 +269,38 @@ def yaml_from_darknet(cfg, weights, nc=None):
     for n, (layer, binding) in enumerate(zip(dk.model, bindings)):
         if binding is not None:
             binding.from_darknet(layer, f'{weights} (layer {n})')
+    return model.eval()
+
+
+def load_darknet_model(weights, cfg=None):
+    """The model of darknet `weights`, in eval mode: a DarknetModel of `cfg`, or, when `cfg` is a YAML of ours
+    that darknet's layers describe in order (yolov4-tiny.yaml), that YAML model (yaml_from_darknet).
+    `cfg` defaults to the cfg of the same name in models/ (yolov4-tiny.weights: models/yolov4-tiny.cfg). Darknet's
+    releases (utils.downloads.DARKNET_RELEASES) that are not on disk are downloaded into weights/ first, checked
+    against the cfg before they get their name. An 80-class model gets COCO's class names."""
+    weights = Path(weights)
+    if not weights.is_file() and weights.name not in DARKNET_RELEASES:
+        raise DarknetError(f'darknet weights {weights} not found (darknet\'s releases {", ".join(DARKNET_RELEASES)} '
+                           f'are downloaded into weights/ when named)')
+    if cfg is None:
+        if not (CONFIG_DIR / f'{weights.stem}.cfg').is_file():
+            raise DarknetError(f'{weights}: no models/{weights.stem}.cfg to build it from: give its darknet cfg '
+                               f'(--cfg path/to/{weights.stem}.cfg)')
+        cfg = CONFIG_DIR / f'{weights.stem}.cfg'
+    if str(cfg).endswith(('.yaml', '.yml')):
+        build = lambda path: yaml_from_darknet(cfg, path)  # noqa: E731
+    else:
+        empty = DarknetModel(cfg)  # built once, before any download: a bad cfg fails first
+
+        def build(path):
+            load_darknet_weights(empty, path)
+            return empty
+    loaded = []  # a download is checked by loading it: that model is the one returned
+    if not weights.is_file() and weights.name in DARKNET_RELEASES:  # darknet's release, by name
+        weights = release_destination(weights)
+        if not weights.is_file():
+            download_release(weights.name, weights, validate=lambda path: loaded.append(build(path)))
+    model = loaded[0] if loaded else build(weights)
+    if model.nc == 80 and COCO_YAML.is_file():
+        model.names = list(yaml.safe_load(COCO_YAML.read_text())['names'])
     return model.eval()

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from models.backends import export_kind, load_exported
-from models.darknet import load_darknet_model
+from models.darknet_convert import load_darknet_model
 
 LOGGER = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ if __package__ in (None, ''):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.activations import Mish  # noqa: E402
+from models.backends import add_onnx_metadata  # noqa: E402
 from models.darknet import DarknetModel  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect  # noqa: E402
@@ -104,8 +105,10 @@ def write_exports(model, img, meta, stem, include, dynamic=False, opset=13, bf16
         files['onnx-nms'] = export_end2end(model, img, Path(stem + '-nms.onnx'), meta, dynamic, opset, nms)
     if int8:
         from models.quantize import quantize_onnx
-        files['onnx-int8'] = quantize_onnx(onnx_file, Path(stem + '-int8.onnx'), data, img.shape[2:],
-                                           calib_images, dict(meta, precision='int8'))
+        from utils.calibration import CalibrationImages
+        files['onnx-int8'] = quantize_onnx(onnx_file, Path(stem + '-int8.onnx'),
+                                           CalibrationImages.sample(data, img.shape[2:], calib_images),
+                                           dict(meta, precision='int8'))
     if 'openvino' in include:
         files['openvino'] = export_openvino(onnx_file, Path(stem + '_openvino_model'),
                                             dict(meta, precision='bf16' if bf16 else 'fp32'))
@@ -194,15 +197,6 @@ def export_end2end(model, img, path, meta, dynamic, opset, nms):
     return path
 
 
-def add_onnx_metadata(onnx, path, meta):
-    """Write `meta` into the ONNX file's metadata_props (in place)."""
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
-    onnx.save(proto, str(path))
-
-
 def export_openvino(onnx_file, folder, meta):
     """An OpenVINO IR (folder/<name>.xml, .bin) converted from the ONNX file, with folder/metadata.json."""
     try:
@@ -243,7 +237,8 @@ def export_darknet(weights, img_size=640, cfg=None):
     (models/darknet_convert.py). They are read back and run against the checkpoint; returns ((cfg path, weights
     path), largest difference of the decoded outputs)."""
     from models.checkpoint import load_checkpoint, model_from_checkpoint
-    from models.darknet import load_darknet_model, load_darknet_weights
+    from models.darknet import load_darknet_weights
+    from models.darknet_convert import load_darknet_model
     from models.darknet_convert import write_darknet
     if str(weights).endswith('.weights'):
         model = load_darknet_model(weights, cfg)

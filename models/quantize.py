@@ -1,6 +1,6 @@
 """INT8 post-training quantization of an exported ONNX model, calibrated on images of a data yaml.
 
-    quantize_onnx('best.onnx', 'best-int8.onnx', 'data/coco.yaml', (640, 640), 100, meta)
+    quantize_onnx('best.onnx', 'best-int8.onnx', CalibrationImages.sample('data/coco.yaml', (640, 640), 100), meta)
 
 ONNX Runtime's static quantization writes a QDQ model (QuantizeLinear/DequantizeLinear around each conv but the
 head's: int8 weights per output channel, uint8 activations with min/max ranges from the calibration images).
@@ -8,42 +8,12 @@ ONNX Runtime and OpenVINO both run QDQ models with int8 kernels (VNNI or AVX2). 
 test.py and detect.py feed a static export (models/backends.py), so the ranges are the ones inference sees.
 """
 import logging
-import random
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from utils.augmentations import letterbox
-from utils.data_config import load_data_config
-from utils.datasets import list_image_files
+from models.backends import add_onnx_metadata
 from utils.errors import ArgumentError
-from utils.sources import to_chw_rgb
 
 LOGGER = logging.getLogger(__name__)
-
-
-def calibration_files(data, n, seed=0):
-    """Up to n training images of data yaml `data` (a seeded sample)."""
-    cfg = load_data_config(data, required=('train',), existing=('train',))
-    files = list_image_files(cfg['train'])
-    return random.Random(seed).sample(files, min(n, len(files)))
-
-
-def calibration_batches(files, img_size, batch_size=1):
-    """The images letterboxed to img_size (h, w), as float32 batches in [0, 1]."""
-    batch = []
-    for f in files:
-        img = cv2.imread(str(f))
-        if img is None:
-            LOGGER.warning('calibration: %s is not a readable image, skipped', f)
-            continue
-        batch.append(to_chw_rgb(letterbox(img, new_shape=tuple(img_size), auto=False)[0]).astype(np.float32) / 255)
-        if len(batch) == batch_size:
-            yield np.stack(batch)
-            batch = []
-    if batch:  # a static batch size is filled with copies
-        yield np.stack(batch + batch[:1] * (batch_size - len(batch)))
 
 
 def head_convs(proto):
@@ -53,8 +23,9 @@ def head_convs(proto):
     return [node.name for node in proto.graph.node if node.op_type == 'Conv' and node.output[0] in reshaped]
 
 
-def quantize_onnx(src, dst, data, img_size, n, meta):
-    """Write dst, the INT8 (QDQ) model of ONNX file src calibrated on n images of `data`; returns dst."""
+def quantize_onnx(src, dst, calibration, meta):
+    """Write dst, the INT8 (QDQ) model of ONNX file src calibrated on `calibration` (utils.calibration's
+    CalibrationImages: the letterboxed images as batches); returns dst."""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -62,13 +33,11 @@ def quantize_onnx(src, dst, data, img_size, n, meta):
         raise ArgumentError('--int8 needs onnxruntime (its quantization tools): pip install onnxruntime (or pip '
                             'install -r requirements-test.txt)') from None
     import onnx
-    from models.export import add_onnx_metadata
     batch = onnx.load(str(src)).graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
-    files = calibration_files(data, n)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = calibration_batches(files, img_size, batch)
+            self.batches = calibration.batches(batch)
 
         def get_next(self):
             x = next(self.batches, None)
@@ -86,5 +55,5 @@ def quantize_onnx(src, dst, data, img_size, n, meta):
     finally:
         pre.unlink(missing_ok=True)
     add_onnx_metadata(onnx, dst, meta)
-    LOGGER.info('INT8 export success (calibrated on %d images of %s), saved as %s', len(files), data, dst)
+    LOGGER.info('INT8 export success (calibrated on %s), saved as %s', calibration, dst)
     return Path(dst)

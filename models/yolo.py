@@ -15,6 +15,7 @@ import torch.nn as nn
 if __package__ in (None, ''):  # `python models/yolo.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models import checkpointing as activation_checkpointing  # noqa: E402
 from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, Split, SPPCSP  # noqa: E402
 from utils.errors import ArgumentParser, UserError, check_at_least, run_cli  # noqa: E402
 from utils.general import make_divisible  # noqa: E402
@@ -163,7 +164,11 @@ class Model(nn.Module):
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
             if profile:
                 _profile_layer(m, x)
-            x = m(x)
+            if activation_checkpointing.active(self, x) and not isinstance(m, Detect) and any(
+                    p.requires_grad for p in m.parameters()):
+                x = activation_checkpointing.checkpointed(m, m, x)
+            else:
+                x = m(x)
             y.append(x if m.i in self.save else None)
         return x
 
@@ -335,7 +340,8 @@ def parse_model(d, ch, verbose=True):
 
 
 def main(argv=None):
-    parser = ArgumentParser(prog='models/yolo.py', description='Build a model from its YAML and print its layers and size.')
+    parser = ArgumentParser(prog='models/yolo.py',
+                            description='Build a model from its YAML and print its layers and size.')
     parser.add_argument('--cfg', type=str, default='yolov4-p5.yaml', help='model.yaml (path or name in models/)')
     parser.add_argument('--img-size', '--img', type=int, default=None, help='size for the GFLOPs figure')
     parser.add_argument('--device', default='cpu', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')

@@ -2,6 +2,7 @@
 import copy
 import functools
 import http.server
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+COCO8_YAML = ROOT / 'data' / 'coco8.yaml'
+
+
+def free_port():
+    """A TCP port free on localhost now (for a rendezvous; another process may take it before it is used)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def run_script(*args, cwd=ROOT, env=None, timeout=600, **kwargs):
+    """`python *args` in cwd, its output captured as text."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
 
 
 def tiny_cfg(name='yolov4-p5', depth=0.33, width=0.125, nc=None):

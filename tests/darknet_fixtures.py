@@ -169,7 +169,7 @@ def store_case(judge, name, cfg, weights, img, tmp, ours):
 
 def regenerate(judge_dir):
     sys.path.insert(0, str(judge_dir))
-    import judge  # noqa: the judge's own helpers (cfg for inference, raw output decoding)
+    import judge  # the judge's own helpers (cfg for inference, raw output decoding)
     DATA.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         images = [str(ROOT / 'data' / 'coco8' / 'images' / f) for f in IMAGES]

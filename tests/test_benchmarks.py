@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import ROOT
-from utils.benchmarks import fp16_peak_tflops, main
+from utils.benchmarks.modes import fp16_peak_tflops, main
 
 INFER_ROW = r'\n\s+{bs}\s+float32\s+contiguous\s+{runner}\s+native\s+{nms}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+-'
 

@@ -11,9 +11,8 @@ import torch
 from conftest import ROOT
 from darknet_fixtures import (DARKNET_EPS, DATA, READ_CASES, WRITE_CASES, differences, predictions, random_weights,
                               read_case_cfg, read_case_model, tolerance, write_case_model)
-from models.darknet import (DarknetError, DarknetModel, load_darknet_model, load_darknet_weights,
-                            save_darknet_weights, weights_file_size)
-from models.darknet_convert import write_darknet, yaml_to_darknet
+from models.darknet import DarknetError, DarknetModel, load_darknet_weights, save_darknet_weights, weights_file_size
+from models.darknet_convert import load_darknet_model, write_darknet, yaml_to_darknet
 from models.yolo import Model
 from utils.torch_utils import count_flops
 from test_robustness import assert_one_line_error
@@ -273,7 +272,7 @@ def test_autoanchor_on_a_head_listing_stride_32_first():
     """Darknet's tiny lists its stride-32 level first: evolved anchors go to the levels by area and the grid-unit
     anchors are the pixel anchors over each level's own stride (they were divided before the levels were
     reordered, so each level trained with anchors 2x off)."""
-    from utils.autoanchor import check_anchors
+    from utils.train.autoanchor import check_anchors
     model = DarknetModel('yolov4-tiny.cfg')
     head = model.model[-1]
     rng = np.random.default_rng(0)

@@ -284,7 +284,7 @@ def test_stream_that_ends_stops_cleanly(tmp_path, caplog):
     streams = LoadStreams(str(path), img_size=64, retries=1, retry_wait=0.01)
     path.unlink()  # the open capture reads on; reconnecting fails, as for a camera that went away
     deadline = time.time() + 60
-    for sources, img, img0, _ in streams:
+    for _, img, img0, _ in streams:
         assert img.shape[0] == 1 and img.shape[1] == 3 and img0[0].shape == (48, 64, 3)
         assert time.time() < deadline
         time.sleep(0.001)

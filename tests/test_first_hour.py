@@ -9,11 +9,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_cfg
+from conftest import COCO8_YAML, ROOT, tiny_cfg
 from models.checkpoint import model_payload, save_checkpoint, strip_optimizer
 from models.yolo import Model
 
-COCO8_YAML = ROOT / 'data' / 'coco8.yaml'
 
 
 def _weights(path, obj_bias):
@@ -85,7 +84,8 @@ def test_scripts_say_what_they_wrote(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f'Results saved to {tmp_path / "runs" / "t"}') and 'detections_val2017_w_results.json' in last
+    assert last.startswith(f'Results saved to {tmp_path / "runs" / "t"}')
+    assert 'detections_val2017_w_results.json' in last
     r = subprocess.run([sys.executable, 'detect.py', '--weights', str(w), '--source', 'data/coco8/images', '--img',
                         '64', '--conf', '0.01', '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--name', 'd'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

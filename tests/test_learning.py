@@ -32,27 +32,26 @@ def batchnorm_gaps(model, imgs):
     return torch.tensor(gaps)
 
 
-def test_quick_recipe_overfits_the_bundled_images(tmp_path, monkeypatch):
+def test_quick_recipe_overfits_the_bundled_images(tmp_path):
     """Also: at epoch 60 the EMA model that training evaluates has BatchNorm statistics of its data. With the
     published momentum 0.03 and one batch per epoch, 0.97^60 = 16% of the initial running variance (1.0) was left
     in layers whose activations vary by 1e-3: the median layer was off by a factor e^5.8 (about 300), and the
     evaluated mAP sat at 0 mid-run (docs/batchnorm-statistics.md)."""
     import train
     from utils.datasets import create_dataloader
+    from utils.train.hooks import Hook
     torch.set_num_threads(2)
     hyp = yaml.safe_load((ROOT / 'data' / 'hyp.quick.yaml').read_text())
     loader = create_dataloader(str(ROOT / 'data' / 'coco8' / 'images'), 192, 8, 32, hyp=hyp, rect=True, pad=0.5,
                                workers=0)[0]
     imgs = next(iter(loader))[0].float() / 255
     gaps = {}
-    end_of_epoch = train.end_of_epoch
 
-    def measure_then_end_epoch(loop, state, *args, **kwargs):
-        if state.epoch == 60:
-            gaps['epoch 60'] = batchnorm_gaps(copy.deepcopy(loop.ema.ema), imgs)
-        return end_of_epoch(loop, state, *args, **kwargs)
-    monkeypatch.setattr(train, 'end_of_epoch', measure_then_end_epoch)
-    results = train.run(epochs=200, project=str(tmp_path), name='q', **QUICK)
+    class MeasureAtEpoch60(Hook):
+        def after_epoch(self):
+            if self.trainer.ended.epoch == 60:
+                gaps['epoch 60'] = batchnorm_gaps(copy.deepcopy(self.trainer.ema.ema), imgs)
+    results = train.run(epochs=200, project=str(tmp_path), name='q', callbacks=[MeasureAtEpoch60()], **QUICK)
     p, r, map50, map_ = results[:4]
     assert map50 > MIN_MAP50, results
     ck = torch.load(tmp_path / 'q' / 'weights' / 'last.pt', weights_only=True)

@@ -1,26 +1,19 @@
 """Two "nodes" on this machine: two torchrun launchers with --nnodes 2 meeting at a c10d rendezvous endpoint
 (gloo), as on a cluster; then both resume from the same last.pt on shared storage."""
 import os
-import socket
 import sys
 
 import torch
 import yaml
 
-from conftest import ROOT, DrainedProcess, tiny_cfg
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from conftest import ROOT, free_port, DrainedProcess, tiny_cfg
 
 
 def _two_nodes(args, tmp_path):
     """Start node 0 and node 1 (one process each) with the same rendezvous endpoint; returns their exit codes and
     standard error. Their stderr is drained as it comes: a pipe read only after wait() fills up, and a node blocked
     writing to it never reached the rendezvous (the other node then failed with 'wait timeout ... MASTER_ADDR')."""
-    endpoint = f'127.0.0.1:{_free_port()}'
+    endpoint = f'127.0.0.1:{free_port()}'
     env = dict(os.environ, OMP_NUM_THREADS='1')
     procs = [DrainedProcess([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc_per_node', '1',
                              '--node_rank', str(node), '--rdzv_backend', 'c10d', '--rdzv_endpoint', endpoint,

@@ -114,7 +114,7 @@ def test_recipe_is_published():
     (biases falling from 0.1, the rest rising from 0 towards lr0 x the cosine factor of the epoch), momentum
     (0.9 rising to hyp momentum), weight decay scaled to the nominal batch 64, and the EMA decay ramp. Ours are
     built and stepped as train.py does."""
-    from utils.optim import cosine_lr, smart_optimizer, warmup_iterations, warmup_step
+    from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations, warmup_step
     from utils.torch_utils import ModelEMA
     judged = json.loads((OUT / 'recipe.json').read_text())
     batches = judged['images'] // judged['batch']

@@ -2,8 +2,8 @@
 per run folder, and batches that do not depend on the number of loader workers.
 
 The training runs use a tiny P5 on coco8 at 64 px with mosaic and MixUp (and multi-scale where one process has
-two images a batch), so every source of randomness takes part. "Bit-identical" compares every tensor of the final last.pt's model and EMA with
-torch.equal, and results.txt line by line.
+two images a batch), so every source of randomness takes part. "Bit-identical" compares every tensor of the final
+last.pt's model and EMA with torch.equal, and results.txt line by line.
 """
 import os
 import re
@@ -12,12 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, DrainedProcess, tiny_cfg
+from conftest import ROOT, free_port, DrainedProcess, tiny_cfg
 
 DATA = str(ROOT / 'data' / 'coco8.yaml')
 
@@ -41,7 +42,7 @@ def _args(files, project, name, epochs=3, workers=0, batch=2, *extra):
 
 def _popen(args, torchrun=None, **kw):
     cmd = [sys.executable, 'train.py'] if torchrun is None else \
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', _free_port(),
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', free_port(),
          *torchrun, 'train.py']
     return DrainedProcess(cmd + [str(a) for a in args], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), **kw)
 
@@ -50,12 +51,6 @@ def _train(args, torchrun=None):
     p = _popen(args, torchrun)
     _, err = p.communicate(timeout=600)
     return p.returncode, err
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
 
 
 def _progress(last):
@@ -123,29 +118,35 @@ def test_worker_count_does_not_change_the_run(files, reference, tmp_path):
     assert_same_run(reference, tmp_path / 'w2')
 
 
-def _train_with_sigterm(args, at):
-    """train.main(args) in a fresh process that sends itself SIGTERM in the optimizer step of batch `at`
-    (epoch, batch): a stop at a chosen place, as a scheduler's signal would make it."""
+def _train_with_hook(args, hook):
+    """train.main(args) in a fresh process with the hook class whose source is `hook` (a Hook subclass named
+    Inject): a fault at a chosen place, as a scheduler's signal would make it."""
     script = f'''
 import os, signal
 import train
-real_step = train.optimizer_step
-def step_then_sigterm(loop, state, *args):
-    if (state.epoch, state.batch) == {tuple(at)!r}:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return real_step(loop, state, *args)
-train.optimizer_step = step_then_sigterm
-train.main({[str(a) for a in args]!r})
+from utils.train.hooks import Hook
+{hook}
+train.main({[str(a) for a in args]!r}, callbacks=[Inject()])
 '''
     return subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))  # as the reference: threads change float sums
+
+
+def _train_with_sigterm(args, at):
+    """SIGTERM after the step that leaves the run at `at` (epoch, batches done)."""
+    return _train_with_hook(args, f'''
+class Inject(Hook):
+    def after_step(self):
+        if (self.trainer.state.epoch, self.trainer.state.batch) == {tuple(at)!r}:
+            os.kill(os.getpid(), signal.SIGTERM)
+''')
 
 
 def test_sigterm_mid_epoch_resumes_with_the_next_batch(files, reference, tmp_path):
     """Stopped in epoch 1 after warm-up ended there (its rates set by warm-up, not by the schedule), then the
     same command again with --resume auto: the next batch follows, and the run ends bit-identical."""
     args = _args(files, tmp_path, 'b', 3, 2, 2, '--multi-scale')
-    r = _train_with_sigterm(args, (1, 1))
+    r = _train_with_sigterm(args, (1, 2))  # taken at the next batch's agreement: saved after batch 3
     last = tmp_path / 'b' / 'weights' / 'last.pt'
     assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
     assert _last_line(r.stderr) == (f'SIGTERM received: {last} saved at epoch 1 batch 3; continue with python '
@@ -345,7 +346,7 @@ class FakeClock:
 
 
 def _watchdogs(timeout=10):
-    from utils.watchdog import Watchdog
+    from utils.train.watchdog import Watchdog
     store, ended, clock = FakeStore(), {}, FakeClock()
     dogs = [Watchdog(timeout, r, 2, store, exit_fn=lambda m, r=r: ended.setdefault(r, m), clock=clock) for r in (0, 1)]
     for d in dogs:
@@ -391,18 +392,7 @@ def test_watchdog_names_a_rank_stuck_in_its_own_phase():
 def test_sigterm_during_evaluation_saves_the_finished_epoch(files, reference, tmp_path):
     """A stop signal during the end-of-epoch evaluation (minutes on COCO) ends it at once: last.pt holds the
     epoch's trained weights (every batch done), and the resume evaluates and continues as if never stopped."""
-    script = f'''
-import os, signal, sys
-import train
-real_test = train.tester.test
-def test_after_sigterm(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the validation batches are read
-    return real_test(*args, **kwargs)
-train.tester.test = test_after_sigterm
-train.main({[str(a) for a in _args(files, tmp_path, 'ev', 3, 0, 2, '--multi-scale')]!r})
-'''
-    r = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS='1'))  # as the reference: threads change float sums
+    r = _train_with_sigterm(_args(files, tmp_path, 'ev', 3, 0, 2, '--multi-scale'), (0, 4))  # the epoch's last step
     assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
     last = tmp_path / 'ev' / 'weights' / 'last.pt'
     assert _last_line(r.stderr) == (f'SIGTERM received: {last} saved at epoch 0 batch 4; continue with python '
@@ -431,7 +421,7 @@ def test_only_a_different_hyp_is_a_new_schedule(files, tmp_path):
 
 
 def test_watchdog_without_a_store_leaves_waits_to_the_process_group():
-    from utils.watchdog import Watchdog
+    from utils.train.watchdog import Watchdog
     ended, clock = [], FakeClock()
     dog = Watchdog(10, 1, 2, None, exit_fn=ended.append, clock=clock)
     dog.arm()
@@ -444,9 +434,25 @@ def test_watchdog_without_a_store_leaves_waits_to_the_process_group():
     assert ended and 'rank 1 made no progress for 11 s' in ended[0] and 'while loading data' in ended[0]
 
 
+def test_watchdog_names_a_rank_stopped_at_start_by_pid_and_host():
+    """Rank 1 announced itself and stopped before its first round (SIGSTOP a few seconds into a run): rank 0, which
+    waits for it, names it by rank, pid and host."""
+    from utils.train.watchdog import Watchdog
+    store, ended, clock = FakeStore(), {}, FakeClock()
+    dogs = [Watchdog(10, r, 2, store, exit_fn=lambda m, r=r: ended.setdefault(r, m), clock=clock) for r in (0, 1)]
+    dogs[1].announce()
+    dogs[0].announce()
+    dogs[0].arm()
+    dogs[0].beat('forward/backward')
+    dogs[0].beat('all-reduce', 'agreeing on the step', waiting=True)
+    _pass(clock, 12, dogs[:1])
+    assert ended[0].startswith(f'train.py: error: rank 1 (pid {os.getpid()} on {socket.gethostname()}) shows no sign '
+                               f'of life for ')
+
+
 def test_watchdog_names_the_ranks_that_never_reported():
     """A 4-rank job whose ranks 1 and 3 never reached the store (stopped at start-up): the waiting ranks name them."""
-    from utils.watchdog import Watchdog
+    from utils.train.watchdog import Watchdog
     store, ended, clock = FakeStore(), {}, FakeClock()
     dogs = [Watchdog(10, r, 4, store, exit_fn=lambda m, r=r: ended.setdefault(r, m), clock=clock) for r in (0, 2)]
     for d in dogs:
@@ -459,3 +465,89 @@ def test_watchdog_names_the_ranks_that_never_reported():
     assert ended[2] == ('train.py: error: rank 2 waited 12 s in all-reduce for ranks 1, 3, which never reported '
                         '(not started, or stopped before their first report); ending this process so that the job '
                         'can be restarted (torchrun --max-restarts) or resumed (--resume)')
+
+
+# --- damaged checkpoints and changed flags on resume (issue 29) ------------------------------------------------
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])  # a failing disk, or a copy between file systems cut short
+
+
+def test_truncated_last_pt_resumes_from_the_previous_checkpoint(files, reference, tmp_path):
+    """A requeue (--resume auto) finds last.pt truncated: it resumes from last-previous.pt, the checkpoint before it,
+    with one warning naming both and what is lost, sets the damaged file aside, and ends bit-identical."""
+    args = _args(files, tmp_path, 'd', 3, 0, 2, '--multi-scale', '--save-period-steps', '1')
+    r = _train_with_sigterm(args, (1, 2))
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    weights = tmp_path / 'd' / 'weights'
+    assert torch.load(weights / 'last-previous.pt', weights_only=True)['progress']['batch'] == 2
+    _truncate(weights / 'last.pt')
+    code, err = _train(args + ['--resume', 'auto'])
+    assert code == 0, err[-3000:]
+    warnings = [ln for ln in err.splitlines() if 'is unreadable' in ln]
+    assert len(warnings) == 1, err[-3000:]
+    assert warnings[0].startswith(f'WARNING: {weights / "last.pt"} is unreadable (') and warnings[0].endswith(
+        f'resuming from {weights / "last-previous.pt"}, saved at epoch 1 batch 2; lost and trained again: the '
+        f'batches trained after epoch 1 batch 2')
+    assert (weights / 'last-damaged.pt').is_file()
+    assert_same_run(reference, tmp_path / 'd')
+
+
+def test_truncated_last_pt_under_an_elastic_restart(files, tmp_path):
+    """torchrun --max-restarts 1: last.pt is truncated, then a rank is killed; the restarted job resumes from the
+    intact best.pt (the same end of epoch 0), names the loss, and ends bit-identical to an uninterrupted run."""
+    args = _args(files, tmp_path, 'ref', 3, 0, 2, '--notest')
+    code, err = _train(args, torchrun=['--max-restarts', '0'])
+    assert code == 0, err[-3000:]
+    p = _popen(_args(files, tmp_path, 'k', 3, 0, 2, '--notest'), torchrun=['--max-restarts', '1'])
+    last = tmp_path / 'k' / 'weights' / 'last.pt'
+    _wait_for(p, last, (1, 0))
+    _truncate(last)
+    os.kill(_worker_of_rank(p.pid, 1), signal.SIGKILL)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    warnings = [ln for ln in err.splitlines() if 'is unreadable' in ln]
+    assert len(warnings) == 1 and f'resuming from {last.with_name("best.pt")}, saved at the start of epoch 1' in \
+        warnings[0], err[-3000:]
+    assert_same_run(tmp_path / 'ref', tmp_path / 'k')
+
+
+def test_a_named_checkpoint_is_not_swapped(files, reference, tmp_path):
+    """--resume path/to/last.pt names a file: a damaged one is refused in one line, not replaced by another."""
+    import shutil
+    run = tmp_path / 'named'
+    shutil.copytree(reference, run)
+    _truncate(run / 'weights' / 'last.pt')
+    code, err = _train(['--resume', run / 'weights' / 'last.pt'])
+    assert code == 1 and 'Traceback' not in err, err[-3000:]
+    assert _last_line(err).startswith(f'train.py: error: {run / "weights" / "last.pt"}: not a readable PyTorch '
+                                      f'checkpoint')
+
+
+@pytest.mark.parametrize('flag, value', [('--cfg', 'models/yolov4-csp.yaml'), ('--data', 'other.yaml'),
+                                         ('--batch-size', '4')])
+def test_resume_auto_refuses_flags_that_change_the_run(files, reference, tmp_path, flag, value):
+    import shutil
+    shutil.copytree(reference, tmp_path / 'ref')
+    if value == 'other.yaml':  # another dataset (here the same images under another data yaml)
+        value = str(tmp_path / value)
+        Path(value).write_text(Path(DATA).read_text().replace(' coco8/', f' {ROOT / "data" / "coco8"}/'))
+    args = _args(files, tmp_path, 'ref', 3, 0, 2, '--multi-scale')
+    args[args.index(flag) + 1] = value
+    before = (tmp_path / 'ref' / 'weights' / 'last.pt').read_bytes()
+    code, err = _train(args + ['--resume', 'auto'])
+    assert code == 1 and 'Traceback' not in err, err[-3000:]
+    line = _last_line(err)
+    assert line.startswith(f'train.py: error: --resume auto: {tmp_path / "ref"} was trained with other values of '
+                           f'{flag} {value} (the run\'s: '), line
+    assert line.endswith('give another --name to start a new run with them, or leave them out to continue this one')
+    assert (tmp_path / 'ref' / 'weights' / 'last.pt').read_bytes() == before
+
+
+def test_resume_auto_accepts_more_epochs_and_names_them(files, reference, tmp_path):
+    import shutil
+    shutil.copytree(reference, tmp_path / 'ref')
+    code, err = _train(_args(files, tmp_path, 'ref', 4, 0, 2, '--multi-scale') + ['--resume', 'auto'])
+    assert code == 0, err[-3000:]
+    assert f'WARNING: resuming {tmp_path / "ref"} with --epochs 4 (the run\'s: 3)' in err
+    assert len((tmp_path / 'ref' / 'results.txt').read_text().splitlines()) == 4

@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,19 +17,13 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, tiny_cfg
+from conftest import COCO8_YAML, ROOT, run_script, tiny_cfg
 from models.yolo import Model
 from models.checkpoint import model_payload, save_checkpoint
 
 COCO8 = ROOT / 'data' / 'coco8'
-COCO8_YAML = ROOT / 'data' / 'coco8.yaml'
 TRAIN_ARGS = ['--data', str(COCO8_YAML), '--batch-size', '4', '--img', '64', '64', '--device', 'cpu',
               '--workers', '0', '--noautoanchor']
-
-
-def _script(script, *args, cwd=ROOT, timeout=600):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def assert_one_line_error(r, prog, *needles):
@@ -84,7 +77,7 @@ def tiny_yaml(tmp_path_factory):
 def one_epoch_run(tiny_yaml, tmp_path_factory):
     """A finished 1-epoch run (copy it before changing it)."""
     project = tmp_path_factory.mktemp('runs')
-    r = _script('train.py', '--cfg', tiny_yaml, '--epochs', '1', '--project', project, '--name', 'one', *TRAIN_ARGS)
+    r = run_script('train.py', '--cfg', tiny_yaml, '--epochs', '1', '--project', project, '--name', 'one', *TRAIN_ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
     return project / 'one'
 
@@ -162,7 +155,7 @@ def test_coco_ground_truth_that_misses_images_is_refused(tmp_path, weights, case
         gt = dict(gt, images=[dict(im, file_name=f'other_{im["file_name"]}', id=im['id'] + 10 ** 6)
                               for im in gt['images']], annotations=[])
     data = _coco8_data(tmp_path, gt)
-    r = _script('test.py', '--weights', weights, '--data', data, '--img', 128, '--device', 'cpu', '--save-json',
+    r = run_script('test.py', '--weights', weights, '--data', data, '--img', 128, '--device', 'cpu', '--save-json',
                 '--workers', 0, '--project', tmp_path / 'runs')
     n = 3 if case == 'subset' else 8
     assert_one_line_error(r, 'test.py', f'{n} of 8 evaluated images are not in the ground truth',
@@ -190,7 +183,7 @@ def test_nonsense_flag_values(tmp_path, tiny_yaml, weights, script, args, flag):
               'detect.py': ['--weights', weights, '--device', 'cpu', '--project', tmp_path],
               'models/export.py': ['--weights', weights]}[script]
     before = _digest(weights.parent)
-    r = _script(script, *common, *args, timeout=120)
+    r = run_script(script, *common, *args, timeout=120)
     assert_one_line_error(r, script, flag)
     assert not any(tmp_path.iterdir()) and _digest(weights.parent) == before
 
@@ -236,11 +229,11 @@ def test_read_only_dataset_trains_and_evaluates(tmp_path, tiny_yaml, weights):
         subprocess.run(['mount', '-o', 'remount,ro', str(ro)], check=True)
         data = tmp_path / 'ro.yaml'
         data.write_text(yaml.safe_dump({'train': str(ro / 'images'), 'val': str(ro / 'images'), 'nc': 80}))
-        r = _script('test.py', '--weights', weights, '--data', data, '--img', 64, '--device', 'cpu', '--workers', 0,
+        r = run_script('test.py', '--weights', weights, '--data', data, '--img', 64, '--device', 'cpu', '--workers', 0,
                     '--project', tmp_path / 'runs')
         assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
         assert len([ln for ln in r.stderr.splitlines() if 'label cache' in ln and 'not written' in ln]) == 1
-        r = _script('train.py', '--cfg', tiny_yaml, '--epochs', '1', '--project', tmp_path / 'runs', '--name', 't',
+        r = run_script('train.py', '--cfg', tiny_yaml, '--epochs', '1', '--project', tmp_path / 'runs', '--name', 't',
                     *TRAIN_ARGS[2:], '--data', data, '--cache-images', 'disk')
         assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
         assert 'disk image cache not written' in r.stderr
@@ -278,7 +271,7 @@ def test_corrupt_video_skipped_and_next_processed(tmp_path, weights):
     for i in range(4):
         vw.write(np.full((64, 96, 3), 50 * i, np.uint8))
     vw.release()
-    r = _script('detect.py', '--weights', weights, '--source', src, '--img', 64, '--device', 'cpu', '--project',
+    r = run_script('detect.py', '--weights', weights, '--source', src, '--img', 64, '--device', 'cpu', '--project',
                 tmp_path / 'runs', '--name', 'v')
     assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
     assert len([ln for ln in r.stderr.splitlines() if 'a_corrupt.mp4' in ln and 'skipped' in ln]) == 1
@@ -293,7 +286,7 @@ def test_resume_run_folder_removes_stale_temp_files(tmp_path, one_epoch_run):
     stale = [run / 'weights' / '.last.pt.4194000.tmp', run / 'weights' / '.best.pt.4194001.tmp']
     for p in stale:
         p.write_bytes(b'partial checkpoint')
-    r = _script('train.py', '--resume', run, '--epochs', '2')
+    r = run_script('train.py', '--resume', run, '--epochs', '2')
     assert r.returncode == 0, r.stderr[-3000:]
     assert not any(p.exists() for p in stale)
     assert [ln.split()[0] for ln in (run / 'results.txt').read_text().splitlines()] == ['0/0', '1/1']
@@ -308,7 +301,7 @@ def test_resume_failures_are_one_line(tmp_path, one_epoch_run, case):
                       'folder without last.pt': (tmp_path, 'a folder without weights/last.pt'),
                       'stripped file': (run / 'weights' / 'final.pt', 'holds no training state'),
                       'not a checkpoint': (run / 'results.txt', 'not a readable PyTorch checkpoint')}[case]
-    r = _script('train.py', '--resume', target, '--epochs', '3', timeout=120)
+    r = run_script('train.py', '--resume', target, '--epochs', '3', timeout=120)
     assert_one_line_error(r, 'train.py', needle)
     assert _digest(run) == before
 
@@ -326,15 +319,15 @@ def test_known_errors_of_the_scripts_are_one_line(tmp_path, weights):
     (tmp_path / 'bad.yaml').write_text('val: [unclosed\n')
     cases.append(('test.py', ['--weights', weights, '--data', tmp_path / 'bad.yaml'], 'not valid YAML'))
     for script, args, needle in cases:
-        r = _script(script, *args, '--device', 'cpu', '--project', tmp_path / 'runs', timeout=120) \
-            if script != 'models/export.py' else _script(script, *args, timeout=120)
+        r = run_script(script, *args, '--device', 'cpu', '--project', tmp_path / 'runs', timeout=120) \
+            if script != 'models/export.py' else run_script(script, *args, timeout=120)
         assert_one_line_error(r, script, needle)
     assert not (tmp_path / 'runs').exists()
 
 
 def test_test_py_nc_mismatch_gives_advice_that_works(tmp_path):
     w = _weights(tmp_path / 'w3.pt', nc=3)
-    r = _script('test.py', '--weights', w, '--data', COCO8_YAML, '--device', 'cpu', '--img', 64, '--project',
+    r = run_script('test.py', '--weights', w, '--data', COCO8_YAML, '--device', 'cpu', '--img', 64, '--project',
                 tmp_path / 'runs', timeout=120)
     line = assert_one_line_error(r, 'test.py', 'the model has 3 classes', 'nc=80', 'nc: 3')
     assert '--single-cls' not in line
@@ -357,7 +350,7 @@ def test_test_py_checks_class_ids_before_evaluating(tmp_path, weights):
     (tmp_path / 'labels' / '000000000009.txt').write_text('85 0.5 0.5 0.2 0.2\n')
     data = tmp_path / 'd.yaml'
     data.write_text(yaml.safe_dump({'val': str(tmp_path / 'images'), 'nc': 80}))
-    r = _script('test.py', '--weights', weights, '--data', data, '--device', 'cpu', '--img', 64, '--project',
+    r = run_script('test.py', '--weights', weights, '--data', data, '--device', 'cpu', '--img', 64, '--project',
                 tmp_path / 'runs', '--workers', 0, timeout=120)
     assert_one_line_error(r, 'test.py', '000000000009.txt: class 85', 'nc=80')
     assert 'Speed:' not in r.stderr  # refused before inference
@@ -372,7 +365,7 @@ def test_full_disk_names_the_file_and_keeps_last(tmp_path, one_epoch_run):
         shutil.copytree(one_epoch_run, run)
         before = _digest(run / 'weights')
         results = (run / 'results.txt').read_text()
-        r = _script('train.py', '--resume', run, '--epochs', '2')
+        r = run_script('train.py', '--resume', run, '--epochs', '2')
         assert_one_line_error(r, 'train.py', 'no space left on device', str(run / 'weights' / 'last.pt'),
                               'previous last.pt is kept')
         assert _digest(run / 'weights') == before and (run / 'results.txt').read_text() == results
@@ -387,9 +380,34 @@ def test_full_disk_in_save_checkpoint(tmp_path, monkeypatch):
     before = path.read_bytes()
     real_save = torch.save
     monkeypatch.setattr(ck.torch, 'save', lambda obj, f: real_save(obj, open('/dev/full', 'wb')))
-    with pytest.raises(CheckpointError, match=f'no space left on device .* writing {path}; the previous last.pt'):
+    with pytest.raises(CheckpointError, match=f'no space left on device .* writing {path}: the previous last.pt'):
         save_checkpoint({'model': {'x': torch.ones(10 ** 5)}}, path)
     assert path.read_bytes() == before and not list(tmp_path.glob('.*.tmp'))
+
+
+def test_full_disk_before_any_checkpoint_does_not_advise_resume(tmp_path, monkeypatch):
+    """The first checkpoint of a run cannot be written: there is nothing to resume, and the line says so."""
+    import models.checkpoint as ck
+    from models.checkpoint import CheckpointError
+    real_save = torch.save
+    monkeypatch.setattr(ck.torch, 'save', lambda obj, f: real_save(obj, open('/dev/full', 'wb')))
+    path = tmp_path / 'weights' / 'last.pt'
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint({'model': {'x': torch.ones(10 ** 5)}}, path)
+    assert str(e.value).endswith(f'writing {path}: no checkpoint of this run was written, so there is nothing to '
+                                 f'resume: free space and start it again')
+    assert '--resume' not in str(e.value) and not list(path.parent.iterdir())
+
+
+def test_previous_checkpoint_is_kept_in_its_slot(tmp_path):
+    """save_checkpoint with a second slot: the file it replaces stays there, whole."""
+    path, previous = tmp_path / 'last.pt', tmp_path / 'last-previous.pt'
+    save_checkpoint({'model': {'x': torch.zeros(3)}}, path, previous)
+    assert not previous.exists()
+    first = path.read_bytes()
+    save_checkpoint({'model': {'x': torch.ones(3)}}, path, previous)
+    assert previous.read_bytes() == first and torch.load(path, weights_only=True)['model']['x'].sum() == 3
+    assert not list(tmp_path.glob('.*.tmp'))
 
 
 # --- 12. NMS candidates are capped, not timed out ---------------------------------------------------------------
@@ -430,6 +448,6 @@ def test_harmful_callable_refused(tmp_path, target):
 
 def test_binary_file_of_another_format_is_not_read_as_a_list(tmp_path, weights):
     (tmp_path / 'clip.gif').write_bytes(bytes(range(256)) * 64)
-    r = _script('detect.py', '--weights', weights, '--source', tmp_path / 'clip.gif', '--device', 'cpu', '--project',
+    r = run_script('detect.py', '--weights', weights, '--source', tmp_path / 'clip.gif', '--device', 'cpu', '--project',
                 tmp_path / 'runs', timeout=120)
     assert_one_line_error(r, 'detect.py', 'no images or videos found', 'clip.gif')

@@ -1,24 +1,17 @@
 """What a new user meets after the quick start: a GPU flag on a CPU machine, runs that fail before they start,
 --nosave, a headless --view-img, model configs from models/yolo.py, --help and logs written to files."""
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_cfg
+from conftest import COCO8_YAML, ROOT, run_script, tiny_cfg
 from models.checkpoint import model_payload, save_checkpoint
 from models.yolo import Model
 from test_robustness import assert_one_line_error
 
-COCO8_YAML = ROOT / 'data' / 'coco8.yaml'
-
-
-def _script(*args, env=None, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope='module')
@@ -49,7 +42,7 @@ def test_gpu_device_on_a_cpu_machine(tmp_path, weights, script):
         line = str(e.value)
         assert line.startswith(f'{prog}: error: --device 0: ') and 'use --device cpu' in line and '\n' not in line
         return
-    r = _script(script, *args, '--device', '0', timeout=120)
+    r = run_script(script, *args, '--device', '0', timeout=120)
     assert_one_line_error(r, prog, '--device 0', 'use --device cpu')
     assert not any(tmp_path.iterdir())
 
@@ -77,7 +70,7 @@ def _bad_labels(tmp_path):
 def test_failed_start_leaves_no_run_folder(tmp_path):
     data = _bad_labels(tmp_path)
     project = tmp_path / 'runs'
-    r = _script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', data, '--img', 64, 64, '--device',
+    r = run_script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', data, '--img', 64, 64, '--device',
                 'cpu', '--workers', 0, '--project', project, timeout=300)
     assert_one_line_error(r, 'train.py', '000000000009.txt: class 5', 'nc=3')
     assert list(project.iterdir()) == []  # was runs/train/exp with hyp.yaml, opt.yaml, events and weights/
@@ -86,7 +79,7 @@ def test_failed_start_leaves_no_run_folder(tmp_path):
 def test_missing_data_path_is_named_before_any_folder(tmp_path):
     data = tmp_path / 'd.yaml'
     data.write_text(f'train: {ROOT / "data" / "coco8" / "images"}\nval: nowhere/images\nnc: 80\n')
-    r = _script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', data, '--device', 'cpu', '--project',
+    r = run_script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', data, '--device', 'cpu', '--project',
                 tmp_path / 'runs', timeout=120)
     assert_one_line_error(r, 'train.py', f'data yaml {data}: val: nowhere/images does not exist')
     assert not (tmp_path / 'runs').exists()
@@ -122,7 +115,7 @@ def test_nosave_writes_nothing(tmp_path, weights, caplog):
 
 # --- 3. models/yolo.py: one line for a bad config or size ---------------------------------------------------------
 def test_model_script_unknown_config():
-    r = _script('models/yolo.py', '--cfg', 'yolov4-p9.yaml', timeout=120)
+    r = run_script('models/yolo.py', '--cfg', 'yolov4-p9.yaml', timeout=120)
     assert_one_line_error(r, 'models/yolo.py', 'model config yolov4-p9.yaml not found', 'models/')
 
 
@@ -164,7 +157,7 @@ def test_python_callers_get_the_same_one_line(tmp_path, weights):
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='display detection is for Linux (X11/Wayland)')
 def test_view_img_without_display(tmp_path, weights):
     env = {k: v for k, v in os.environ.items() if k not in ('DISPLAY', 'WAYLAND_DISPLAY')}
-    r = _script('detect.py', '--weights', weights, '--device', 'cpu', '--img', 64, '--view-img', '--project',
+    r = run_script('detect.py', '--weights', weights, '--device', 'cpu', '--img', 64, '--view-img', '--project',
                 tmp_path, env=env, timeout=120)
     assert r.returncode == 1  # was 134: Qt aborted the process
     assert_one_line_error(r, 'detect.py', '--view-img', 'drop --view-img')
@@ -212,7 +205,7 @@ def test_progress_bars_print_plain_lines_to_a_file(tmp_path):
 
 
 def test_training_log_to_a_file_has_no_carriage_returns(tmp_path):
-    r = _script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', COCO8_YAML, '--epochs', 2,
+    r = run_script('train.py', '--cfg', 'models/yolov4-p5-tiny.yaml', '--data', COCO8_YAML, '--epochs', 2,
                 '--batch-size', 4, '--img', 64, 64, '--device', 'cpu', '--workers', 0, '--noautoanchor',
                 '--project', tmp_path, '--name', 'log', timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -244,7 +237,7 @@ def test_hub_custom_loads_your_own_checkpoint(tmp_path):
 @pytest.mark.parametrize('value', [0, 1.5, 'fast'])
 def test_bn_momentum_out_of_range_is_refused(tmp_path, value):
     from utils.errors import ArgumentError
-    from utils.train_utils import load_hyp
+    from utils.train.recipe import load_hyp
     hyp = yaml.safe_load((ROOT / 'data' / 'hyp.quick.yaml').read_text())
     (tmp_path / 'h.yaml').write_text(yaml.safe_dump(dict(hyp, bn_momentum=value)))
     with pytest.raises(ArgumentError, match=f'bn_momentum {value} must be above 0 and at most 1'):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, DrainedProcess, tiny_cfg
+from conftest import ROOT, free_port, run_script, DrainedProcess, tiny_cfg
 
 TINY_ARGS = ['--data', str(ROOT / 'data' / 'coco8.yaml'), '--batch-size', '4', '--img', '64', '64',
              '--device', 'cpu', '--workers', '0', '--noautoanchor']
@@ -24,16 +24,8 @@ def tiny_yaml(tmp_path_factory):
     return path
 
 
-def _free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return str(sock.getsockname()[1])
-
-
-def _train(args, cwd=ROOT, env=None, **kw):
-    return subprocess.run([sys.executable, 'train.py', *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env, **kw)
+def _train(args, **kw):
+    return run_script('train.py', *args, **kw)
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +87,7 @@ def test_torchrun_two_processes_only_rank0_writes(tiny_yaml, tmp_path):
             *TINY_ARGS]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-                        _free_port(), 'train.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                        free_port(), 'train.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert '--sync-bn needs CUDA; ignored on CPU' in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ddp']  # no second run folder from rank 1
@@ -214,7 +206,7 @@ def test_sigterm_under_torchrun_stops_every_rank(tiny_yaml, tmp_path):
     args = ['--cfg', str(tiny_yaml), '--epochs', '50', '--project', str(tmp_path), '--name', 'ds', *TINY_ARGS]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     p = DrainedProcess([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-                        _free_port(), 'train.py', *args], cwd=ROOT, env=env)
+                        free_port(), 'train.py', *args], cwd=ROOT, env=env)
     results = tmp_path / 'ds' / 'results.txt'
     deadline = time.time() + 300
     while time.time() < deadline and not (results.exists() and results.read_text().count('\n') >= 2):

@@ -56,7 +56,7 @@ def test_bfloat16_loss_close_to_float32():
 def test_epoch_schedule_step_after_amp_skipped_every_step_is_silent(recwarn):
     """A 1-batch epoch whose only step AMP skipped for float16 overflow has no optimizer.step(); the per-epoch
     schedule still advances, and PyTorch's warning about the order (seen in the GPU report) is not printed."""
-    from utils.optim import cosine_lr, step_schedule
+    from utils.train.optim import cosine_lr, step_schedule
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=cosine_lr(10))
     step_schedule(scheduler)

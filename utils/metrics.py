@@ -1,4 +1,5 @@
-"""Detection metrics: IoU variants, average precision, fitness and a confusion matrix (the published evaluation protocol; see docs/architecture.md)."""
+"""Detection metrics: IoU variants, average precision, fitness and a confusion matrix (the published evaluation
+protocol; see docs/architecture.md)."""
 import math
 
 import numpy as np

@@ -61,9 +61,9 @@ def nms_exact(boxes, scores, iou_thres, max_det=None):
     a box is suppressed when its IoU with a kept box is above iou_thres.
 
     The boxes are taken in blocks of NMS_BLOCK by score: a block is first checked against every box kept so
-    far, then the boxes it leaves free are resolved among themselves. Whether a box is kept depends only on the boxes before it, so with
-    max_det it stops once max_det boxes are kept: exactly the first max_det of the full result, at the cost of
-    the blocks that hold them.
+    far, then the boxes it leaves free are resolved among themselves. Whether a box is kept depends only on the
+    boxes before it, so with max_det it stops once max_det boxes are kept: exactly the first max_det of the full
+    result, at the cost of the blocks that hold them.
     """
     device = boxes.device
     order = scores.argsort(descending=True, stable=True)

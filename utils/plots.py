@@ -160,7 +160,8 @@ def plot_results(save_dir='.'):
     """results.png from results.txt (columns as published: 2-4 train losses, 8-11 metrics, 12-14 val losses)."""
     plt = _pyplot()
     path = Path(save_dir) / 'results.txt'
-    rows = [line.split() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    rows = [r for r in rows if len(r) == 15]  # earlier versions wrote 7 columns for an epoch without a finite loss
     if not rows:
         return
     y = np.array([[float(v) for v in r[2:5] + r[8:15]] for r in rows]).T  # skip epoch, mem, total, targets, size

@@ -31,7 +31,7 @@ class Watchdog:
     """See the module docstring. timeout in seconds (0: off); store: the process group's store (DDP) or None.
     `clock` (seconds, default time.monotonic) and `check()` let a test drive it without threads or sleeps."""
 
-    def __init__(self, timeout, rank=-1, world_size=1, store=None, prefix='train.py', exit_fn=None,
+    def __init__(self, timeout, rank=-1, world_size=1, store=None, *, prefix='train.py', exit_fn=None,
                  clock=time.monotonic):
         self.timeout, self.rank, self.world_size, self.store = timeout, rank, world_size, store
         self.prefix, self.clock = prefix, clock
@@ -45,10 +45,17 @@ class Watchdog:
         self._thread = None
 
     def start(self):
+        self.announce()
         if self.timeout > 0:
             self._thread = threading.Thread(target=self._run, name='watchdog', daemon=True)
             self._thread.start()
         return self
+
+    def announce(self):
+        """Publish this rank's record (pid, host) at once, before the first round: a rank stopped right after it
+        started is then named with its pid and host, not only its rank."""
+        if self.store is not None and self.timeout > 0:
+            self._exchange(0, self.clock())
 
     def stop(self):
         self._stop.set()

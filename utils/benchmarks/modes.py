@@ -6,7 +6,7 @@
         --backend pytorch onnxruntime openvino     (exports run by each runtime, in each of its precisions)
     python -m utils.benchmarks --mode train --cfg models/yolov4-p5.yaml --img 896 --batch-size 16 --device 0 \
         --mish native auto
-    python -m utils.benchmarks --mode data --img 640 896 --source path/to/coco128   (or a data yaml, or an images folder)
+    python -m utils.benchmarks --mode data --img 640 896 --source path/to/coco128  (or a data yaml, or an images folder)
     python -m utils.benchmarks --mode checkpoint --cfg models/yolov4-p5.yaml --img 640 --batch-size 2 --device cpu
     python -m utils.benchmarks --cfg models/yolov4-csp.yaml --img 128 --batch-size 1 --device cpu --quick
     python -m utils.benchmarks --mode test --cfg models/yolov4-p5.yaml --img 320 --batch-size 8 --device cpu \
@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -35,34 +34,11 @@ import numpy as np
 import torch
 import yaml
 
+from utils.benchmarks.common import (bench_model, peak_memory_mb, reset_peak_memory, return_freed_memory, sync,
+                                     table)
+
 LOGGER = logging.getLogger('benchmarks')
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _table(rows, columns):
-    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
-    lines = ['  '.join(str(c).rjust(w) for c, w in zip(columns, widths))]
-    lines += ['  '.join(str(v).rjust(w) for v, w in zip(r, widths)) for r in rows]
-    return '\n'.join(lines)
-
-
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-
-
-def _peak_memory_mb(device):
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak RSS)
-
-
-def _model(opt, device):
-    from models.experimental import attempt_load
-    from models.yolo import Model
-    if opt.weights:
-        return attempt_load(opt.weights, map_location=device)
-    return Model(opt.cfg).to(device)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # Dense float16 tensor-core peaks (TFLOP/s, no sparsity) for the "% peak" column; --peak-tflops overrides.
@@ -133,7 +109,7 @@ def bench_infer(opt, device):
     """Latency and throughput per batch size, precision, memory format, runner and Mish, with and without NMS."""
     from utils.nms import non_max_suppression
     from utils.torch_utils import count_flops
-    model = _model(opt, device).float().eval()
+    model = bench_model(opt, device).float().eval()
     if not opt.weights:
         model.fuse()
     gflops = count_flops(model, opt.img)  # per image, multiply-adds x 2
@@ -155,13 +131,13 @@ def bench_infer(opt, device):
             for _ in range(max(opt.warmup, 2)):  # every row warmed up, NMS included, before it is timed
                 non_max_suppression(run(x), 0.001, 0.65)
             for nms in (False, True):
-                _sync(device)
+                sync(device)
                 t = time.perf_counter()
                 for _ in range(opt.iters):
                     y = run(x)
                     if nms:
                         non_max_suppression(y, 0.001, 0.65)
-                _sync(device)
+                sync(device)
                 ms = (time.perf_counter() - t) / opt.iters * 1000
                 tflops = gflops * bs / ms  # GFLOP per ms = TFLOP/s
                 rows.append([bs, dt, fmt, runner, used, 'yes' if nms else 'no', f'{ms:.2f}',
@@ -207,12 +183,13 @@ def bench_checkpoint(opt, device):
     the training steps taken meanwhile), with the overhead at the periodic-save default (--save-period-min)."""
     import argparse
 
-    from utils.async_checkpoint import CheckpointWriter
     from utils.loss import ComputeLoss
-    from utils.optim import smart_optimizer
     from utils.torch_utils import ModelEMA
-    from utils.train_state import RunState, training_checkpoint
-    model = _model(opt, device).float().train()
+    from utils.train.checkpoint_writer import CheckpointWriter
+    from utils.train.hooks import EMAHook
+    from utils.train.optim import smart_optimizer
+    from utils.train.trainer import Recipe, Trainer, TrainParts
+    model = bench_model(opt, device).float().train()
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
         hyp = yaml.safe_load(f)
     optimizer, hyp, _ = smart_optimizer(model, hyp, 64)
@@ -227,13 +204,17 @@ def bench_checkpoint(opt, device):
         ema.update(model)
     for _ in range(max(opt.warmup, 1)):
         step()
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     for _ in range(opt.iters):
         step()
-    _sync(device)
+    sync(device)
     step_s = (time.perf_counter() - t) / opt.iters
-    ckpt = training_checkpoint(RunState(), model, ema, optimizer, scaler, argparse.Namespace(), hyp)
+    parts = TrainParts(model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer,
+                       lambda e: 1.0), scaler=scaler, loss_fn=loss_fn, loader=None, device=device, ema=ema)
+    recipe = Recipe(epochs=1, hyp=hyp, hyp_given=hyp, lr_lambda=None, warmup_iters=0, nominal_accumulate=1,
+                    imgsz=opt.img, stride=32, opt=argparse.Namespace())
+    ckpt = Trainer(parts, recipe, [EMAHook()]).state_dict()  # as train.py takes it
     writer = CheckpointWriter()
     with tempfile.TemporaryDirectory(dir=opt.save_dir or None) as tmp:
         path = Path(tmp) / 'last.pt'
@@ -247,15 +228,15 @@ def bench_checkpoint(opt, device):
         while writer.busy():
             step()
             steps += 1
-        _sync(device)
+        sync(device)
         during_s = time.perf_counter() - t - writer.copy_s
         writer.wait()
     extra_s = max(during_s - steps * step_s, 0.0)  # steps slowed down by the write, beyond their usual time
     overhead = (writer.copy_s + extra_s) / (opt.save_period_min * 60) * 100
     row = [bs, opt.img, f'{size / 2 ** 20:.0f}', f'{sync_s:.2f}', f'{writer.copy_s:.2f}', f'{writer.write_s:.2f}',
            f'{step_s:.2f}', steps, f'{extra_s:.2f}', f'{overhead:.3f}%']
-    return [row], ['batch', 'img', 'MiB', 'sync save s', 'pause s', 'background write s', 's/step', 'steps during write',
-                   'steps slowed by s', f'overhead every {opt.save_period_min:g} min'], (
+    return [row], ['batch', 'img', 'MiB', 'sync save s', 'pause s', 'background write s', 's/step',
+                   'steps during write', 'steps slowed by s', f'overhead every {opt.save_period_min:g} min'], (
         'pause: training stops while the state is copied to host memory; the write then runs beside training. '
         'Overhead: (pause + the slowdown of the steps taken during the write) / the period')
 
@@ -265,24 +246,27 @@ def bench_train(opt, device):
     batch size, precision (float32; AMP float16 on CUDA; AMP bfloat16), memory format, runner (eager or
     torch.compile), optimizer step implementation and Mish."""
     from utils.loss import ComputeLoss
-    from utils.optim import optimizer_kwargs
-    base = _model(opt, device).float().train()
+    from utils.train.optim import optimizer_kwargs
+    cuda = device.type == 'cuda'
+    if not cuda:
+        return_freed_memory()
+    base = bench_model(opt, device).float().train()
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
         hyp = yaml.safe_load(f)
-    cuda = device.type == 'cuda'
     rows, seen = [], set()
-    for bs, dtype, fmt, runner, impl, mish in itertools.product(
+    for bs, dtype, fmt, runner, impl, mish, ckpt in itertools.product(
             opt.batch_size, opt.dtype or (['float16'] if cuda else ['float32']), opt.memory_format,
-            opt.runner or ['eager'], opt.optimizer_impl, opt.mish):
+            opt.runner or ['eager'], opt.optimizer_impl, opt.mish, opt.checkpointing):
         used = _mish_used(mish, device, fmt)
-        if (bs, dtype, fmt, runner, impl, used) in seen:  # as in the inference table
+        if (bs, dtype, fmt, runner, impl, used, ckpt) in seen:  # as in the inference table
             continue
-        seen.add((bs, dtype, fmt, runner, impl, used))
+        seen.add((bs, dtype, fmt, runner, impl, used, ckpt))
         if dtype == 'float16' and not cuda:
             raise SystemExit('benchmarks: --mode train --dtype float16 needs CUDA (float16 AMP with a scaler, as '
                              'train.py uses it); on CPU use float32 or bfloat16')
         mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
         model = copy.deepcopy(base).to(memory_format=mf)
+        model.activation_checkpointing = ckpt == 'on'
         loss_fn = ComputeLoss(model, hyp)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
                                     **optimizer_kwargs(impl))
@@ -298,23 +282,23 @@ def bench_train(opt, device):
         with mish_implementation(mish):
             for _ in range(max(opt.warmup, 2 if runner == 'compile' else 1)):
                 _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype)
-            _sync(device)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()  # after warm-up: the steady state, optimizer buffers included
+            sync(device)
+            reset_peak_memory(device)  # after warm-up: the steady state, optimizer buffers included
             t = time.perf_counter()
             for _ in range(opt.iters):
                 _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype)
-            _sync(device)
+            sync(device)
         dt = (time.perf_counter() - t) / opt.iters
         precision = 'float32' if dtype == 'float32' else f'AMP {dtype}'
         rows.append([bs, opt.img, precision, used, f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
-                     f'{_peak_memory_mb(device):.0f}', fmt, runner, impl])
+                     f'{peak_memory_mb(device):.0f}', fmt, runner, impl, ckpt])
         del run, model, optimizer
         if runner == 'compile':
             torch._dynamo.reset()
-    memory = 'peak MiB: torch.cuda.max_memory_allocated' if cuda else 'peak MiB: the process\'s peak RSS so far'
+    memory = 'peak MiB: torch.cuda.max_memory_allocated' if cuda else \
+        'peak MiB: the process\'s peak RSS over the timed steps (model, optimizer state, activations, Python)'
     return rows, ['batch', 'img', 'precision', 'mish', 'ms/step', 'images/s', 'peak MiB', 'memory format', 'runner',
-                  'optimizer step'], memory
+                  'optimizer step', 'checkpointing'], memory
 
 
 def _coco_labels(source, tmp):
@@ -428,10 +412,10 @@ def compare_nms(weights, data, opt, bs, device):
         with torch.no_grad():
             pred = model(imgs.to(device).float() / 255)[0]
         ours = non_max_suppression(pred.clone(), 0.001, 0.65)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         published = _published_nms(pred.clone(), 0.001, 0.65)
-        _sync(device)
+        sync(device)
         out['published'] += time.perf_counter() - t
         out['candidates'] = max(out['candidates'], int(((pred[..., 5:] * pred[..., 4:5]) > 0.001).sum((1, 2)).max()))
         out['scored'] += len(published)
@@ -512,6 +496,8 @@ def parse_opt(argv=None):
                         '(default eager, and graph on CUDA for infer)')
     p.add_argument('--mish', nargs='+', choices=['native', 'cuda', 'auto'], default=None,
                    help='Mish implementations to compare (default: $YOLO_MISH, else native)')
+    p.add_argument('--checkpointing', nargs='+', choices=['off', 'on'], default=['off'],
+                   help='--mode train: activation checkpointing (train.py --activation-checkpointing) off and/or on')
     p.add_argument('--optimizer-impl', nargs='+', choices=['default', 'foreach', 'fused'], default=['default'],
                    help="train: PyTorch's optimizer step implementations to compare")
     p.add_argument('--backend', nargs='+', choices=['pytorch', 'onnxruntime', 'openvino'], default=None,
@@ -574,7 +560,7 @@ def main(argv=None):
     if opt.backend:
         if opt.mode != 'infer':
             raise SystemExit('benchmarks: --backend is a dimension of --mode infer')
-        from utils.benchmark_backends import bench_backends
+        from utils.benchmarks.backends import bench_backends
         fn = bench_backends
     what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode not in ('data', 'test') else \
         f'{opt.source} ({opt.weights or opt.cfg})'
@@ -582,14 +568,9 @@ def main(argv=None):
     with torch.set_grad_enabled(opt.mode in ('train', 'checkpoint')):
         rows, columns, note = fn(opt, device)
     header = f'{opt.mode} benchmark: {what} on {name}, torch {torch.__version__}'
-    table = _table(rows, columns)
-    print(f'{header}\n{note}\n{table}')
+    text = table(rows, columns)
+    print(f'{header}\n{note}\n{text}')
     if opt.json:
         with open(opt.json, 'a') as f:
             f.write(json.dumps({'header': header, 'note': note, 'columns': columns, 'rows': rows}) + '\n')
-    return table
-
-
-if __name__ == '__main__':
-    from utils.errors import run_cli
-    run_cli(main, 'python -m utils.benchmarks')
+    return text

@@ -8,35 +8,18 @@ call includes the numpy hand-over), without NMS.
 """
 import copy
 import logging
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from utils.benchmarks.common import bench_model, cpu_description
+
 LOGGER = logging.getLogger('benchmarks')
 BACKENDS = ('pytorch', 'onnxruntime', 'openvino')
 PRECISIONS = {'pytorch': ('float32', 'bfloat16'), 'onnxruntime': ('float32', 'int8'),
               'openvino': ('float32', 'bfloat16', 'int8')}
-CPU_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8')
-
-
-def cpu_description():
-    """'model name (flags that matter here)' from /proc/cpuinfo, or the platform's processor string."""
-    name, flags = platform.processor() or 'unknown CPU', set()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            key, _, value = line.partition(':')
-            if key.strip() == 'model name':
-                name = value.strip()
-            elif key.strip() == 'flags':
-                flags = set(value.split())
-    except OSError:
-        pass
-    return f'{name} ({", ".join(f for f in CPU_FLAGS if f in flags) or "no AVX2"})'
-
-
 def _exports(model, img, bs, folder, wanted, source, calib_images):
     """{(backend, precision): path} of the exports the rows need, written into folder by models/export.py."""
     from models.backends import metadata
@@ -79,10 +62,9 @@ def _time(run, x, warmup, iters):
 def bench_backends(opt, device):
     """Rows (backend, precision, batch, ms/batch, images/s, speed-up over PyTorch float32) on the CPU."""
     from models.export import quiet_exporters
-    from utils.benchmarks import _model
     if device.type != 'cpu':
         raise SystemExit('benchmarks: --backend rows run on the CPU: give --device cpu')
-    model = _model(opt, device).float().eval()
+    model = bench_model(opt, device).float().eval()
     if not opt.weights:
         model.fuse()
     wanted = [(b, p) for b in opt.backend for p in PRECISIONS[b] if p in opt.precision]

@@ -26,6 +26,8 @@ from utils.errors import ArgumentError, UserError
 
 LOGGER = logging.getLogger(__name__)
 LOCK_NAME = '.lock'
+PREVIOUS_NAME = 'last-previous.pt'  # last.pt's second slot: the checkpoint before it (models.checkpoint)
+DAMAGED_NAME = 'last-damaged.pt'  # an unreadable last.pt, set aside when a resume falls back
 
 
 class RunInUseError(UserError):
@@ -153,6 +155,58 @@ def resume_path(resume, project):
     return path
 
 
+def training_checkpoints(weights_dir):
+    """The run's checkpoints that hold a training state, newest first: last.pt, then last-previous.pt and
+    best.pt by modification time."""
+    weights_dir = Path(weights_dir)
+    others = [p for p in (weights_dir / PREVIOUS_NAME, weights_dir / 'best.pt') if p.is_file()]
+    last = weights_dir / 'last.pt'
+    return ([last] if last.is_file() else []) + sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def load_newest_intact(weights_dir, results=None):
+    """(path, checkpoint, damaged path or None) of the newest checkpoint of the run that loads and holds a
+    training state. When the newest is unreadable (truncated by a failing disk or an interrupted copy), the
+    next one is taken with one warning naming both and what is lost; when none loads, the newest's error is
+    raised. `results`: the run's results.txt, whose lines say how many epochs the lost checkpoint had ended."""
+    found = training_checkpoints(weights_dir)
+    errors = []
+    for path in found:
+        try:
+            ckpt = load_checkpoint(path, download=False)
+        except CheckpointError as e:
+            errors.append((path, e))
+            continue
+        if ckpt.get('optimizer') is None:
+            errors.append((path, CheckpointError(f'{path} holds no training state')))
+            continue
+        if errors:
+            LOGGER.warning('WARNING: %s', fallback_message(errors[0], path, ckpt, results))
+        return path, ckpt, errors[0][0] if errors else None
+    raise errors[0][1] if errors else CheckpointError(f'{weights_dir}: no last.pt to resume')
+
+
+def fallback_message(damaged, path, ckpt, results):
+    """'<damaged> is unreadable (...): resuming from <path>, saved at epoch E batch B; lost: ...'."""
+    (bad, error), progress = damaged, ckpt.get('progress') or {}
+    epoch, batch = progress.get('epoch', ckpt['epoch'] + 1), progress.get('batch', 0)
+    where = f'epoch {epoch} batch {batch}' if batch else f'the start of epoch {epoch}'
+    ended = len(Path(results).read_text().splitlines()) if results and Path(results).is_file() else 0
+    lost_epochs = ended - len(ckpt.get('results') or [])
+    lost = (f'epochs {epoch}-{epoch + lost_epochs - 1} and the batches after them' if lost_epochs > 1 else
+            f'epoch {epoch} and the batches after it' if lost_epochs == 1 else f'the batches trained after {where}')
+    reason = str(error).split(': ', 1)[-1]
+    return (f'{bad} is unreadable ({reason}): resuming from {path}, saved at {where}; lost and trained again: '
+            f'{lost}')
+
+
+def set_aside(damaged):
+    """Rename an unreadable last.pt to last-damaged.pt (kept for inspection; the next save writes a new last.pt
+    and must not keep the damaged one as its previous)."""
+    if damaged is not None and Path(damaged).name == 'last.pt' and Path(damaged).exists():
+        os.replace(damaged, Path(damaged).with_name(DAMAGED_NAME))
+
+
 def run_folder_of(checkpoint):
     """runs/train/exp for runs/train/exp/weights/last.pt (or a last.pt directly in the run folder)."""
     checkpoint = Path(checkpoint)
@@ -168,13 +222,15 @@ def plan_run(opt, preloaded=None):
     - a restart by torchrun's elastic agent: the folder this job's first attempt claimed, resumed from its
       newest last.pt (or started anew there when it has none);
     - --resume [X]: X's run folder, from X (or, on an elastic restart, from the folder's newest last.pt);
+    - where the newest checkpoint of a run (not a file the user named) is unreadable: the newest intact one
+      (load_newest_intact), and the damaged last.pt is set aside as last-damaged.pt;
     - otherwise a new folder <project>/<name>, <name>2, ... (or <name> itself with --exist-ok).
     """
     job = elastic_job_key()
     if opt.resume == 'auto':
         save_dir = Path(opt.project) / opt.name
-    elif opt.resume:
-        checkpoint = resume_path(opt.resume, opt.project)
+    elif opt.resume:  # the checkpoint main() read (the newest intact one of a named run), or the one named
+        checkpoint = Path(preloaded[0]) if preloaded else resume_path(opt.resume, opt.project)
         save_dir = run_folder_of(checkpoint)
     else:
         save_dir = find_job_run(opt.project, opt.name, job) if elastic_restart() else None
@@ -182,19 +238,25 @@ def plan_run(opt, preloaded=None):
             lock = claim_new_run(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or bool(opt.evolve),
                                  job_key=job)
             return lock.save_dir, None, None, lock
-    if opt.resume == 'auto' or elastic_restart():
-        last = save_dir / 'weights' / 'last.pt'
-        checkpoint = last if last.is_file() else None
-    ckpt = None
+    ckpt, damaged = None, None
+    if opt.resume == 'auto' or elastic_restart():  # the run's newest intact checkpoint, if it has one
+        checkpoint = None
+        if training_checkpoints(save_dir / 'weights'):
+            checkpoint, ckpt, damaged = load_newest_intact(save_dir / 'weights', save_dir / 'results.txt')
+    elif preloaded is not None and Path(preloaded[0]) == Path(checkpoint):
+        ckpt, damaged = preloaded[1], preloaded[2] if len(preloaded) > 2 else None
+    elif checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+    if ckpt is not None and ckpt.get('optimizer') is None:
+        raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
+                              f'run with --weights {checkpoint}')
     if checkpoint is not None:
-        ckpt = _load(checkpoint, preloaded)
-        if ckpt.get('optimizer') is None:
-            raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
-                                  f'run with --weights {checkpoint}')
         LOGGER.info('Continuing %s from %s', save_dir, checkpoint)
     created = not save_dir.exists()
     save_dir.mkdir(parents=True, exist_ok=True)
-    return save_dir, checkpoint, ckpt, RunLock(save_dir, job, created)
+    lock = RunLock(save_dir, job, created)
+    set_aside(damaged)  # once the folder is ours: a live writer's last.pt is not touched
+    return save_dir, checkpoint, ckpt, lock
 
 
 def _load(checkpoint, preloaded):

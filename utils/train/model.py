@@ -8,7 +8,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from models.checkpoint import load_checkpoint, model_from_checkpoint, model_from_payload
-from models.darknet import DarknetModel, load_darknet_model
+from models.darknet import DarknetModel
+from models.darknet_convert import load_darknet_model
 from models.yolo import Model
 from utils.torch_utils import de_parallel, intersect_dicts
 

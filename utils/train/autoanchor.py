@@ -1,4 +1,5 @@
-"""Autoanchor (published; docs/architecture.md, "Training"): check the anchors' best possible recall; if < 0.98, evolve new ones."""
+"""Autoanchor (published; docs/architecture.md, "Training"): check the anchors' best possible recall; if < 0.98,
+evolve new ones."""
 import logging
 
 import numpy as np

@@ -34,7 +34,8 @@ class CheckpointWriter:
     last write are kept in copy_s (the pause of training) and write_s.
     """
 
-    def __init__(self):
+    def __init__(self, previous=None):
+        self.previous = dict(previous or {})  # path -> its second slot (save_checkpoint's `previous`)
         self._thread, self._error = None, None
         self.copy_s = self.write_s = 0.0
 
@@ -57,12 +58,31 @@ class CheckpointWriter:
         t = time.perf_counter()
         try:
             for path in paths:
-                save_checkpoint(ckpt, path)
+                save_checkpoint(ckpt, path, self.previous.get(path))
             if then is not None:
                 then()
         except Exception as e:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = e
         self.write_s = time.perf_counter() - t
+
+    def then(self, fn):
+        """Call fn once the write in flight is on disk (now, when none is): in order with the writes, and not at
+        all when that write failed (its error is raised by the next write() or wait())."""
+        previous = self._thread
+        if previous is None:
+            if self._error is None:
+                fn()
+            return
+
+        def after_previous():
+            previous.join()
+            if self._error is None:
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001 - handed to the training thread, which raises it
+                    self._error = e
+        self._thread = threading.Thread(target=after_previous, name='checkpoint-writer')
+        self._thread.start()
 
     def busy(self):
         return self._thread is not None and self._thread.is_alive()

@@ -1,0 +1,364 @@
+"""The training loop: a Trainer that runs epochs of steps and calls hooks around them (detectron2's shape).
+
+The loop keeps only what must stay inside a step: the forward pass, the ranks' per-batch agreement (a collective:
+skip a non-finite step, stop on a signal or a callback's request), backward with accumulation and the optimizer
+step, and the run state that a resume continues from (utils.train.state.RunState). Everything else is a hook
+(utils.train.hooks): the EMA update, checkpoints, evaluation, results.txt, plots, trackers, the watchdog and stop
+signals. `state_dict()` is the checkpoint: the loop's state and each hook's contribution; `load_state_dict()`
+puts it back.
+
+Events, in the order they come: before_train; then per epoch before_epoch, (before_step, after_step) per batch,
+after_epoch; after_train (also when the run fails or stops: `trainer.completed` tells).
+"""
+import argparse
+import logging
+import signal
+from copy import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from models.checkpoint import checkpoint_header, model_payload
+from utils.datasets import loader_failure
+from utils.errors import UserError
+from utils.torch_utils import de_parallel, random_rescale
+from utils.train.optim import set_epoch_lr, step_schedule, warmup_step
+from utils.train.recipe import rng_state, set_rng_state
+from utils.sampling import batch_rng
+from utils.train.state import RunState, pending_gradients, plain
+from utils.train.watchdog import Watchdog
+
+LOGGER = logging.getLogger('train')
+MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early (signal, non-finite losses, a failed data loader); exit_code is what train.py exits
+    with; save: whether rank 0 saves the state reached (a batch boundary) before exiting."""
+
+    def __init__(self, message, exit_code=1, save=False):
+        super().__init__(message)
+        self.exit_code, self.save = exit_code, save
+
+
+class EvaluationInterrupted(Exception):
+    """A stop signal arrived during the end-of-epoch evaluation: the epoch's end is taken again on resume."""
+
+
+class _StopAgreed(Exception):
+    """Every rank agreed to a stop that a hook requested (request_stop): the run ends as a completed one."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """What the schedule and the step follow, fixed before training starts."""
+    epochs: int
+    hyp: dict  # as used (weight decay scaled to the batch)
+    hyp_given: dict  # as given: saved in checkpoints
+    lr_lambda: object  # epoch -> learning-rate factor
+    warmup_iters: int
+    nominal_accumulate: float  # nominal batch / total batch
+    imgsz: int
+    stride: int
+    multi_scale: bool = False
+    seed: int = 0
+    amp_dtype: str = 'float16'  # float16 (CUDA only, as published), bfloat16, or none
+    channels_last: bool = False
+    opt: argparse.Namespace = None  # the run's options: saved in checkpoints
+
+
+@dataclass(kw_only=True)
+class TrainParts:
+    """The objects a run trains with, built by train.py."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    loss_fn: object
+    loader: object
+    device: torch.device
+    ema: object = None  # ModelEMA on the main process, else None
+
+
+def autocast(device, amp_dtype):
+    """Mixed precision for the forward pass and loss: float16 on CUDA (published), bfloat16 on CUDA or CPU."""
+    enabled = amp_dtype == 'bfloat16' or (amp_dtype == 'float16' and device.type == 'cuda')
+    dtype = torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+class Trainer:
+    """Holds the model, EMA, optimizer, scaler, schedule, loader and run state; train() runs the epochs and calls
+    each hook's before_/after_ train, epoch and step methods in the order the hooks were given."""
+
+    def __init__(self, parts, recipe, hooks=(), rank=-1, world_size=1):
+        self.model, self.ema, self.optimizer = parts.model, parts.ema, parts.optimizer
+        self.scheduler, self.scaler, self.loss_fn = parts.scheduler, parts.scaler, parts.loss_fn
+        self.loader, self.device = parts.loader, parts.device
+        self.recipe, self.rank, self.world_size = recipe, rank, world_size
+        self.main = rank in (-1, 0)
+        self.state = RunState(accumulate=max(round(recipe.nominal_accumulate), 1))
+        self.ended = None  # the RunState of the epoch that just ended (after_epoch hooks read it)
+        self.lr = []  # the epoch's learning rates, before the schedule steps
+        self.watchdog = Watchdog(0)  # replaced by hooks.WatchdogHook
+        self.signal = None  # a stop signal received (hooks.StopSignals)
+        self.stop_reason = None  # request_stop()
+        self.epoch_images = None  # this epoch's image draw (hooks.ImageWeights)
+        self.batch = None  # (imgs, targets, paths, ni) of the step in progress, for hooks
+        self.stepped = self.stopping = self.stop_agreed = self.completed = False
+        self.hooks = []
+        for h in hooks:
+            h.trainer = self
+            self.hooks.append(h)
+        self.scheduler.last_epoch = -1  # as published: epoch e (> 0) runs at lambda(e - 1)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def train(self):
+        """Train the remaining epochs; returns the last evaluation's results."""
+        self.call('before_train')
+        try:
+            self.run_epochs()
+            self.completed = True
+        except _StopAgreed:
+            self.completed = True
+        except TrainingStopped as e:
+            self.save_at_stop(e)
+        except RuntimeError as e:  # the loader's SIGCHLD handler raises wherever this thread is: no save then
+            self.raise_runtime_error(e)
+        finally:
+            self.call('after_train')
+        return self.state.results
+
+    def run_epochs(self):
+        for epoch in range(self.state.epoch, self.recipe.epochs):
+            self.call('before_epoch')
+            self.loader.sampler.set_epoch(epoch, self.state.batch * self.loader.batch_size, self.epoch_images)
+            stopped = self.run_epoch() or not self.end_epoch()
+            if self.signal and (stopped or self.rank == -1):  # under DDP a stop is agreed inside the epoch
+                raise TrainingStopped(f'{signal.Signals(self.signal).name} received', 128 + self.signal, save=True)
+
+    def run_epoch(self):
+        """Batches state.batch on of epoch state.epoch; returns True when a stop was agreed."""
+        self.model.train()
+        it = iter(self.loader)
+        worker_pids = [w.pid for w in getattr(it, '_workers', [])]
+        batches = enumerate(it, start=self.state.batch)
+        while (item := self.next_batch(batches, worker_pids)):
+            self.call('before_step')
+            if self.run_step(*item):
+                return True
+        return False
+
+    def next_batch(self, batches, worker_pids):
+        """The next (i, batch) or None at the end; a failed data loader becomes TrainingStopped."""
+        where = f'epoch {self.state.epoch} batch {self.state.batch}'
+        self.beat('loading data', f'{where}; data-loader workers {worker_pids or "none (in process)"}')
+        try:
+            return next(batches)
+        except StopIteration:
+            return None
+        except (RuntimeError, UserError, OSError) as e:
+            reason = loader_failure(e) or (' '.join(str(e).split()) if isinstance(e, UserError) else None)
+            if reason is None:
+                raise
+            raise TrainingStopped(f'data loader failed at {where}: {reason}', save=True) from None
+
+    def run_step(self, i, batch):
+        """One batch: forward, the ranks' agreement, then backward and an optimizer step at accumulation
+        boundaries (or the step skipped); then after_step. Returns whether a stop signal was agreed."""
+        imgs, targets, paths, _ = batch
+        state = self.state
+        self.beat('forward/backward', f'epoch {state.epoch} batch {i}', waiting=self.rank != -1)  # DDP syncs
+        ni = i + len(self.loader) * state.epoch  # iterations since the start of training
+        imgs = self.prepare_images(imgs, ni, i)
+        with autocast(self.device, self.recipe.amp_dtype):
+            loss, loss_items = self.loss_fn(self.model(imgs), targets.to(self.device))
+            if self.rank != -1:
+                loss *= self.world_size  # gradients are averaged across ranks
+        finite = self.agree(bool(torch.isfinite(loss).all()))
+        if self.stop_agreed:
+            raise _StopAgreed
+        self.stopping = self.signal is not None  # a signal that comes later is taken at the next batch
+        self.stepped = finite and self.backward_and_step(loss, ni)
+        if not finite:
+            self.skip_step(loss_items, i)
+        state.batch = i + 1
+        if self.main and finite:
+            state.mloss = (state.mloss * i + loss_items.detach().cpu()) / (i + 1)
+            state.row = self.progress_row(state.mloss, targets.shape[0], imgs.shape[-1])
+        self.batch = (imgs, targets, paths, ni)
+        self.call('after_step')
+        return self.stopping
+
+    def progress_row(self, mloss, targets, img_size):
+        """The epoch's progress row: results.txt's first 8 columns."""
+        mem = '%.3gG' % (torch.cuda.memory_reserved() / 1E9 if self.device.type != 'cpu' else 0)
+        return ('%10s' * 2 + '%10.4g' * 6) % (f'{self.state.epoch}/{self.recipe.epochs - 1}', mem, *mloss, targets,
+                                              img_size)
+
+    def prepare_images(self, imgs, ni, i):
+        """uint8 images to the device as floats in [0, 1], with the warm-up rates and the multi-scale size."""
+        r = self.recipe
+        imgs = imgs.to(self.device, non_blocking=True).float() / 255.0
+        if r.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        if ni <= r.warmup_iters:
+            self.state.accumulate = warmup_step(self.optimizer, ni, r.warmup_iters, r.nominal_accumulate,
+                                                r.lr_lambda(self.state.epoch), r.hyp['momentum'])
+        if r.multi_scale:
+            imgs = random_rescale(imgs, r.imgsz, r.stride, batch_rng(r.seed, self.state.epoch, i, self.rank))
+        return imgs
+
+    def agree(self, finite):
+        """Whether the step is finite everywhere; under DDP all ranks agree on it and on a stop (a signal, or a
+        hook's request_stop) with one small all-reduce per batch, or they would wait on each other."""
+        if self.rank == -1:
+            self.stop_agreed = self.stop_reason is not None
+            return finite
+        self.beat('all-reduce', 'agreeing on the step', waiting=True)
+        flags = torch.tensor([0. if finite else 1., float(self.signal or 0), float(self.stop_reason is not None)],
+                             device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self.signal = int(flags[1].item()) or None
+        self.stop_agreed = bool(flags[2].item())
+        return flags[0].item() == 0
+
+    def backward_and_step(self, loss, ni):
+        """Backward, and an optimizer step at each accumulation boundary; returns whether it stepped."""
+        self.state.bad_steps = 0
+        self.scaler.scale(loss).backward()
+        if ni % self.state.accumulate:
+            return False
+        self.beat('optimizer step')
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        self.state.steps += 1
+        return True
+
+    def skip_step(self, loss_items, i):
+        """A non-finite loss: the step is skipped (accumulated gradients dropped); 10 in a row stop the run."""
+        self.state.bad_steps += 1
+        LOGGER.warning('WARNING: non-finite loss %s at epoch %g batch %g: step skipped', loss_items.tolist(),
+                       self.state.epoch, i)
+        self.optimizer.zero_grad()
+        if self.state.bad_steps >= MAX_BAD_STEPS:
+            raise TrainingStopped(f'{self.state.bad_steps} non-finite losses in a row: training stopped; the last '
+                                  f'good checkpoint is {self.checkpoint_path()}. Lower lr0 or check the labels.')
+
+    def end_epoch(self):
+        """The schedule's step and the after_epoch hooks, with the state moved to the next epoch (the ended
+        epoch's state is self.ended). Returns False, with the state put back, when the evaluation was stopped."""
+        self.lr = [g['lr'] for g in self.optimizer.param_groups]
+        step_schedule(self.scheduler)
+        if self.main and not self.state.row:  # no batch of the epoch had a finite loss: its losses are unknown
+            self.state.row = self.progress_row([float('nan')] * 4, 0, self.recipe.imgsz)
+        self.ended = copy(self.state)
+        self.state.start_epoch(self.ended.epoch + 1)
+        try:
+            self.call('after_epoch')
+        except EvaluationInterrupted:
+            self.state = self.ended  # every batch done, the epoch's end not taken: a resume takes it
+            return False
+        return True
+
+    # --- stopping ---------------------------------------------------------------------------------------------
+    def request_stop(self, reason):
+        """End the run as a completed one (final.pt written) at the next batch, on every rank: for callbacks that
+        stop early. Under DDP a request of any rank is agreed at the next batch's all-reduce."""
+        if self.stop_reason is None:
+            LOGGER.info('Stopping: %s', reason)
+            self.stop_reason = reason
+
+    def save_at_stop(self, e):
+        """A stop at a batch boundary: rank 0 saves last.pt there (when the stop allows) and the message says where
+        to continue from."""
+        if not e.save:
+            raise e
+        if not self.main:
+            raise TrainingStopped(f'rank {self.rank}: {e} (rank 0 saves {self.checkpoint_path()})',
+                                  e.exit_code) from None
+        saved = self.call_first('save_now')
+        s = self.state
+        where = f'epoch {s.epoch} batch {s.batch}' if s.batch else f'the start of epoch {s.epoch}'
+        if saved is None:
+            raise TrainingStopped(f'{e} at {where}', e.exit_code) from None
+        raise TrainingStopped(f'{e}: {saved} saved at {where}; continue with python train.py --resume '
+                              f'{saved.parent.parent}', e.exit_code) from None
+
+    def raise_runtime_error(self, e):
+        if self.signal and not self.main:  # rank 0 stopped in its evaluation and left this rank's collective
+            raise TrainingStopped(f'rank {self.rank}: {signal.Signals(self.signal).name} received (rank 0 saves '
+                                  f'{self.checkpoint_path()})', 128 + self.signal) from None
+        reason = loader_failure(e)
+        if reason is None:
+            raise e
+        raise TrainingStopped(f'data loader failed: {reason}; the last checkpoint is {self.checkpoint_path()}') \
+            from None
+
+    def checkpoint_path(self):
+        """Where rank 0 keeps the run's last.pt."""
+        return Path(self.recipe.opt.save_dir) / 'weights' / 'last.pt'
+
+    # --- hooks ------------------------------------------------------------------------------------------------
+    def call(self, event):
+        for h in self.hooks:
+            getattr(h, event)()
+
+    def call_first(self, method):
+        """The first hook's answer to `method` (hooks that do not have it are passed over), or None."""
+        for h in self.hooks:
+            if hasattr(h, method):
+                return getattr(h, method)()
+        return None
+
+    def beat(self, phase, detail='', waiting=False):
+        self.watchdog.beat(phase, detail, waiting)
+
+    # --- the checkpoint ---------------------------------------------------------------------------------------
+    def state_dict(self, fitness=None):
+        """Everything a resume needs, as plain data (loadable with weights_only=True): the checkpoint."""
+        s = self.state
+        progress = {k: v for k, v in vars(s).items() if k not in ('best_fitness', 'results_lines')}
+        progress['results'] = [float(x) for x in s.results]
+        progress['maps'] = None if s.maps is None else [float(x) for x in s.maps]
+        ckpt = dict(checkpoint_header(s.epoch - 1, s.best_fitness), model=model_payload(de_parallel(self.model)),
+                    optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                    gradients=pending_gradients(self.model), progress=progress,
+                    opt={k: plain(v) for k, v in vars(self.recipe.opt).items()}, hyp=self.recipe.hyp_given,
+                    rng=rng_state(), results=list(s.results_lines), fitness=fitness, torch=str(torch.__version__))
+        for h in self.hooks:
+            ckpt.update(h.state_dict())
+        return ckpt
+
+    def load_state_dict(self, ckpt, hyp_changed=False):
+        """Resume from checkpoint `ckpt` (whose model weights the model already has): optimizer, scaler, pending
+        gradients, RNG states, run state and schedule, and each hook's part. A checkpoint without `progress`
+        (older, or epoch-only) resumes at the start of the epoch after its label. With a new --hyp (fine-tune),
+        its lr0, momentum and weight decay take effect on every group; with a new --hyp or --epochs, the rates
+        follow the new schedule."""
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        if ckpt.get('scaler'):
+            self.scaler.load_state_dict(ckpt['scaler'])
+        params = dict(de_parallel(self.model).named_parameters())
+        for k, g in (ckpt.get('gradients') or {}).items():
+            params[k].grad = g.to(params[k].device).clone()
+        hyp = self.recipe.hyp
+        if hyp_changed:
+            for j, g in enumerate(self.optimizer.param_groups):
+                g['initial_lr'], g['momentum'] = hyp['lr0'], hyp['momentum']
+                if j == 1:
+                    g['weight_decay'] = hyp['weight_decay']
+        set_rng_state(ckpt.get('rng'), self.rank)
+        state = RunState(epoch=ckpt['epoch'] + 1, accumulate=self.state.accumulate,
+                         best_fitness=ckpt['best_fitness'] or 0.0, results_lines=list(ckpt.get('results') or []))
+        for k, v in (ckpt.get('progress') or {}).items():
+            setattr(state, k, tuple(v) if k == 'results' else v)
+        self.state = state
+        self.scheduler.last_epoch = state.epoch - 1
+        if hyp_changed or (ckpt.get('opt') or {}).get('epochs') != self.recipe.epochs:
+            set_epoch_lr(self.optimizer, self.recipe.lr_lambda, max(state.epoch - 1, 0))
+        for h in self.hooks:
+            h.load_state_dict(ckpt)
