@@ -20,7 +20,7 @@ FLOOR = {'utils', 'utils.errors', 'utils.progress', 'utils.general', 'utils.torc
          'utils.downloads', 'utils.boxes', 'utils.nms', 'utils.metrics', 'utils.plots', 'utils.loss',
          'utils.coco_ids'}
 DATA = {'utils.datasets', 'utils.augmentations', 'utils.label_cache', 'utils.sources', 'utils.sampling',
-        'utils.data_config', 'utils.coco2yolo', 'utils.calibration'}
+        'utils.data_config', 'utils.coco2yolo', 'utils.calibration', 'utils.cache_check'}
 SCRIPTS = {'train', 'test', 'detect', 'hubconf', 'models.export'}
 ALLOWED = {'floor': {'floor'}, 'data': {'floor', 'data'}, 'models': {'floor', 'models'},
            'training': {'floor', 'data', 'models', 'training'},

@@ -66,3 +66,63 @@ def test_train_with_checkpointing_is_the_same_run(tmp_path):
     for key in ('model', 'ema'):
         for k, v in a[key]['state_dict'].items():
             torch.testing.assert_close(b[key]['state_dict'][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+# --- checks before caching images ----------------------------------------------------------------------------
+def _cache_run(tmp_path, mode):
+    import train
+    return train.run(cfg=str(ROOT / 'models' / 'yolov4-p5-tiny.yaml'), data=str(tmp_path / 'data.yaml'),
+                     img_size=[64, 64], batch_size=4, device='cpu', workers=0, noautoanchor=True, epochs=1,
+                     notest=True, cache_images=mode, project=str(tmp_path / 'runs'), name='c')
+
+
+def _copied_coco8(tmp_path):
+    import shutil
+    shutil.copytree(ROOT / 'data' / 'coco8' / 'images', tmp_path / 'images')
+    shutil.copytree(ROOT / 'data' / 'coco8' / 'labels', tmp_path / 'labels')
+    (tmp_path / 'data.yaml').write_text(f'train: {tmp_path / "images"}\nval: {tmp_path / "images"}\nnc: 80\n')
+
+
+def test_ram_cache_that_does_not_fit_is_refused_before_anything_is_cached(tmp_path, monkeypatch):
+    """The 8 images at 64 take 68.9 kB (exact, from the scanned sizes); with 50 kB of memory available, the run
+    is refused in one line with the numbers and the alternative, and leaves no run folder."""
+    import utils.cache_check as cc
+    from utils.cache_check import CacheTooLarge
+    _copied_coco8(tmp_path)
+    monkeypatch.setattr(cc, 'available_memory', lambda: 50_000)
+    with pytest.raises(CacheTooLarge) as e:
+        _cache_run(tmp_path, 'ram')
+    assert str(e.value) == ('train: --cache-images ram: 8 images at 64 take 68.9 kB in memory (one process), more '
+                            'than 80% of the 50.0 kB available: cache them on disk with --cache-images disk (68.9 kB '
+                            'next to the images), or train without --cache-images')
+    assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').iterdir())
+
+
+def test_ram_cache_counts_every_process_of_the_node(monkeypatch):
+    import utils.cache_check as cc
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    monkeypatch.setattr(cc, 'available_memory', lambda: 250_000_000)  # 80%: 200 MB
+    shapes = [[1000, 500]] * 100  # 640 x 320 x 3 = 614,400 bytes each at 640
+    cc.check_image_cache('ram', shapes, 640, rank=-1)  # one process (an evaluation loader): 61 MB fits
+    with pytest.raises(cc.CacheTooLarge, match=r'take 245\.8 MB in memory \(4 processes on this node x 61\.4 MB\)'):
+        cc.check_image_cache('ram', shapes, 640, rank=0)
+
+
+def test_disk_cache_that_does_not_fit_is_refused(tmp_path, monkeypatch):
+    import utils.cache_check as cc
+    from utils.cache_check import CacheTooLarge
+    _copied_coco8(tmp_path)
+    monkeypatch.setattr(cc, 'free_disk', lambda path: 10_000)
+    with pytest.raises(CacheTooLarge, match=r'--cache-images disk: 8 images at 64 take 70\.0 kB on the disk of '
+                                            f'{tmp_path / "images"} \\(next to the images\\), more than its 10\\.0 kB'):
+        _cache_run(tmp_path, 'disk')
+    assert not list((tmp_path / 'images').glob('*.npy'))
+
+
+def test_cache_bytes_are_exact():
+    """The estimate is what caching takes: at 100 and 640, the bytes of the cached arrays."""
+    from utils.cache_check import resized_bytes
+    from utils.datasets import LoadImagesAndLabels
+    for size in (100, 640):
+        ds = LoadImagesAndLabels(str(ROOT / 'data' / 'coco8' / 'images'), img_size=size, cache_images='ram')
+        assert int(resized_bytes(ds.shapes, size).sum()) == sum(im.nbytes for im in ds.imgs)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, distributed
 
+from utils.cache_check import check_image_cache
 from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placement, random_perspective, xywhn2xyxy
 from utils.errors import UserError
 from utils.boxes import xyxy2xywh
@@ -69,6 +70,7 @@ class LoadImagesAndLabels(Dataset):
                  prefix='', seed=0):
         self.img_size = img_size
         self.augment = augment
+        self.rank = rank  # under DDP every training process holds its own image cache
         self.hyp = hyp
         self.seed = seed  # a SampleKey's augmentation is seeded from (seed, epoch, index)
         self.image_weights = image_weights
@@ -131,6 +133,7 @@ class LoadImagesAndLabels(Dataset):
 
     def _cache_images(self, mode, prefix):
         from utils.progress import progress
+        check_image_cache(mode, self.shapes, self.img_size, self.rank, self.npy_files, prefix)
         gb = 0
         pbar = progress(range(self.n), desc=f'{prefix}Caching images ({mode})', leave=False)
         for i in pbar:
