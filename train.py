@@ -47,6 +47,7 @@ from utils.train.hooks import (Checkpoints, EMAHook, EpochCheckpoint, Evaluation
 from utils.train.model import build_model, maybe_sync_bn, wrap_ddp
 from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations
 from utils.train import resume
+from utils.train.autobatch import auto_batch_size
 from utils.train.recipe import EVOLVE_META, class_weights_from_labels, load_hyp, mutate_hyp
 from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, load_newest_intact, release_run,
                                  resume_path, run_folder_of)
@@ -248,7 +249,8 @@ def build_parser():
     p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
     p.add_argument('--hyp', type=str, default=None, help='hyperparameters path (default: data/hyp.scratch.yaml)')
     p.add_argument('--epochs', type=int, default=None, help='total epochs (default: 300)')
-    p.add_argument('--batch-size', type=int, default=16, help='total batch size across all processes')
+    p.add_argument('--batch-size', type=int, default=16,
+                   help='total batch size across all processes; -1: the largest that fits the GPUs (measured)')
     p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='train, test sizes')
     p.add_argument('--rect', action='store_true', help='rectangular training')
     p.add_argument('--resume', nargs='?', const=True, default=False,
@@ -309,7 +311,8 @@ def parse_opt(argv=None):
 def check_options(opt):
     """Refuse flag values that make no sense, naming the flag (before anything is written)."""
     check_at_least('--epochs', opt.epochs, 1)
-    check_at_least('--batch-size', opt.batch_size, 1)
+    if opt.batch_size != -1:  # -1: chosen by measuring the GPUs
+        check_at_least('--batch-size', opt.batch_size, 1)
     check_at_least('--img-size', opt.img_size, 1)
     check_at_least('--workers', opt.workers, 0)
     check_at_least('--freeze', opt.freeze, 0)
@@ -390,6 +393,25 @@ def check_world_size(total_batch_size, world_size):
                             f'{world_size}')
 
 
+def choose_batch_size(opt, hyp, device):
+    """--batch-size -1: the total batch that fits the GPUs, measured with the run's model, image size, precision
+    and memory options (utils.train.autobatch)."""
+    data = load_data_config(opt.data, required=('nc', 'train', 'val'))
+    nc = 1 if opt.single_cls else data['nc']
+    model = build_model(opt, nc, device, verbose=False).train()
+    model.activation_checkpointing = opt.activation_checkpointing
+    if opt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    imgsz = check_img_size(opt.img_size[0], int(model.stride.max()))
+    try:
+        return auto_batch_size(model, ComputeLoss(model, dict(hyp, cls=hyp['cls'] * nc / 80.)), imgsz, device,
+                               opt.amp_dtype, opt.world_size)
+    finally:
+        del model
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+
 def process_layout(opt):
     """This process's rank, local rank and the world size, from torchrun's environment (in place)."""
     opt.local_rank = int(os.environ.get('LOCAL_RANK', opt.local_rank))
@@ -403,7 +425,8 @@ def start_device(opt, preloaded):
     """The device this process trains on (a named resume's saved device unless --device says otherwise), with the
     process group started under DDP."""
     saved_device = (preloaded[1].get('opt') or {}).get('device', '') if preloaded else ''
-    device = select_device(opt.device or saved_device, batch_size=opt.batch_size if opt.world_size == 1 else None)
+    device = select_device(opt.device or saved_device,
+                           batch_size=opt.batch_size if opt.world_size == 1 and opt.batch_size > 0 else None)
     if opt.global_rank != -1:
         if device.type != 'cpu':
             torch.cuda.set_device(opt.local_rank)
@@ -423,7 +446,8 @@ def main(argv=None, opt=None, callbacks=(), given=None):
     check_options(opt)
     if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
         new_run_options(deepcopy(opt))
-        check_world_size(opt.batch_size, opt.world_size)
+        if opt.batch_size != -1:
+            check_world_size(opt.batch_size, opt.world_size)
     preloaded = named_resume(opt)
     device = start_device(opt, preloaded)
     lock, failed = None, True
@@ -434,6 +458,8 @@ def main(argv=None, opt=None, callbacks=(), given=None):
         else:
             hyp = new_run_options(opt)
             opt.save_dir, opt.resume = save_dir, False
+            if opt.batch_size == -1:  # measured now, recorded in opt.yaml: a resume uses it
+                opt.batch_size = opt.total_batch_size = choose_batch_size(opt, hyp, device)
         check_world_size(opt.total_batch_size, opt.world_size)
         opt.batch_size = opt.total_batch_size // opt.world_size
         result = evolve(hyp, opt, device) if opt.evolve else train(hyp, opt, device, ckpt, callbacks)

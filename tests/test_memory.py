@@ -126,3 +126,75 @@ def test_cache_bytes_are_exact():
     for size in (100, 640):
         ds = LoadImagesAndLabels(str(ROOT / 'data' / 'coco8' / 'images'), img_size=size, cache_images='ram')
         assert int(resized_bytes(ds.shapes, size).sum()) == sum(im.nbytes for im in ds.imgs)
+
+
+# --- --batch-size -1 -------------------------------------------------------------------------------------------
+GiB = 2 ** 30
+
+
+def _fake_gpu(a=2.0, b=1.5, oom_at=None):
+    """A memory model of a GPU training step: a + b * batch GiB (model, optimizer state, activations), running out
+    of memory from batch oom_at on."""
+    def measure(model, loss_fn, batch, imgsz, device, amp_dtype):
+        if oom_at is not None and batch >= oom_at:
+            raise torch.OutOfMemoryError('CUDA out of memory')
+        return int((a + b * batch) * GiB)
+    return measure
+
+
+def test_autobatch_picks_the_largest_batch_under_the_fraction():
+    from utils.train.autobatch import auto_batch_size, fit_batch
+    assert fit_batch([(1, 3.5 * GiB), (2, 5 * GiB), (4, 8 * GiB)], 40 * GiB) == 20  # (0.8 x 40 - 2) / 1.5
+    cuda = torch.device('cuda', 0)  # the device is only named: the fake measures, and the free memory is given
+    assert auto_batch_size(torch.nn.Identity(), None, 640, cuda, measure=_fake_gpu(), free_bytes=40 * GiB) == 20
+    assert auto_batch_size(torch.nn.Identity(), None, 640, cuda, world_size=4, measure=_fake_gpu(oom_at=8),
+                           free_bytes=40 * GiB) == 80  # fitted on batches 1, 2, 4; the total over 4 GPUs
+
+
+def test_autobatch_says_what_to_give_when_nothing_fits():
+    from utils.train.autobatch import AutoBatchError, auto_batch_size
+    with pytest.raises(AutoBatchError, match=r'--batch-size -1: no batch fits in 80% of the 4\.0 GiB free .* '
+                                             r'try --activation-checkpointing, a smaller --img, or give --batch-size'):
+        auto_batch_size(torch.nn.Identity(), None, 1536, torch.device('cuda', 0), measure=_fake_gpu(a=3.0, b=1.0),
+                        free_bytes=4 * GiB)
+
+
+def _agree(rank, world, init, free, out):
+    import torch.distributed as dist
+
+    from utils.train.autobatch import agree_min, fit_batch
+    dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world)
+    points = [(b, int((2.0 + 1.5 * b) * GiB)) for b in (1, 2, 4)]
+    out.put((rank, agree_min(fit_batch(points, free[rank]), torch.device('cpu'))))
+    dist.destroy_process_group()
+
+
+def test_autobatch_ranks_agree_on_the_smallest(tmp_path):
+    """Two ranks whose GPUs have 40 and 20 GiB free (batches 20 and 9) both train with 9."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context('spawn')
+    out = ctx.Queue()
+    init = (tmp_path / 'rendezvous').as_uri()
+    procs = [ctx.Process(target=_agree, args=(r, 2, init, [40 * GiB, 20 * GiB], out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert sorted(out.get(timeout=10) for _ in procs) == [(0, 9), (1, 9)]
+
+
+def test_autobatch_on_cpu_uses_the_default_and_records_it(tmp_path, capfd):
+    import yaml
+
+    import train
+    train.run(cfg=str(ROOT / 'models' / 'yolov4-p5-tiny.yaml'), data=str(COCO8_YAML), img_size=[64, 64],
+              batch_size=-1, device='cpu', workers=0, noautoanchor=True, epochs=1, notest=True,
+              project=str(tmp_path), name='auto')
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith('--batch-size -1')]
+    assert lines == ['--batch-size -1: 16 (no GPU to measure: automatic batch size measures CUDA memory; give '
+                     '--batch-size N to choose)']
+    saved = yaml.safe_load((tmp_path / 'auto' / 'opt.yaml').read_text())
+    assert saved['batch_size'] == saved['total_batch_size'] == 16
+    from utils.train.resume import compare
+    import argparse
+    assert compare({'batch_size'}, argparse.Namespace(batch_size=-1, resume='auto'), saved, tmp_path) == []

@@ -64,6 +64,8 @@ def differs(dest, given, saved, hyp_changed, find_config):
         return not _same_path(given, saved)
     if dest == 'img_size':
         return _img(given) != _img(saved)
+    if dest == 'batch_size' and given == -1:
+        return False  # automatic: the batch the run chose (opt.yaml) goes on
     return given != saved
 
 
