@@ -60,7 +60,9 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     writers = ImageWriters(save_dir / 'labels' if save_txt else None, nc if save_json else None)
     ev = evaluate_batches(model, dataloader, device, conf_thres, iou_thres, merge, augment, compute_loss, nc,
                           writers, plot_dir, names)
+    t_metrics = time.perf_counter()
     summary = summarize(ev['stats'], nc, names, plot_dir)
+    t_metrics = time.perf_counter() - t_metrics
     log_summary(summary, ev['seen'], names, task, verbose and nc > 1)
     times = tuple(x / max(ev['seen'], 1) * 1E3 for x in (ev['t_inference'], ev['t_nms'], ev['t_inference'] +
                                                          ev['t_nms']))
@@ -72,13 +74,13 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     map50, map_ = summary['map50'], summary['map']
     t_coco = time.perf_counter()
     if save_json and writers.jdict:
-        coco = _coco_evaluate(writers.jdict, data, dataloader, weights, save_dir, coco_eval)
+        coco = _coco_evaluate(writers.jdict, data, dataloader, weights, save_dir, coco_eval, timings)
         if coco is not None:
             map_, map50 = coco[:2]
     elif save_json:
         LOGGER.info('No detections: nothing to write for pycocotools (AP 0)')
     if timings is not None:
-        timings.update(images=ev['seen'], inference=ev['t_inference'], nms=ev['t_nms'],
+        timings.update(images=ev['seen'], inference=ev['t_inference'], nms=ev['t_nms'], metrics=t_metrics,
                        coco=time.perf_counter() - t_coco)
     if not training and save_dir is not None:
         LOGGER.info('Results saved to %s%s', save_dir, _saved_listing(save_dir))
@@ -312,8 +314,11 @@ def coco_score(gt, results_file, img_ids, backend='pycocotools'):
     return np.asarray(ev.stats[:12], dtype=np.float64)
 
 
-def _coco_evaluate(jdict, data, dataloader, weights, save_dir, backend='pycocotools'):
-    """Write the detections JSON and score it (pycocotools, or faster-coco-eval); returns the stats or None."""
+def _coco_evaluate(jdict, data, dataloader, weights, save_dir, backend='pycocotools', timings=None):
+    """Write the detections JSON and score it (pycocotools, or faster-coco-eval); returns the stats or None.
+    `timings` receives the seconds of the JSON (ground truth read, ids matched, file written) and of scoring."""
+    t = time.perf_counter()
+    timings = {} if timings is None else timings
     w = Path(weights[0] if isinstance(weights, (list, tuple)) else weights).stem if weights else ''
     ann = data.get('val_annotations')
     gt = _read_ground_truth(ann)
@@ -323,13 +328,16 @@ def _coco_evaluate(jdict, data, dataloader, weights, save_dir, backend='pycocoto
     with open(file, 'w') as f:
         json.dump(jdict, f)
     LOGGER.info('COCO detections JSON saved to %s', file)
+    timings['json'] = time.perf_counter() - t
     if gt is None:
         LOGGER.warning('WARNING: no COCO ground truth (val_annotations: %s): pycocotools AP not computed; '
                        'the mAP above is this project\'s own', ann)
         return None
     img_ids = sorted(set(ids.values()))
     try:
+        t = time.perf_counter()
         stats = coco_score(gt, file, img_ids, backend)
+        timings['scoring'] = time.perf_counter() - t
     except ImportError as e:
         LOGGER.warning('WARNING: pycocotools unavailable (%s): the mAP above is this project\'s own', e)
         return None

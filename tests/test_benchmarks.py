@@ -115,3 +115,19 @@ def test_compare_nms_scores_like_the_published_nms(capsys, monkeypatch):
     candidates, seconds, scored, identical = re.search(r'\n\s+4\s+contiguous\s+8(?:\s+\S+){7}\s+(\d+)\s+([\d.]+)'
                                                        r'\s+(\d+)\s+(\d+)', out).groups()
     assert 0 < int(candidates) < 30000 and int(scored) == int(identical) == 8
+
+
+def test_scale_mode_on_a_small_dataset(tmp_path):
+    """--mode scale at a small size: the dataset is made, scanned cold and warm, the loader workers' memory is read
+    after each epoch, and test.py's time is split, with its COCO scoring of the made annotations."""
+    log = tmp_path / 'scale.jsonl'
+    main(['--mode', 'scale', '--device', 'cpu', '--scale-images', '48', '16', '--iters', '2', '--epochs', '2',
+          '--img', '64', '--workers', '1', '--json', str(log), '--save-dir', str(tmp_path)])
+    rows = dict(json.loads(log.read_text())['rows'])
+    assert rows['training images'] == 48 and rows['validation images (boxes)'].startswith('16 (')
+    uss = [rows[f'loader worker USS MB after epoch {e} (2 batches)'] for e in (0, 1)]
+    assert all(re.fullmatch(r'\d+', u) for u in uss), uss  # one worker, a figure each epoch
+    for key in ('label scan, cold s', 'test.py total s', '  model s', '  NMS s', '  metrics s', '  COCO JSON s',
+                '  COCO scoring s', 'test.py peak RSS MB'):
+        assert re.fullmatch(r'[\d.]+', rows[key]), (key, rows[key])
+    assert list(tmp_path.iterdir()) == [log]  # the made dataset is removed

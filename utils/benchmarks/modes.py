@@ -13,6 +13,11 @@
         --source path/to/data16.yaml      (test.py on the early-training evaluation workload: its time split,
                                            then `python test.py` end to end; --memory-format to compare,
                                            --compare-nms to time the published NMS on the same predictions)
+    python -m utils.benchmarks --mode scale --device cpu   (a COCO-sized dataset from the bundled images: label scan,
+                                           loader workers' memory over epochs, test.py on 5,000 images; see
+                                           utils/benchmarks/scale.py)
+    python -m utils.benchmarks --mode train --cfg models/yolov4-p7.yaml --img 1536 --batch-size 1 --device cpu \
+        --checkpointing off on --iters 1 --warmup 1     (activation checkpointing: peak memory and step time)
 
 Every combination of the listed options is one row (infer: each with and without NMS). Timings are taken
 after warm-up and synchronised on CUDA. TFLOP/s counts the model's multiply-adds x 2 per image
@@ -479,7 +484,7 @@ def parse_opt(argv=None):
     from models.activations import mish_mode
     from utils.errors import ArgumentParser
     p = ArgumentParser(prog='python -m utils.benchmarks', description=__doc__.split('\n\n')[0])
-    p.add_argument('--mode', choices=['infer', 'train', 'data', 'test', 'checkpoint'], default='infer')
+    p.add_argument('--mode', choices=['infer', 'train', 'data', 'test', 'checkpoint', 'scale'], default='infer')
     p.add_argument('--cfg', default='models/yolov4-p5.yaml', help='model config (when no --weights)')
     p.add_argument('--weights', default='', help='checkpoint to benchmark instead of a fresh model')
     p.add_argument('--img', '--img-size', type=int, nargs='+', default=None, help='image size(s)')
@@ -518,6 +523,10 @@ def parse_opt(argv=None):
     p.add_argument('--save-period-min', type=float, default=30,
                    help="checkpoint: the period the overhead is given for (train.py's default)")
     p.add_argument('--save-dir', default='', help='checkpoint: the folder written to (default: a temporary folder)')
+    p.add_argument('--scale-images', type=int, nargs=2, default=[118287, 5000], metavar=('TRAIN', 'VAL'),
+                   help='scale: training and validation images of the dataset made (default: COCO\'s)')
+    p.add_argument('--epochs', type=int, default=3, help='scale: epochs of the loader whose workers are measured')
+    p.add_argument('--workers', type=int, default=2, help='scale: loader workers')
     p.add_argument('--quick', action='store_true', help='a tiny CPU run (tests)')
     p.add_argument('--json', default='', help='also append the table as one JSON line to this file')
     opt = p.parse_args(argv)
@@ -525,7 +534,9 @@ def parse_opt(argv=None):
         opt.device, opt.iters, opt.warmup = 'cpu', 2, 1
         if opt.mode != 'data':
             opt.cfg = opt.cfg if 'tiny' in opt.cfg or opt.cfg.endswith('csp.yaml') else 'models/yolov4-p5-tiny.yaml'
-    opt.img_sizes = opt.img or ([640, 896] if opt.mode == 'data' else [640])
+    opt.img_sizes = opt.img or ([640, 896] if opt.mode == 'data' else [128] if opt.mode == 'scale' else [640])
+    if opt.mode == 'scale' and opt.cfg == 'models/yolov4-p5.yaml':
+        opt.cfg = 'models/yolov4-p5-tiny.yaml'  # the evaluation's figures are those of the pipeline, not of a model
     opt.img = opt.img_sizes[0]
     opt.batch_size = opt.batch_size or {'infer': [1, 32], 'test': [8], 'checkpoint': [2]}.get(opt.mode, [16])
     opt.mish = opt.mish or [mish_mode()]
@@ -555,14 +566,15 @@ def main(argv=None):
     from utils.torch_utils import select_device
     device = select_device(opt.device)
     _check_cuda_options(opt, device)
+    from utils.benchmarks.scale import bench_scale
     fn = {'infer': bench_infer, 'train': bench_train, 'data': bench_data, 'test': bench_test,
-          'checkpoint': bench_checkpoint}[opt.mode]
+          'checkpoint': bench_checkpoint, 'scale': bench_scale}[opt.mode]
     if opt.backend:
         if opt.mode != 'infer':
             raise SystemExit('benchmarks: --backend is a dimension of --mode infer')
         from utils.benchmarks.backends import bench_backends
         fn = bench_backends
-    what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode not in ('data', 'test') else \
+    what = f'{opt.cfg if not opt.weights else opt.weights}' if opt.mode not in ('data', 'test', 'scale') else \
         f'{opt.source} ({opt.weights or opt.cfg})'
     name = torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     with torch.set_grad_enabled(opt.mode in ('train', 'checkpoint')):
