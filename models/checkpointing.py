@@ -1,10 +1,10 @@
 """Activation checkpointing: memory traded for compute in training (train.py --activation-checkpointing).
 
 A checkpointed block keeps only its input for the backward pass; the activations inside it are computed again
-when its gradients are needed (torch.utils.checkpoint, non-reentrant). YAML models checkpoint each block with
-parameters but the Detect head: the CSP blocks of the backbone and the neck, whose bottlenecks hold most of the
-activations, and the convs between them (their batch norm and Mish inputs). Darknet models checkpoint each
-[convolutional] layer.
+when its gradients are needed (torch.utils.checkpoint, non-reentrant). YAML models checkpoint runs of at most
+two rows whose inner output no later row reads (checkpoint_runs): a CSP block of the backbone or the neck with
+the conv before it, so that only the run's input is kept. The Detect head is not checkpointed. Darknet models
+checkpoint each [convolutional] layer.
 
 BatchNorm in train mode updates its running statistics at every forward; the recomputation would update them a
 second time, with the same batch, and move them further than the step without checkpointing does. The first
@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
+
+MAX_RUN = 2  # rows per checkpointed run
 
 
 def batch_norms(module):
@@ -49,6 +51,23 @@ def checkpointed(fn, module, *inputs):
         with running_stats_kept(bns):  # the recomputation in backward
             return fn(*args)
     return checkpoint(run, *inputs, use_reentrant=False)
+
+
+def checkpoint_runs(rows, saved):
+    """A YAML model's rows grouped into runs that one checkpoint can cover: a row joins the run before it when it
+    reads only that run's output (f == -1) and no later row reads the output before it (not in `saved`). So a
+    backbone's downsampling conv and the CSP block after it are one run, and only the run's input is kept. The
+    Detect head is a run of its own (not checkpointed). Runs are at most MAX_RUN rows: the recomputation of a run
+    holds all of its activations at once."""
+    runs = []
+    for m in rows:
+        joins = runs and len(runs[-1]) < MAX_RUN and m.f == -1 and runs[-1][-1].i not in saved and \
+            type(m).__name__ != 'Detect' and type(runs[-1][0]).__name__ != 'Detect'
+        if joins:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return runs
 
 
 def active(model, x):

@@ -105,6 +105,12 @@ class Detect(nn.Module):
         return torch.stack((xv, yv), 2).view((1, 1, ny, nx, 2)).float()
 
 
+def _run_rows(rows, x):
+    for m in rows:
+        x = m(x)
+    return x
+
+
 class Model(nn.Module):
     """A detector built from a YAML config (path or dict). `nc` overrides the config's class count."""
 
@@ -158,18 +164,33 @@ class Model(nn.Module):
         return torch.cat(y, 1), None
 
     def forward_once(self, x, profile=False):
+        if activation_checkpointing.active(self, x) and not profile:
+            return self._forward_checkpointed(x)
         y = []  # outputs kept for later rows
         for m in self.model:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
             if profile:
                 _profile_layer(m, x)
-            if activation_checkpointing.active(self, x) and not isinstance(m, Detect) and any(
-                    p.requires_grad for p in m.parameters()):
-                x = activation_checkpointing.checkpointed(m, m, x)
-            else:
-                x = m(x)
+            x = m(x)
             y.append(x if m.i in self.save else None)
+        return x
+
+    def _forward_checkpointed(self, x):
+        """forward_once with activation checkpointing: each run of rows that only a row's last output leaves
+        (models/checkpointing.py, checkpoint_runs) keeps just its inputs; the Detect head runs as usual."""
+        y = []
+        for run in activation_checkpointing.checkpoint_runs(self.model, self.save):
+            first = run[0]
+            if first.f != -1:
+                x = y[first.f] if isinstance(first.f, int) else [x if j == -1 else y[j] for j in first.f]
+            if isinstance(first, Detect):
+                x = first(x)
+            else:
+                inputs = x if isinstance(x, list) else [x]
+                x = activation_checkpointing.checkpointed(
+                    lambda *t, run=run: _run_rows(run, list(t) if len(t) > 1 else t[0]), nn.ModuleList(run), *inputs)
+            y += [None] * (len(run) - 1) + [x if run[-1].i in self.save else None]
         return x
 
     def _initialize_biases(self):

@@ -168,7 +168,7 @@ def test_torchrun_restarts_after_two_sigkills_give_the_same_run(files, tmp_path)
     p = _popen(_args(files, tmp_path, 'k', 4, 1, 2, '--notest', '--save-period-steps', '1'),
                torchrun=['--max-restarts', '2'])
     last = tmp_path / 'k' / 'weights' / 'last.pt'
-    for position in ((1, 2), (2, 3)):
+    for position in ((1, 2), (2, 1)):  # (2, 1): two epochs of margin before the run ends, on a loaded machine
         _wait_for(p, last, position)
         os.kill(_worker_of_rank(p.pid, 1), signal.SIGKILL)
         time.sleep(1)
