@@ -121,7 +121,9 @@ class Trainer:
         try:
             self.run_epochs()
             self.completed = True
-        except _StopAgreed:
+        except _StopAgreed:  # a hook's request: a completed run, last.pt holding the weights it ends with
+            if self.main and self.state.batch:
+                self.call_first('save_now')
             self.completed = True
         except TrainingStopped as e:
             self.save_at_stop(e)
