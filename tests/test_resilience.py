@@ -69,6 +69,14 @@ def _wait_for(proc, last, position, timeout=300):
         time.sleep(0.01)
 
 
+def _wait_for_line(proc, text, count, timeout=300):
+    """Until `count` lines of the process's stderr contain text."""
+    deadline = time.time() + timeout
+    while sum(text in ln for _, ln in proc.lines) < count:
+        assert proc.poll() is None and time.time() < deadline, f'never {count} lines with {text!r}'
+        time.sleep(0.05)
+
+
 def _children(pid):
     out = []
     for d in filter(str.isdigit, os.listdir('/proc')):
@@ -168,10 +176,13 @@ def test_torchrun_restarts_after_two_sigkills_give_the_same_run(files, tmp_path)
     p = _popen(_args(files, tmp_path, 'k', 4, 1, 2, '--notest', '--save-period-steps', '1'),
                torchrun=['--max-restarts', '2'])
     last = tmp_path / 'k' / 'weights' / 'last.pt'
-    for position in ((1, 2), (2, 1)):  # (2, 1): two epochs of margin before the run ends, on a loaded machine
+    position = (1, 2)
+    for restarts in (1, 2):
         _wait_for(p, last, position)
         os.kill(_worker_of_rank(p.pid, 1), signal.SIGKILL)
-        time.sleep(1)
+        _wait_for_line(p, 'Continuing', restarts)  # the restarted job has read last.pt: the next kill is of it
+        epoch, batch = _progress(last)
+        position = max((2, 1), (epoch, batch + 1))  # a batch of the restarted job, inside an epoch
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
     assert err.count('Continuing') == 2 and err.count('Resuming') == 2
@@ -494,21 +505,26 @@ def test_truncated_last_pt_resumes_from_the_previous_checkpoint(files, reference
 
 
 def test_truncated_last_pt_under_an_elastic_restart(files, tmp_path):
-    """torchrun --max-restarts 1: last.pt is truncated, then a rank is killed; the restarted job resumes from the
-    intact best.pt (the same end of epoch 0), names the loss, and ends bit-identical to an uninterrupted run."""
+    """torchrun --max-restarts 1: with rank 0 frozen (no save can land), last.pt is truncated and both ranks are
+    killed; the restarted job resumes from the newest intact checkpoint, names it and the loss, and ends
+    bit-identical to an uninterrupted run."""
     args = _args(files, tmp_path, 'ref', 3, 0, 2, '--notest')
     code, err = _train(args, torchrun=['--max-restarts', '0'])
     assert code == 0, err[-3000:]
     p = _popen(_args(files, tmp_path, 'k', 3, 0, 2, '--notest'), torchrun=['--max-restarts', '1'])
     last = tmp_path / 'k' / 'weights' / 'last.pt'
     _wait_for(p, last, (1, 0))
+    ranks = [_worker_of_rank(p.pid, r) for r in (0, 1)]
+    os.kill(ranks[0], signal.SIGSTOP)
     _truncate(last)
-    os.kill(_worker_of_rank(p.pid, 1), signal.SIGKILL)
+    intact = max((f for f in (last.with_name('best.pt'), last.with_name('last-previous.pt')) if f.is_file()),
+                 key=lambda f: f.stat().st_mtime)
+    for pid in reversed(ranks):
+        os.kill(pid, signal.SIGKILL)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
     warnings = [ln for ln in err.splitlines() if 'is unreadable' in ln]
-    assert len(warnings) == 1 and f'resuming from {last.with_name("best.pt")}, saved at the start of epoch 1' in \
-        warnings[0], err[-3000:]
+    assert len(warnings) == 1 and f'resuming from {intact}, saved at ' in warnings[0], err[-3000:]
     assert_same_run(tmp_path / 'ref', tmp_path / 'k')
 
 

@@ -79,3 +79,32 @@ def bench_model(opt, device):
     if opt.weights:
         return attempt_load(opt.weights, map_location=device)
     return Model(opt.cfg).to(device)
+
+
+def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-4.0, cls_bias=-4.0, seed=0):
+    """A checkpoint for timing test.py as an early training run sees it: the model of `cfg` with BatchNorm
+    statistics from real images and the detection head biased so that every image fills the 300-detection cap
+    at conf 0.001 (on COCO images at 320, hundreds to tens of thousands of NMS candidates per image)."""
+    from models.checkpoint import model_payload, save_checkpoint
+    from models.yolo import Model
+    from utils.datasets import create_dataloader
+    torch.manual_seed(seed)
+    model = Model(cfg)
+    loader = create_dataloader(images, img_size, 8, int(model.stride.max()), rect=True, pad=0.5, workers=0)[0]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for imgs, *_ in loader:
+            model(imgs.float() / 255)
+    for m in bns:
+        m.momentum = 0.03
+    head = model.model[-1]
+    for conv in head.m:
+        b = conv.bias.detach().view(head.na, -1)
+        b[:, 4] = obj_bias
+        b[:, 5:] = cls_bias
+    save_checkpoint({'model': model_payload(model.eval())}, path)
+    return path

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import yaml
 
-from utils.benchmarks.common import (bench_model, peak_memory_mb, reset_peak_memory, return_freed_memory, sync,
-                                     table)
+from utils.benchmarks.common import (bench_model, evaluation_workload_weights, peak_memory_mb, reset_peak_memory,
+                                     return_freed_memory, sync, table)
 
 LOGGER = logging.getLogger('benchmarks')
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,35 +355,6 @@ def bench_data(opt, device=None):
                 dt = time.perf_counter() - t
                 rows.append([size, variant, n, f'{n / dt:.1f}'])
     return rows, ['img', 'items', 'samples', 'mosaics/s per worker'], 'one process, no loader workers'
-
-
-def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-4.0, cls_bias=-4.0, seed=0):
-    """A checkpoint for timing test.py as an early training run sees it: the model of `cfg` with BatchNorm
-    statistics from real images and the detection head biased so that every image fills the 300-detection cap
-    at conf 0.001 (on COCO images at 320, hundreds to tens of thousands of NMS candidates per image)."""
-    from models.checkpoint import model_payload, save_checkpoint
-    from models.yolo import Model
-    from utils.datasets import create_dataloader
-    torch.manual_seed(seed)
-    model = Model(cfg)
-    loader = create_dataloader(images, img_size, 8, int(model.stride.max()), rect=True, pad=0.5, workers=0)[0]
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    model.train()
-    with torch.no_grad():
-        for imgs, *_ in loader:
-            model(imgs.float() / 255)
-    for m in bns:
-        m.momentum = 0.03
-    head = model.model[-1]
-    for conv in head.m:
-        b = conv.bias.detach().view(head.na, -1)
-        b[:, 4] = obj_bias
-        b[:, 5:] = cls_bias
-    save_checkpoint({'model': model_payload(model.eval())}, path)
-    return path
 
 
 def _published_nms(prediction, conf_thres, iou_thres, time_limit=10.0, max_det=300):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from utils.benchmarks.common import peak_memory_mb, reset_peak_memory, return_freed_memory
+from utils.benchmarks.common import evaluation_workload_weights, peak_memory_mb, reset_peak_memory, return_freed_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / 'data' / 'coco8'
@@ -121,7 +121,6 @@ def worker_uss(data, img, hyp, epochs, batches, workers):
 def test_split(data, cfg, img, tmp):
     """(timings, peak RSS MB) of test.py on the validation split at conf 0.001 with its COCO JSON scored."""
     import test as test_script
-    from utils.benchmarks.modes import evaluation_workload_weights
     weights = evaluation_workload_weights(cfg, yaml.safe_load(Path(data).read_text())['val'], tmp / 'w.pt', img)
     timings = {}
     reset_peak_memory_cpu = reset_peak_memory(_cpu())

@@ -51,8 +51,9 @@ class CheckpointWriter:
         t = time.perf_counter()
         snapshot = host_copy(ckpt)
         self.copy_s = time.perf_counter() - t
-        self._thread = threading.Thread(target=self._save, args=(snapshot, paths, then), name='checkpoint-writer')
-        self._thread.start()
+        thread = threading.Thread(target=self._save, args=(snapshot, paths, then), name='checkpoint-writer')
+        thread.start()  # before it is recorded: a signal handler raising in between must not leave it unstarted
+        self._thread = thread
 
     def _save(self, ckpt, paths, then=None):
         t = time.perf_counter()
@@ -81,8 +82,9 @@ class CheckpointWriter:
                     fn()
                 except Exception as e:  # noqa: BLE001 - handed to the training thread, which raises it
                     self._error = e
-        self._thread = threading.Thread(target=after_previous, name='checkpoint-writer')
-        self._thread.start()
+        thread = threading.Thread(target=after_previous, name='checkpoint-writer')
+        thread.start()
+        self._thread = thread
 
     def busy(self):
         return self._thread is not None and self._thread.is_alive()
