@@ -478,7 +478,7 @@ def parse_opt(argv=None):
                    help="train: PyTorch's optimizer step implementations to compare")
     p.add_argument('--backend', nargs='+', choices=['pytorch', 'onnxruntime', 'openvino'], default=None,
                    help='infer: runtimes side by side on the CPU, each in its --precision '
-                        '(utils/benchmark_backends.py)')
+                        '(utils/benchmarks/backends.py)')
     p.add_argument('--precision', nargs='+', choices=['float32', 'bfloat16', 'int8'],
                    default=['float32', 'bfloat16', 'int8'], help='--backend: the precisions of each runtime to time')
     p.add_argument('--calib-images', type=int, default=32, help='--backend int8: calibration images from --source')
