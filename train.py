@@ -51,7 +51,7 @@ from utils.train.autobatch import auto_batch_size
 from utils.train.recipe import EVOLVE_META, class_weights_from_labels, load_hyp, mutate_hyp
 from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, load_newest_intact, release_run,
                                  resume_path, run_folder_of)
-from utils.train.state import plain
+from utils.train.state import checkpoint_position, plain
 from utils.train.trackers import MLflow, TensorBoard, mlflow_available
 from utils.train.trainer import Recipe, Trainer, TrainingStopped, TrainParts
 from utils.train.watchdog import Watchdog
@@ -183,8 +183,7 @@ def build_trackers(opt, paths, hyp):
 def resumed_finished(ckpt, opt, paths):
     """Log where a resume starts; True when the run has already trained all its epochs (a restart or requeue of a
     finished job: nothing is left to do). A named resume of a finished run asks for more --epochs instead."""
-    progress = ckpt.get('progress') or {}
-    epoch, batch = progress.get('epoch', ckpt['epoch'] + 1), progress.get('batch', 0)
+    epoch, batch = checkpoint_position(ckpt)
     LOGGER.info('Resuming %s at epoch %g%s, to %g epochs', paths.save_dir, epoch, f' batch {batch}' if batch else '',
                 opt.epochs)
     if epoch < opt.epochs:

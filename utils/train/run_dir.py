@@ -23,6 +23,7 @@ import torch.distributed as dist
 from models.checkpoint import CheckpointError, load_checkpoint
 
 from utils.errors import ArgumentError, UserError
+from utils.train.state import checkpoint_position, describe_position
 
 LOGGER = logging.getLogger(__name__)
 LOCK_NAME = '.lock'
@@ -188,9 +189,9 @@ def load_newest_intact(weights_dir, results=None):
 
 def fallback_message(damaged, path, ckpt, results):
     """'<damaged> is unreadable (...): resuming from <path>, saved at epoch E batch B; lost: ...'."""
-    (bad, error), progress = damaged, ckpt.get('progress') or {}
-    epoch, batch = progress.get('epoch', ckpt['epoch'] + 1), progress.get('batch', 0)
-    where = f'epoch {epoch} batch {batch}' if batch else f'the start of epoch {epoch}'
+    bad, error = damaged
+    epoch, batch = checkpoint_position(ckpt)
+    where = describe_position(epoch, batch)
     ended = len(Path(results).read_text().splitlines()) if results and Path(results).is_file() else 0
     lost_epochs = ended - len(ckpt.get('results') or [])
     lost = (f'epochs {epoch}-{epoch + lost_epochs - 1} and the batches after them' if lost_epochs > 1 else

@@ -27,7 +27,7 @@ from utils.torch_utils import de_parallel, random_rescale
 from utils.train.optim import set_epoch_lr, step_schedule, warmup_step
 from utils.train.recipe import rng_state, set_rng_state
 from utils.sampling import batch_rng
-from utils.train.state import RunState, pending_gradients, plain
+from utils.train.state import RunState, describe_position, pending_gradients, plain
 from utils.train.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
@@ -283,8 +283,7 @@ class Trainer:
             raise TrainingStopped(f'rank {self.rank}: {e} (rank 0 saves {self.checkpoint_path()})',
                                   e.exit_code) from None
         saved = self.call_first('save_now')
-        s = self.state
-        where = f'epoch {s.epoch} batch {s.batch}' if s.batch else f'the start of epoch {s.epoch}'
+        where = describe_position(self.state.epoch, self.state.batch)
         if saved is None:
             raise TrainingStopped(f'{e} at {where}', e.exit_code) from None
         raise TrainingStopped(f'{e}: {saved} saved at {where}; continue with python train.py --resume '
