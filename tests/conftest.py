@@ -2,6 +2,7 @@
 import copy
 import functools
 import http.server
+import os
 import socket
 import subprocess
 import sys
@@ -18,11 +19,36 @@ if str(ROOT) not in sys.path:
 COCO8_YAML = ROOT / 'data' / 'coco8.yaml'
 
 
+_ports_taken = []
+
+
 def free_port():
-    """A TCP port free on localhost now (for a rendezvous; another process may take it before it is used)."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
+    """A TCP port on localhost, free now, for a rendezvous that binds it later (torchrun's --master_port).
+
+    A port the kernel picks (bind to 0) lies in its ephemeral range, which it hands out again to any connect() on
+    the machine, so it may be taken before torchrun binds it. This one lies below that range, where the kernel never
+    hands out ports by itself, in a block of its own for each pytest-xdist worker, and is not given twice by this
+    process: only a program binding that very port on purpose could take it.
+    """
+    try:
+        low = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    worker = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0').lstrip('gw') or 0)
+    block = range(max(1024, low - 1000 * (worker % 16 + 1)), max(1024, low - 1000 * (worker % 16)))
+    start = os.getpid() % len(block)
+    for i in range(len(block)):
+        port = block[(start + len(_ports_taken) + i) % len(block)]
+        if port in _ports_taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(('127.0.0.1', port))
+            except OSError:
+                continue
+        _ports_taken.append(port)
+        return str(port)
+    raise RuntimeError(f'no free port in {block.start}-{block.stop - 1}')
 
 
 def run_script(*args, cwd=ROOT, env=None, timeout=600, **kwargs):
