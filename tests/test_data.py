@@ -1,5 +1,6 @@
 """Data pipeline: converter, letterbox, rect batches, bad files, cache staleness, mosaic, video frames."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,46 @@ def test_rect_shapes_and_order(tmp_path):
     assert labels.shape[1] == 6 and path == ds.img_files[0]
     (h0, w0), ((rh, rw), pad) = shapes
     assert max(h0, w0) == 640 and rh == pytest.approx(0.5, abs=0.01) and rw == 0.5
+    for f, lf, lb in zip(ds.img_files, ds.label_files, ds.labels):  # reordered together
+        assert Path(f).stem == Path(lf).stem
+        rows = [line.split() for line in Path(lf).read_text().splitlines() if line.strip()]
+        np.testing.assert_array_equal(lb, np.array(rows, np.float32).reshape(-1, 5))
+
+
+def test_packed_per_image_data():
+    """The flat containers a dataset keeps per image (utils/packed.py) behave as the lists they replace: items,
+    negative indices, slices, reordering, paths that are not UTF-8; and their items cannot be written."""
+    from utils.packed import PackedImages, PackedStrings, RaggedArrays
+    arrays = [np.arange(10, dtype=np.float32).reshape(2, 5), np.zeros((0, 5), np.float32), np.ones((1, 5))]
+    packed = RaggedArrays.pack(arrays, 5)
+    assert len(packed) == 3 and packed[1].shape == (0, 5) and packed[-1].dtype == np.float32
+    assert [a.tolist() for a in packed.take([2, 0, 1])] == [arrays[2].tolist(), arrays[0].tolist(), []]
+    assert [a.tolist() for a in packed[1:]] == [[], arrays[2].tolist()]
+    with pytest.raises(ValueError, match='read-only'):
+        packed[0][0, 0] = 5
+    with pytest.raises(IndexError):
+        packed[3]
+    paths = ['a/b.jpg', 'ü/ß.png', os.fsdecode(b'bad\xff.jpg')]
+    strings = PackedStrings.pack(paths)
+    assert list(strings) == paths and list(strings.take([1, 2, 0])) == [paths[1], paths[2], paths[0]]
+    images = PackedImages([[2, 3], [1, 1]])
+    assert images[0] is None and images.nbytes == 21
+    images.store(1, np.full((1, 1, 3), 7, np.uint8))
+    images.store(0, np.arange(18, dtype=np.uint8).reshape(2, 3, 3))
+    assert images[0].tolist() == np.arange(18).reshape(2, 3, 3).tolist() and images[1].tolist() == [[[7, 7, 7]]]
+    with pytest.raises(ValueError, match='expected'):
+        images.store(0, np.zeros((3, 2, 3), np.uint8))
+
+
+def test_ram_cache_refuses_an_image_of_another_size_than_scanned(tmp_path, monkeypatch):
+    """The RAM cache is one buffer laid out by the scanned sizes: an image that decodes to another size is named
+    in one line, before training starts."""
+    import utils.datasets as datasets
+    images = _copy_coco8(tmp_path)
+    monkeypatch.setattr(datasets, 'resized_hw', lambda shapes, size: np.full((len(shapes), 2), size // 2))
+    with pytest.raises(DatasetError, match=r'\.jpg is \d+x\d+ at --img 64 as OpenCV decodes it, but 32x32 by the '
+                                           r'size the scan read .*or train without --cache-images ram'):
+        LoadImagesAndLabels(str(images), img_size=64, cache_images='ram')
 
 
 def test_items_and_collate(tmp_path):

@@ -22,11 +22,18 @@ class CacheTooLarge(UserError):
     """The image cache does not fit; the message gives the numbers and the alternative."""
 
 
-def resized_bytes(shapes, img_size):
-    """Bytes of each image resized so that its longer side is img_size: shapes is (n, 2) of (width, height)."""
+def resized_hw(shapes, img_size):
+    """(n, 2) int64 (height, width) of each image resized so that its longer side is img_size, as
+    LoadImagesAndLabels resizes it: shapes is (n, 2) of (width, height)."""
     wh = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
     r = img_size / wh.max(1)
-    return (wh[:, 0] * r).astype(np.int64) * (wh[:, 1] * r).astype(np.int64) * 3
+    return np.stack([(wh[:, 1] * r).astype(np.int64), (wh[:, 0] * r).astype(np.int64)], 1)
+
+
+def resized_bytes(shapes, img_size):
+    """Bytes of each image resized so that its longer side is img_size (3 channels, uint8)."""
+    hw = resized_hw(shapes, img_size)
+    return hw[:, 0] * hw[:, 1] * 3
 
 
 def available_memory():

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, distributed
 
-from utils.cache_check import check_image_cache
+from utils.cache_check import check_image_cache, resized_hw
 from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placement, random_perspective, xywhn2xyxy
 from utils.errors import UserError
 from utils.boxes import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
+from utils.packed import PackedImages, PackedStrings, RaggedArrays
 from utils.sampling import EpochSampler, SampleKey, seed_sample
 from utils.sources import LoadImages, LoadStreams, list_files, to_chw_rgb  # noqa: F401  (published import location)
 from utils.torch_utils import torch_distributed_zero_first
@@ -88,13 +89,14 @@ class LoadImagesAndLabels(Dataset):
         scan = cached_scan(all_files, all_labels, cache_path, prefix, write=rank in (-1, 0))
         if not scan['files']:
             raise DatasetError(f'{prefix}no usable images in {path}: every image was left out (see warnings)')
-        self.img_files = scan['files']
-        self.label_files = img2label_paths(self.img_files)
-        self.labels = [x.copy() for x in scan['labels']]
+        # per-image data in flat arrays, not a Python object per image: loader workers read them without copying
+        # pages (utils/packed.py)
+        self.img_files = PackedStrings.pack(scan['files'])
+        self.label_files = PackedStrings.pack(img2label_paths(scan['files']))
+        self.labels = RaggedArrays.pack(scan['labels'], 5)
         self.shapes = np.asarray(scan['shapes'], dtype=np.float64)  # (w, h) of each image
         if single_cls:
-            for x in self.labels:
-                x[:, 0] = 0
+            self.labels.data[:, 0] = 0
 
         n = len(self.img_files)
         bi = np.floor(np.arange(n) / batch_size).astype(int)  # batch index of each image
@@ -107,9 +109,9 @@ class LoadImagesAndLabels(Dataset):
             s = self.shapes
             ar = s[:, 1] / s[:, 0]  # h / w
             irect = ar.argsort()
-            self.img_files = [self.img_files[i] for i in irect]
-            self.label_files = [self.label_files[i] for i in irect]
-            self.labels = [self.labels[i] for i in irect]
+            self.img_files = self.img_files.take(irect)
+            self.label_files = self.label_files.take(irect)
+            self.labels = self.labels.take(irect)
             self.shapes = s[irect]
             ar = ar[irect]
             shapes = [[1, 1]] * nb
@@ -122,42 +124,57 @@ class LoadImagesAndLabels(Dataset):
                     shapes[i] = [1, 1 / mini]
             self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
 
-        self.imgs = [None] * n
+        self.imgs = PackedImages(resized_hw(self.shapes, img_size))  # RAM cache: stored by _cache_images
         # disk cache: one array per image, size and interpolation (AREA when shrinking for evaluation)
-        tag = f'{img_size}{"l" if augment else "a"}'
-        self.npy_files = [Path(f).with_suffix(f'.{tag}.npy') for f in self.img_files] \
-            if cache_images == 'disk' else [None] * n
-        self.img_hw0, self.img_hw = [None] * n, [None] * n
+        self.npy_tag = f'{img_size}{"l" if augment else "a"}' if cache_images == 'disk' else None
         if cache_images:
             self._cache_images('disk' if cache_images == 'disk' else 'ram', prefix)
 
+    def npy_file(self, index):
+        """The disk cache's file of image `index`, or None without a disk cache."""
+        return Path(self.img_files[index]).with_suffix(f'.{self.npy_tag}.npy') if self.npy_tag else None
+
     def _cache_images(self, mode, prefix):
         from utils.progress import progress
-        check_image_cache(mode, self.shapes, self.img_size, self.rank, self.npy_files, prefix)
-        gb = 0
+        npy_files = [self.npy_file(i) for i in range(self.n)] if mode == 'disk' else None
+        check_image_cache(mode, self.shapes, self.img_size, self.rank, npy_files, prefix)
         pbar = progress(range(self.n), desc=f'{prefix}Caching images ({mode})', leave=False)
-        for i in pbar:
-            if mode == 'disk':
-                npy = self.npy_files[i]
-                if not npy.exists() or npy.stat().st_mtime < os.stat(self.img_files[i]).st_mtime:
-                    tmp = npy.with_suffix(f'.{os.getpid()}.tmp.npy')
-                    try:
-                        np.save(tmp, self._read_resized(i)[0])
-                        os.replace(tmp, npy)
-                    except OSError as e:  # e.g. a read-only dataset: read the images instead
-                        try:
-                            tmp.unlink(missing_ok=True)
-                        except OSError:
-                            pass
-                        LOGGER.warning('%sWARNING: disk image cache not written (%s: %s): images are read from '
-                                       'their files instead', prefix, tmp, e.strerror or e)
-                        self.npy_files = [None] * self.n
-                        return
-                gb += self.npy_files[i].stat().st_size
-            else:
-                self.imgs[i], self.img_hw0[i], self.img_hw[i] = self._read_resized(i)
-                gb += self.imgs[i].nbytes
-        LOGGER.info('%sCached %d images (%.2f GB, %s)', prefix, self.n, gb / 1e9, mode)
+        if mode == 'ram':
+            for i in pbar:
+                img = self._read_resized(i)[0]
+                if img.shape[:2] != tuple(self.imgs.hw[i]):
+                    (h, w), (h1, w1) = img.shape[:2], self.imgs.hw[i]
+                    raise DatasetError(f'{self.img_files[i]} is {w}x{h} at --img {self.img_size} as OpenCV decodes it, '
+                                       f'but {w1}x{h1} by the size the scan read (PIL, with its EXIF orientation): '
+                                       f'save the image again without EXIF orientation, or train without '
+                                       f'--cache-images ram')
+                self.imgs.store(i, img)
+            gb = self.imgs.nbytes
+        else:
+            gb = sum(self._cache_on_disk(i, npy, prefix) for i, npy in zip(pbar, npy_files))
+        if self.npy_tag or mode == 'ram':
+            LOGGER.info('%sCached %d images (%.2f GB, %s)', prefix, self.n, gb / 1e9, mode)
+
+    def _cache_on_disk(self, i, npy, prefix):
+        """Bytes of image i's .npy file, written if missing or older than the image. A file that cannot be
+        written (a read-only dataset) turns the disk cache off with a warning: images are read from their files."""
+        if not self.npy_tag:
+            return 0
+        if not npy.exists() or npy.stat().st_mtime < os.stat(self.img_files[i]).st_mtime:
+            tmp = npy.with_suffix(f'.{os.getpid()}.tmp.npy')
+            try:
+                np.save(tmp, self._read_resized(i)[0])
+                os.replace(tmp, npy)
+            except OSError as e:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                LOGGER.warning('%sWARNING: disk image cache not written (%s: %s): images are read from their files '
+                               'instead', prefix, tmp, e.strerror or e)
+                self.npy_tag = None
+                return 0
+        return npy.stat().st_size
 
     def __len__(self):
         return len(self.img_files)
@@ -178,11 +195,11 @@ class LoadImagesAndLabels(Dataset):
 
     def load_image(self, index):
         """(BGR image, original (h, w), resized (h, w)), from the RAM or disk cache when there is one."""
-        if self.imgs[index] is not None:
-            return self.imgs[index], self.img_hw0[index], self.img_hw[index]
-        if self.npy_files[index] is not None:
-            img = np.load(self.npy_files[index], allow_pickle=False)
-            w0, h0 = self.shapes[index]
+        w0, h0 = self.shapes[index]
+        img = self.imgs[index]
+        if img is None and self.npy_tag:
+            img = np.load(self.npy_file(index), allow_pickle=False)
+        if img is not None:
             return img, (int(h0), int(w0)), img.shape[:2]
         return self._read_resized(index)
 
