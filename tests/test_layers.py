@@ -5,7 +5,7 @@ Lowest first; a module may import its own layer and those below it:
 - floor:      utils' low-level helpers (errors, progress, general, torch_utils, distributed, downloads, boxes,
               nms, metrics, plots, loss, coco_ids);
 - data:       the data pipeline (datasets, augmentations, label_cache, sources, sampling, data_config, coco2yolo,
-              calibration);
+              calibration, cache_check, packed);
 - models:     models/ (but export.py, a script), importing the floor only;
 - training:   utils/train/, the training-run machinery, above models and data;
 - scripts:    train.py, test.py, detect.py, hubconf.py, models/export.py;
@@ -20,7 +20,7 @@ FLOOR = {'utils', 'utils.errors', 'utils.progress', 'utils.general', 'utils.torc
          'utils.downloads', 'utils.boxes', 'utils.nms', 'utils.metrics', 'utils.plots', 'utils.loss',
          'utils.coco_ids'}
 DATA = {'utils.datasets', 'utils.augmentations', 'utils.label_cache', 'utils.sources', 'utils.sampling',
-        'utils.data_config', 'utils.coco2yolo', 'utils.calibration', 'utils.cache_check'}
+        'utils.data_config', 'utils.coco2yolo', 'utils.calibration', 'utils.cache_check', 'utils.packed'}
 SCRIPTS = {'train', 'test', 'detect', 'hubconf', 'models.export'}
 ALLOWED = {'floor': {'floor'}, 'data': {'floor', 'data'}, 'models': {'floor', 'models'},
            'training': {'floor', 'data', 'models', 'training'},
