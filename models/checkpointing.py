@@ -1,10 +1,20 @@
 """Activation checkpointing: memory traded for compute in training (train.py --activation-checkpointing).
 
 A checkpointed block keeps only its input for the backward pass; the activations inside it are computed again
-when its gradients are needed (torch.utils.checkpoint, non-reentrant). YAML models checkpoint runs of at most
-two rows whose inner output no later row reads (checkpoint_runs): a CSP block of the backbone or the neck with
-the conv before it, so that only the run's input is kept. The Detect head is not checkpointed. Darknet models
-checkpoint each [convolutional] layer.
+when its gradients are needed (torch.utils.checkpoint, non-reentrant). YAML models group their rows into runs
+of at most two rows whose inner output no later row reads (checkpoint_runs): a CSP block of the backbone or the
+neck with the conv before it. Each run is checkpointed by its plan:
+- 'run': the run as a whole, so that only its input is kept;
+- 'each' (runs holding a CSP block of DEEP bottlenecks or more): every bottleneck, every Conv and the join of
+  the block's two paths on their own. Checkpointed whole, such a run keeps little until backward, but its
+  recomputation then holds all of its activations at once, late in the backward pass when the gradients are
+  already allocated: that was the step's peak (P7 at 1536: 2.7 GiB for one block). In pieces it keeps more
+  inputs, and recomputes one piece at a time;
+- 'run+conv' (runs whose input is at stride FINE_STRIDE or finer: the stem and the first CSP block, the largest
+  tensors of the network): the run as a whole, and inside it each Conv again (nested), so that its
+  recomputation keeps only the Convs' inputs. These rows are computed three times, which costs little: they do
+  a few percent of the network's operations.
+The Detect head is not checkpointed. Darknet models checkpoint each [convolutional] layer.
 
 BatchNorm in train mode updates its running statistics at every forward; the recomputation would update them a
 second time, with the same batch, and move them further than the step without checkpointing does. The first
@@ -18,6 +28,10 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 MAX_RUN = 2  # rows per checkpointed run
+FINE_STRIDE = 2  # runs whose input is at this stride or finer also checkpoint each Conv inside them
+DEEP = 3  # runs holding a CSP block of this many bottlenecks or more checkpoint each bottleneck and Conv instead
+_mode = None  # the granularity in force (see maybe_alone); module state, as a context variable would stop
+#               torch.compile
 
 
 def batch_norms(module):
@@ -51,6 +65,40 @@ def checkpointed(fn, module, *inputs):
         with running_stats_kept(bns):  # the recomputation in backward
             return fn(*args)
     return checkpoint(run, *inputs, use_reentrant=False)
+
+
+@contextmanager
+def granularity(mode):
+    """Within this block, the modules that the granularity covers checkpoint themselves (see maybe_alone)."""
+    global _mode
+    previous, _mode = _mode, mode
+    try:
+        yield
+    finally:
+        _mode = previous
+
+
+def maybe_alone(unit, module, forward, *inputs):
+    """forward(*inputs), checkpointed on its own when the granularity in force covers `unit`: 'conv' (a Conv, under
+    the granularities 'conv' and 'block') or 'block' (a Bottleneck, or the join of a CSP block's two paths, under
+    'block'). Nothing inside it is checkpointed again."""
+    if _mode is None or (unit == 'block' and _mode != 'block') or not torch.is_grad_enabled():
+        return forward(*inputs)
+
+    def run(*t):
+        with granularity(None):
+            return forward(*t)
+    return checkpointed(run, module, *inputs)
+
+
+def plan(run, x, area):
+    """The plan of a run of rows whose input is x, in a model whose input has `area` pixels: 'run+conv', 'each' or
+    'run' (see the module's docstring)."""
+    x = x[0] if isinstance(x, list) else x
+    if x.shape[-2] * x.shape[-1] * FINE_STRIDE ** 2 >= area:
+        return 'run+conv'
+    deep = any(isinstance(getattr(m, 'm', None), nn.Sequential) and len(m.m) >= DEEP for m in run)
+    return 'each' if deep else 'run'
 
 
 def checkpoint_runs(rows, saved):

@@ -105,9 +105,11 @@ class Detect(nn.Module):
         return torch.stack((xv, yv), 2).view((1, 1, ny, nx, 2)).float()
 
 
-def _run_rows(rows, x):
-    for m in rows:
-        x = m(x)
+def _run_rows(rows, x, granularity=None):
+    """The rows applied in turn; with a granularity, its modules inside them checkpointed on their own too."""
+    with activation_checkpointing.granularity(granularity):
+        for m in rows:
+            x = m(x)
     return x
 
 
@@ -177,19 +179,23 @@ class Model(nn.Module):
         return x
 
     def _forward_checkpointed(self, x):
-        """forward_once with activation checkpointing: each run of rows that only a row's last output leaves
-        (models/checkpointing.py, checkpoint_runs) keeps just its inputs; the Detect head runs as usual."""
-        y = []
+        """forward_once with activation checkpointing, each run of rows (models/checkpointing.py, checkpoint_runs)
+        as its plan says; the Detect head runs as usual."""
+        y, area = [], x.shape[-2] * x.shape[-1]
         for run in activation_checkpointing.checkpoint_runs(self.model, self.save):
             first = run[0]
             if first.f != -1:
                 x = y[first.f] if isinstance(first.f, int) else [x if j == -1 else y[j] for j in first.f]
-            if isinstance(first, Detect):
+            plan = 'head' if isinstance(first, Detect) else activation_checkpointing.plan(run, x, area)
+            if plan == 'head':
                 x = first(x)
+            elif plan == 'each':
+                x = _run_rows(run, x, 'block')
             else:
-                inputs = x if isinstance(x, list) else [x]
+                inner = 'conv' if plan == 'run+conv' else None
                 x = activation_checkpointing.checkpointed(
-                    lambda *t, run=run: _run_rows(run, list(t) if len(t) > 1 else t[0]), nn.ModuleList(run), *inputs)
+                    lambda *t, run=run, inner=inner: _run_rows(run, list(t) if len(t) > 1 else t[0], inner),
+                    nn.ModuleList(run), *(x if isinstance(x, list) else [x]))
             y += [None] * (len(run) - 1) + [x if run[-1].i in self.save else None]
         return x
 

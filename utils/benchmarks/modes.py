@@ -159,8 +159,9 @@ def bench_infer(opt, device):
     return rows, columns, note
 
 
-def _train_step(model, loss_fn, optimizer, scaler, x, targets, device, dtype):
-    """One training step as train.py takes it: autocast forward and loss, (scaled) backward, optimizer step."""
+def _train_step(model, loss_fn, optimizer, scaler, x, targets, device, dtype, ema=None):
+    """One training step as train.py takes it: autocast forward and loss, (scaled) backward, optimizer step, and
+    the EMA's update when given."""
     enabled = dtype == 'bfloat16' or (dtype == 'float16' and device.type == 'cuda')
     with torch.autocast(device_type=device.type, dtype=getattr(torch, dtype), enabled=enabled):
         loss, _ = loss_fn(model(x), targets)
@@ -168,6 +169,8 @@ def _train_step(model, loss_fn, optimizer, scaler, x, targets, device, dtype):
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(model)
 
 
 def _synthetic_batch(bs, img, nc, device, seed=0):
@@ -247,15 +250,15 @@ def bench_checkpoint(opt, device):
 
 
 def bench_train(opt, device):
-    """Training-step throughput (forward, loss, backward, SGD step) and peak memory for each combination of
+    """Training-step throughput (forward, loss, backward, SGD step, EMA update) and peak memory for each combination of
     batch size, precision (float32; AMP float16 on CUDA; AMP bfloat16), memory format, runner (eager or
     torch.compile), optimizer step implementation and Mish."""
     from utils.loss import ComputeLoss
+    from utils.torch_utils import ModelEMA
     from utils.train.optim import optimizer_kwargs
     cuda = device.type == 'cuda'
     if not cuda:
         return_freed_memory()
-    base = bench_model(opt, device).float().train()
     with open(ROOT / 'data' / 'hyp.scratch.yaml') as f:
         hyp = yaml.safe_load(f)
     rows, seen = [], set()
@@ -270,8 +273,10 @@ def bench_train(opt, device):
             raise SystemExit('benchmarks: --mode train --dtype float16 needs CUDA (float16 AMP with a scaler, as '
                              'train.py uses it); on CPU use float32 or bfloat16')
         mf = torch.channels_last if fmt == 'channels_last' else torch.contiguous_format
-        model = copy.deepcopy(base).to(memory_format=mf)
+        torch.manual_seed(0)  # the same weights in every row; the process holds what train.py does: model and EMA
+        model = bench_model(opt, device).float().train().to(memory_format=mf)
         model.activation_checkpointing = ckpt == 'on'
+        ema = ModelEMA(model)
         loss_fn = ComputeLoss(model, hyp)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
                                     **optimizer_kwargs(impl))
@@ -281,27 +286,27 @@ def bench_train(opt, device):
         x = torch.rand(bs, 3, opt.img, opt.img, generator=g).to(device).contiguous(memory_format=mf)
         n = 8 * bs  # 8 boxes per image
         targets = torch.cat((torch.arange(bs).repeat_interleave(8)[:, None].float(),
-                             torch.randint(0, base.nc, (n, 1), generator=g).float(),
+                             torch.randint(0, model.nc, (n, 1), generator=g).float(),
                              torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05),
                             1).to(device)
         with mish_implementation(mish):
             for _ in range(max(opt.warmup, 2 if runner == 'compile' else 1)):
-                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype)
+                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype, ema)
             sync(device)
             reset_peak_memory(device)  # after warm-up: the steady state, optimizer buffers included
             t = time.perf_counter()
             for _ in range(opt.iters):
-                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype)
+                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype, ema)
             sync(device)
         dt = (time.perf_counter() - t) / opt.iters
         precision = 'float32' if dtype == 'float32' else f'AMP {dtype}'
         rows.append([bs, opt.img, precision, used, f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
                      f'{peak_memory_mb(device):.0f}', fmt, runner, impl, ckpt])
-        del run, model, optimizer
+        del run, model, optimizer, ema
         if runner == 'compile':
             torch._dynamo.reset()
     memory = 'peak MiB: torch.cuda.max_memory_allocated' if cuda else \
-        'peak MiB: the process\'s peak RSS over the timed steps (model, optimizer state, activations, Python)'
+        'peak MiB: the process\'s peak RSS over the timed steps (model, EMA, optimizer state, activations, Python)'
     return rows, ['batch', 'img', 'precision', 'mish', 'ms/step', 'images/s', 'peak MiB', 'memory format', 'runner',
                   'optimizer step', 'checkpointing'], memory
 
