@@ -140,20 +140,22 @@ class LoadImagesAndLabels(Dataset):
         check_image_cache(mode, self.shapes, self.img_size, self.rank, npy_files, prefix)
         pbar = progress(range(self.n), desc=f'{prefix}Caching images ({mode})', leave=False)
         if mode == 'ram':
-            for i in pbar:
-                img = self._read_resized(i)[0]
-                if img.shape[:2] != tuple(self.imgs.hw[i]):
-                    (h, w), (h1, w1) = img.shape[:2], self.imgs.hw[i]
-                    raise DatasetError(f'{self.img_files[i]} is {w}x{h} at --img {self.img_size} as OpenCV decodes it, '
-                                       f'but {w1}x{h1} by the size the scan read (PIL, with its EXIF orientation): '
-                                       f'save the image again without EXIF orientation, or train without '
-                                       f'--cache-images ram')
-                self.imgs.store(i, img)
-            gb = self.imgs.nbytes
+            gb = sum(self._cache_in_ram(i) for i in pbar)
         else:
             gb = sum(self._cache_on_disk(i, npy, prefix) for i, npy in zip(pbar, npy_files))
         if self.npy_tag or mode == 'ram':
             LOGGER.info('%sCached %d images (%.2f GB, %s)', prefix, self.n, gb / 1e9, mode)
+
+    def _cache_in_ram(self, i):
+        """Bytes of image i, decoded, resized and stored in the RAM cache at the place its scanned size gives."""
+        img = self._read_resized(i)[0]
+        if img.shape[:2] != tuple(self.imgs.hw[i]):
+            (h, w), (h1, w1) = img.shape[:2], self.imgs.hw[i]
+            raise DatasetError(f'{self.img_files[i]} is {w}x{h} at --img {self.img_size} as OpenCV decodes it, but '
+                               f'{w1}x{h1} by the size the scan read (PIL, with its EXIF orientation): save the image '
+                               f'again without EXIF orientation, or train without --cache-images ram')
+        self.imgs.store(i, img)
+        return img.nbytes
 
     def _cache_on_disk(self, i, npy, prefix):
         """Bytes of image i's .npy file, written if missing or older than the image. A file that cannot be

@@ -77,11 +77,6 @@ class PackedStrings(_Reorderable):
     def _item(self, i):
         return os.fsdecode(self._chunk(i).tobytes())
 
-    def __eq__(self, other):
-        return list(self) == list(other)
-
-    __hash__ = None
-
 
 class PackedImages(_Packed):
     """Decoded images of known shapes (h_i, w_i, 3) in one uint8 buffer, allocated whole before the first image
