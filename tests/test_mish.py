@@ -247,8 +247,6 @@ def _assert_reduced_step_is_sound(model, reduced, reference_model, reference, rt
 
 
 def _reference_and_copy(device):
-    import copy
-
     from models.yolo import Model
     torch.manual_seed(0)
     reference = Model(tiny_cfg('yolov4-p5', nc=3)).to(device).train()
@@ -275,8 +273,9 @@ def test_amp_syncbn_ddp_step_agrees_with_the_plain_step(monkeypatch):
     from conftest import free_port
     monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
-    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
-    os.environ.setdefault('MASTER_PORT', free_port())
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)  # a float32 reference, not TF32
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', free_port())
     dist.init_process_group('nccl', rank=0, world_size=1)
     try:
         imgs, targets = _step_inputs('cuda')
