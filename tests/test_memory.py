@@ -182,8 +182,8 @@ def test_loader_workers_read_images_without_copying_the_dataset(tmp_path):
     """A DataLoader worker is a fork; reading a Python object there writes its reference count and copies its page
     (pytorch/pytorch#13246), so a worker holding a list of 118k label arrays and path strings grows epoch after
     epoch (the scale benchmark saw 4.5 MB per 20 batches). Reading all 8,000 images' labels, paths and RAM-cached
-    images in a fork dirties 0.13 MB here (under 0.5 MB asserted); with a Python object per image (lists of arrays
-    and strings) it dirtied 3.1 MB."""
+    images in a fork dirties 0.13 MB here (under 0.5 MB asserted); the dataset before, with a Python object per
+    image (lists of arrays, strings and tuples), dirtied 5.0 MB."""
     import cv2
     import numpy as np
 
