@@ -23,7 +23,7 @@ from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placement,
 from utils.errors import UserError
 from utils.boxes import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
-from utils.packed import PackedImages, PackedStrings, RaggedArrays
+from utils.packed import PackedImages, PackedStrings
 from utils.sampling import EpochSampler, SampleKey, seed_sample
 from utils.sources import LoadImages, LoadStreams, list_files, to_chw_rgb  # noqa: F401  (published import location)
 from utils.torch_utils import torch_distributed_zero_first
@@ -93,7 +93,7 @@ class LoadImagesAndLabels(Dataset):
         # pages (utils/packed.py)
         self.img_files = PackedStrings.pack(scan['files'])
         self.label_files = PackedStrings.pack(img2label_paths(scan['files']))
-        self.labels = RaggedArrays.pack(scan['labels'], 5)
+        self.labels = scan['labels']  # RaggedArrays
         self.shapes = np.asarray(scan['shapes'], dtype=np.float64)  # (w, h) of each image
         if single_cls:
             self.labels.data[:, 0] = 0

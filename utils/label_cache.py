@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from utils.packed import RaggedArrays
 from utils.progress import progress
 
 LOGGER = logging.getLogger(__name__)
@@ -143,25 +144,23 @@ def load_cache(path, expected_hash):
             if (meta.get('program'), meta.get('version'), meta.get('hash')) != \
                     (CACHE_PROGRAM, CACHE_VERSION, expected_hash):
                 return None
-            offsets = z['offsets']
-            labels = z['labels']
-            return {'files': [str(x) for x in z['files']], 'shapes': z['shapes'],
-                    'labels': [labels[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)],
-                    'stats': meta['stats'], 'messages': meta['messages']}
+            files, labels = [str(x) for x in z['files']], RaggedArrays(z['labels'], z['offsets'])
+            if len(labels) != len(files) or labels.offsets[-1] != len(labels.data):
+                return None
+            return {'files': files, 'shapes': z['shapes'], 'labels': labels, 'stats': meta['stats'],
+                    'messages': meta['messages']}
     except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
         return None  # damaged (truncated, flipped bits), foreign or stale: rebuilt by the caller
 
 
 def save_cache(path, scan, file_hash):
     """Write the scan next to the labels atomically; warn and go on if the folder is read-only."""
-    lengths = [len(x) for x in scan['labels']]
-    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-    labels = np.concatenate(scan['labels'], 0) if scan['labels'] else np.zeros((0, 5), np.float32)
+    labels = scan['labels']
     meta = {'program': CACHE_PROGRAM, 'version': CACHE_VERSION, 'hash': file_hash, 'stats': scan['stats'],
             'messages': scan['messages']}
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), files=np.array(scan['files']), shapes=scan['shapes'],
-             labels=labels.astype(np.float32), offsets=offsets)
+             labels=labels.data.astype(np.float32), offsets=labels.offsets)
     tmp = Path(f'{path}.{os.getpid()}.tmp')
     try:
         tmp.write_bytes(buf.getvalue())
@@ -195,8 +194,8 @@ def scan_dataset(img_files, label_files, prefix=''):
                 shapes.append(shape)
             pbar.set_description(f"{desc}: {stats['found']} found, {stats['missing']} missing, "
                                  f"{stats['empty']} empty, {stats['corrupt']} corrupt", refresh=False)
-    return {'files': files, 'labels': labels, 'shapes': np.array(shapes, dtype=np.float64).reshape(-1, 2),
-            'stats': stats, 'messages': messages}
+    return {'files': files, 'labels': RaggedArrays.pack(labels, 5),
+            'shapes': np.array(shapes, dtype=np.float64).reshape(-1, 2), 'stats': stats, 'messages': messages}
 
 
 def cached_scan(img_files, label_files, cache_path, prefix='', write=True):
