@@ -10,10 +10,11 @@ neck with the conv before it. Each run is checkpointed by its plan:
   recomputation then holds all of its activations at once, late in the backward pass when the gradients are
   already allocated: that was the step's peak (P7 at 1536: 2.7 GiB for one block). In pieces it keeps more
   inputs, and recomputes one piece at a time;
-- 'run+conv' (runs whose input is at stride FINE_STRIDE or finer: the stem and the first CSP block, the largest
-  tensors of the network): the run as a whole, and inside it each Conv again (nested), so that its
-  recomputation keeps only the Convs' inputs. These rows are computed three times, which costs little: they do
-  a few percent of the network's operations.
+- 'run+each' (runs whose input is at stride FINE_STRIDE or finer: the stem and the first CSP block, the largest
+  tensors of the network): the run as a whole, and inside it each piece again (nested), so that its
+  recomputation keeps only the pieces' inputs. These rows are computed three times, which costs little: they do
+  a few percent of the network's operations. (Nesting only each Conv, as before, left the first CSP block's join
+  recomputed whole: P7 at 1536 peaked there, 0.18 GiB higher.)
 The Detect head is not checkpointed. Darknet models checkpoint each [convolutional] layer.
 
 BatchNorm in train mode updates its running statistics at every forward; the recomputation would update them a
@@ -28,10 +29,10 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 MAX_RUN = 2  # rows per checkpointed run
-FINE_STRIDE = 2  # runs whose input is at this stride or finer also checkpoint each Conv inside them
+FINE_STRIDE = 2  # runs whose input is at this stride or finer also checkpoint each piece inside them
 DEEP = 3  # runs holding a CSP block of this many bottlenecks or more checkpoint each bottleneck and Conv instead
-_mode = None  # the granularity in force (see maybe_alone); module state, as a context variable would stop
-#               torch.compile
+_pieces = False  # whether pieces checkpoint themselves (see maybe_alone); module state, as a context variable
+#                 would stop torch.compile
 
 
 def batch_norms(module):
@@ -68,35 +69,35 @@ def checkpointed(fn, module, *inputs):
 
 
 @contextmanager
-def granularity(mode):
-    """Within this block, the modules that the granularity covers checkpoint themselves (see maybe_alone)."""
-    global _mode
-    previous, _mode = _mode, mode
+def pieces(on):
+    """Within this block, the pieces (each Conv, each Bottleneck, the join of a CSP block's two paths) checkpoint
+    themselves when `on` (see maybe_alone)."""
+    global _pieces
+    previous, _pieces = _pieces, on
     try:
         yield
     finally:
-        _mode = previous
+        _pieces = previous
 
 
-def maybe_alone(unit, module, forward, *inputs):
-    """forward(*inputs), checkpointed on its own when the granularity in force covers `unit`: 'conv' (a Conv, under
-    the granularities 'conv' and 'block') or 'block' (a Bottleneck, or the join of a CSP block's two paths, under
-    'block'). Nothing inside it is checkpointed again."""
-    if _mode is None or (unit == 'block' and _mode != 'block') or not torch.is_grad_enabled():
+def maybe_alone(module, forward, *inputs):
+    """forward(*inputs) of a piece (a Conv, a Bottleneck, or the join of a CSP block's two paths), checkpointed on
+    its own when pieces are on; nothing inside it is checkpointed again."""
+    if not _pieces or not torch.is_grad_enabled():
         return forward(*inputs)
 
     def run(*t):
-        with granularity(None):
+        with pieces(False):
             return forward(*t)
     return checkpointed(run, module, *inputs)
 
 
 def plan(run, x, area):
-    """The plan of a run of rows whose input is x, in a model whose input has `area` pixels: 'run+conv', 'each' or
+    """The plan of a run of rows whose input is x, in a model whose input has `area` pixels: 'run+each', 'each' or
     'run' (see the module's docstring)."""
     x = x[0] if isinstance(x, list) else x
     if x.shape[-2] * x.shape[-1] * FINE_STRIDE ** 2 >= area:
-        return 'run+conv'
+        return 'run+each'
     deep = any(isinstance(getattr(m, 'm', None), nn.Sequential) and len(m.m) >= DEEP for m in run)
     return 'each' if deep else 'run'
 

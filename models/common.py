@@ -38,7 +38,7 @@ class Conv(nn.Module):
         self.act = ACTIVATIONS[act]() if isinstance(act, str) else Mish() if act else nn.Identity()
 
     def forward(self, x):
-        return activation_checkpointing.maybe_alone('conv', self, self._forward, x)  # models/checkpointing.py
+        return activation_checkpointing.maybe_alone(self, self._forward, x)  # models/checkpointing.py
 
     def _forward(self, x):
         # After Model.fuse() `bn` is an Identity and `conv` carries the folded bias.
@@ -56,7 +56,7 @@ class Bottleneck(nn.Module):
         self.add = shortcut and c1 == c2
 
     def forward(self, x):
-        return activation_checkpointing.maybe_alone('block', self, self._forward, x)
+        return activation_checkpointing.maybe_alone(self, self._forward, x)
 
     def _forward(self, x):
         y = self.cv2(self.cv1(x))
@@ -80,7 +80,7 @@ class BottleneckCSP(nn.Module):
     def forward(self, x):
         y1 = self.cv3(self.m(self.cv1(x)))
         y2 = self.cv2(x)
-        return activation_checkpointing.maybe_alone('block', self, self._join, y1, y2)
+        return activation_checkpointing.maybe_alone(self, self._join, y1, y2)
 
     def _join(self, y1, y2):
         return self.cv4(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))
@@ -103,7 +103,7 @@ class BottleneckCSP2(nn.Module):
         x1 = self.cv1(x)
         y1 = self.m(x1)
         y2 = self.cv2(x1)
-        return activation_checkpointing.maybe_alone('block', self, self._join, y1, y2)
+        return activation_checkpointing.maybe_alone(self, self._join, y1, y2)
 
     def _join(self, y1, y2):
         return self.cv3(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))

@@ -105,9 +105,9 @@ class Detect(nn.Module):
         return torch.stack((xv, yv), 2).view((1, 1, ny, nx, 2)).float()
 
 
-def _run_rows(rows, x, granularity=None):
-    """The rows applied in turn; with a granularity, its modules inside them checkpointed on their own too."""
-    with activation_checkpointing.granularity(granularity):
+def _run_rows(rows, x, pieces=False):
+    """The rows applied in turn; with pieces, each piece inside them checkpointed on its own (maybe_alone)."""
+    with activation_checkpointing.pieces(pieces):
         for m in rows:
             x = m(x)
     return x
@@ -190,11 +190,11 @@ class Model(nn.Module):
             if plan == 'head':
                 x = first(x)
             elif plan == 'each':
-                x = _run_rows(run, x, 'block')
+                x = _run_rows(run, x, pieces=True)
             else:
-                inner = 'conv' if plan == 'run+conv' else None
+                nested = plan == 'run+each'
                 x = activation_checkpointing.checkpointed(
-                    lambda *t, run=run, inner=inner: _run_rows(run, list(t) if len(t) > 1 else t[0], inner),
+                    lambda *t, run=run, nested=nested: _run_rows(run, list(t) if len(t) > 1 else t[0], nested),
                     nn.ModuleList(run), *(x if isinstance(x, list) else [x]))
             y += [None] * (len(run) - 1) + [x if run[-1].i in self.save else None]
         return x
