@@ -1,15 +1,17 @@
 // Python binding of the Mish CUDA kernels (models/mish_cuda/mish_kernel.cu).
-#include <torch/extension.h>
+// Only the headers it uses (pybind11 with PyTorch's Tensor casters), not <torch/extension.h>: a faster build.
+#include <ATen/core/Tensor.h>
+#include <torch/csrc/utils/pybind.h>
 
-torch::Tensor mish_forward_cuda(torch::Tensor x);
-torch::Tensor mish_backward_cuda(torch::Tensor dy, torch::Tensor x);
+at::Tensor mish_forward_cuda(at::Tensor x);
+at::Tensor mish_backward_cuda(at::Tensor dy, at::Tensor x);
 
-torch::Tensor mish_forward(torch::Tensor x) {
+at::Tensor mish_forward(at::Tensor x) {
   TORCH_CHECK(x.is_cuda(), "mish_cuda: input must be a CUDA tensor");
   return mish_forward_cuda(x);
 }
 
-torch::Tensor mish_backward(torch::Tensor dy, torch::Tensor x) {
+at::Tensor mish_backward(at::Tensor dy, at::Tensor x) {
   TORCH_CHECK(x.is_cuda() && dy.is_cuda(), "mish_cuda: inputs must be CUDA tensors");
   TORCH_CHECK(x.sizes() == dy.sizes(), "mish_cuda: gradient and input shapes differ");
   return mish_backward_cuda(dy, x);
