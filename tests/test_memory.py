@@ -52,6 +52,23 @@ def test_checkpointing_gives_the_same_gradients_and_statistics(name, monkeypatch
         assert torch.equal(ckpt.state_dict()[k], v), k
 
 
+def test_checkpointing_under_bfloat16_autocast_gives_the_same_gradients():
+    """Under autocast (here the CPU's bfloat16, as train.py --amp-dtype bfloat16) the recomputation runs with the
+    autocast of the forward pass, so the gradients and statistics are those of the autocast step without
+    checkpointing; the running statistics stay float32."""
+    plain = _models()['yaml P5'].train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.activation_checkpointing = True
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    for model in (plain, ckpt):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            _step(model, x)
+    for (k, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=k)  # measured: equal to the bit
+    for k, v in plain.state_dict().items():
+        assert v.dtype != torch.bfloat16 and torch.equal(ckpt.state_dict()[k], v), k
+
+
 def test_the_recomputation_would_update_batchnorm_twice(monkeypatch):
     """The guard is needed: without it, the recomputation in backward moves the running statistics again."""
     import models.checkpointing as ac
