@@ -113,6 +113,18 @@ def _run_rows(rows, x, pieces=False):
     return x
 
 
+def _checkpointed_run(run, x, area):
+    """A run of rows applied to x as its plan says (models/checkpointing.py): in pieces ('each'), or checkpointed
+    whole, with its pieces nested inside ('run+each') or not ('run')."""
+    plan = activation_checkpointing.plan(run, x, area)
+    if plan == 'each':
+        return _run_rows(run, x, pieces=True)
+    nested = plan == 'run+each'
+    return activation_checkpointing.checkpointed(
+        lambda *t: _run_rows(run, list(t) if len(t) > 1 else t[0], nested),
+        nn.ModuleList(run), *(x if isinstance(x, list) else [x]))
+
+
 class Model(nn.Module):
     """A detector built from a YAML config (path or dict). `nc` overrides the config's class count."""
 
@@ -186,16 +198,7 @@ class Model(nn.Module):
             first = run[0]
             if first.f != -1:
                 x = y[first.f] if isinstance(first.f, int) else [x if j == -1 else y[j] for j in first.f]
-            plan = 'head' if isinstance(first, Detect) else activation_checkpointing.plan(run, x, area)
-            if plan == 'head':
-                x = first(x)
-            elif plan == 'each':
-                x = _run_rows(run, x, pieces=True)
-            else:
-                nested = plan == 'run+each'
-                x = activation_checkpointing.checkpointed(
-                    lambda *t, run=run, nested=nested: _run_rows(run, list(t) if len(t) > 1 else t[0], nested),
-                    nn.ModuleList(run), *(x if isinstance(x, list) else [x]))
+            x = first(x) if isinstance(first, Detect) else _checkpointed_run(run, x, area)
             y += [None] * (len(run) - 1) + [x if run[-1].i in self.save else None]
         return x
 
