@@ -57,6 +57,73 @@ def test_train_quick_prints_table(capsys):
     assert re.search(r'\n\s+2\s+64\s+float32\s+native\s+[\d.]+\s+[\d.]+\s+\d+', out)
 
 
+def test_train_on_cpu_reports_the_peak_of_live_tensors(capsys):
+    """On the CPU each eager row also gives the live-tensor peak, which lies below the process's peak RSS."""
+    main(['--mode', 'train', '--img', '64', '--batch-size', '2', '--quick'])
+    out = capsys.readouterr().out
+    assert re.search(r'peak MiB\s+tensor MiB\s+memory format', out)
+    row = re.search(r'\n\s+2\s+64\s+float32\s+native\s+[\d.]+\s+[\d.]+\s+(\d+)\s+(\d+)', out)
+    rss, tensors = map(int, row.groups())
+    assert 0 < tensors < rss
+
+
+MiB = 2 ** 20
+
+
+def test_tensor_peak_counts_what_autograd_keeps():
+    """Known by construction: float32 tensors of 1 MiB each. The output sigmoid saves for backward stays counted after
+    Python lets go of it, until backward frees the graph; the peak is reached in backward (the saved output and two
+    gradients); in-place updates and views of counted tensors add nothing; tensors made before are the baseline."""
+    import gc
+
+    import torch
+
+    from utils.benchmarks.tensor_peak import TensorPeak, storage_bytes
+    x = torch.ones(256, 1024, requires_grad=True)
+    assert storage_bytes([x, x.view(-1), x[:10]]) == MiB  # views of one storage count once
+    with TensorPeak(baseline_bytes=MiB) as counter:
+        y = x.sigmoid()
+        z = y * 2
+        z.add_(1)
+        z.view(-1)
+        del y
+        gc.collect()
+        assert counter.current == MiB + 2 * MiB  # x, z, and y kept by the graph
+        s = z.sum()
+        del z
+        s.backward()
+        del s
+        assert counter.current == MiB + MiB  # x and x.grad
+    assert counter.peak == MiB + 3 * MiB + 8  # x, then y and two 1 MiB gradients; s and its gradient, 4 bytes each
+
+
+@pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs a CUDA GPU to compare with')
+def test_tensor_peak_agrees_with_cuda_max_memory_allocated():
+    """The real judge: CUDA's allocator. A checkpointed training step of a small YAML model in float32, whose peak of
+    live tensors equals max_memory_allocated's rise within 2% (cuDNN's workspaces are the difference)."""
+    import torch
+
+    from conftest import tiny_cfg
+    from models.yolo import Model
+    from utils.benchmarks.tensor_peak import TensorPeak
+    model = Model(tiny_cfg('yolov4-p5', nc=3)).cuda().train()
+    model.activation_checkpointing = True
+    x = torch.rand(2, 3, 256, 256, device='cuda')
+
+    def step():
+        sum(o.float().pow(2).mean() for o in model(x)).backward()
+        model.zero_grad(set_to_none=True)
+    step()  # warm-up: cuDNN's and cuBLAS's handles and workspaces
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with TensorPeak() as counter:
+        step()
+    torch.cuda.synchronize()
+    rise = torch.cuda.max_memory_allocated() - before
+    assert counter.peak == pytest.approx(rise, rel=0.02)
+
+
 def test_data_quick_prints_table(capsys):
     main(['--mode', 'data', '--img', '128', '--source', str(ROOT / 'data' / 'coco8'), '--quick'])
     out = capsys.readouterr().out
@@ -86,8 +153,8 @@ def test_train_options_one_row_each(capsys):
     main(['--mode', 'train', '--img', '64', '--batch-size', '2', '--quick', '--dtype', 'float32', 'bfloat16',
           '--memory-format', 'contiguous', 'channels_last', '--optimizer-impl', 'default', 'foreach'])
     out = capsys.readouterr().out
-    rows = re.findall(r'\n\s+2\s+64\s+(float32|AMP bfloat16)\s+native\s+[\d.]+\s+[\d.]+\s+\d+\s+(\S+)\s+eager\s+(\S+)',
-                      out)
+    numbers = r'\s+[\d.]+\s+[\d.]+\s+\d+\s+\d+'  # ms/step, images/s, peak MiB, tensor MiB
+    rows = re.findall(r'\n\s+2\s+64\s+(float32|AMP bfloat16)\s+native' + numbers + r'\s+(\S+)\s+eager\s+(\S+)', out)
     assert len(rows) == 8 and len(set(rows)) == 8, out
 
 

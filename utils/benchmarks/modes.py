@@ -24,6 +24,7 @@ after warm-up and synchronised on CUDA. TFLOP/s counts the model's multiply-adds
 (utils.torch_utils.count_flops) and is set against the GPU's dense float16 peak for float16/bfloat16 rows.
 """
 import copy
+import functools
 import itertools
 import json
 import logging
@@ -41,6 +42,7 @@ import yaml
 
 from utils.benchmarks.common import (bench_model, evaluation_workload_weights, peak_memory_mb, reset_peak_memory,
                                      return_freed_memory, sync, table)
+from utils.benchmarks.tensor_peak import TensorPeak, storage_bytes
 
 LOGGER = logging.getLogger('benchmarks')
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,10 +251,24 @@ def bench_checkpoint(opt, device):
         'Overhead: (pause + the slowdown of the steps taken during the write) / the period')
 
 
+def _held_tensors(model, ema, optimizer, *batch):
+    """What a training step starts from: the model, its EMA, the optimizer's state and the batch."""
+    state = [v for group in optimizer.state.values() for v in group.values() if isinstance(v, torch.Tensor)]
+    return [*model.parameters(), *model.buffers(), *ema.ema.parameters(), *ema.ema.buffers(), *state, *batch]
+
+
+def _tensor_peak_mb(step, held):
+    """Peak live tensor MiB through one call of step() on the CPU, the tensors in held included."""
+    with TensorPeak(storage_bytes(held)) as counter:
+        step()
+    return counter.peak / 2 ** 20
+
+
 def bench_train(opt, device):
     """Training-step throughput (forward, loss, backward, SGD step, EMA update) and peak memory for each combination of
     batch size, precision (float32; AMP float16 on CUDA; AMP bfloat16), memory format, runner (eager or
-    torch.compile), optimizer step implementation and Mish."""
+    torch.compile), optimizer step implementation and Mish. On the CPU an extra untimed step after warm-up counts
+    the peak of live tensor bytes, the counterpart of CUDA's max_memory_allocated."""
     from utils.loss import ComputeLoss
     from utils.torch_utils import ModelEMA
     from utils.train.optim import optimizer_kwargs
@@ -282,33 +298,35 @@ def bench_train(opt, device):
                                     **optimizer_kwargs(impl))
         scaler = torch.amp.GradScaler('cuda', enabled=cuda and dtype == 'float16')
         run = torch.compile(model) if runner == 'compile' else model
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(bs, 3, opt.img, opt.img, generator=g).to(device).contiguous(memory_format=mf)
-        n = 8 * bs  # 8 boxes per image
-        targets = torch.cat((torch.arange(bs).repeat_interleave(8)[:, None].float(),
-                             torch.randint(0, model.nc, (n, 1), generator=g).float(),
-                             torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05),
-                            1).to(device)
+        x, targets = _synthetic_batch(bs, opt.img, model.nc, device)
+        x = x.contiguous(memory_format=mf)
+        step = functools.partial(_train_step, run, loss_fn, optimizer, scaler, x, targets, device, dtype, ema)
         with mish_implementation(mish):
             for _ in range(max(opt.warmup, 2 if runner == 'compile' else 1)):
-                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype, ema)
+                step()
+            tensors = '-'
+            if not cuda and runner == 'eager':  # untimed; a dispatch mode would slow the timed steps
+                tensors = f'{_tensor_peak_mb(step, _held_tensors(model, ema, optimizer, x, targets)):.0f}'
             sync(device)
             reset_peak_memory(device)  # after warm-up: the steady state, optimizer buffers included
             t = time.perf_counter()
             for _ in range(opt.iters):
-                _train_step(run, loss_fn, optimizer, scaler, x, targets, device, dtype, ema)
+                step()
             sync(device)
         dt = (time.perf_counter() - t) / opt.iters
         precision = 'float32' if dtype == 'float32' else f'AMP {dtype}'
         rows.append([bs, opt.img, precision, used, f'{dt * 1000:.1f}', f'{bs / dt:.2f}',
-                     f'{peak_memory_mb(device):.0f}', fmt, runner, impl, ckpt])
-        del run, model, optimizer, ema
+                     f'{peak_memory_mb(device):.0f}', *([] if cuda else [tensors]), fmt, runner, impl, ckpt])
+        del run, model, optimizer, ema, step
         if runner == 'compile':
             torch._dynamo.reset()
-    memory = 'peak MiB: torch.cuda.max_memory_allocated' if cuda else \
-        'peak MiB: the process\'s peak RSS over the timed steps (model, EMA, optimizer state, activations, Python)'
-    return rows, ['batch', 'img', 'precision', 'mish', 'ms/step', 'images/s', 'peak MiB', 'memory format', 'runner',
-                  'optimizer step', 'checkpointing'], memory
+    memory = 'peak MiB: torch.cuda.max_memory_allocated' if cuda else (
+        'peak MiB: the process\'s peak RSS over the timed steps (model, EMA, optimizer state, activations, Python); '
+        'tensor MiB: the peak of live tensor bytes in an untimed step, the counterpart of max_memory_allocated '
+        '(eager runner only)')
+    return rows, ['batch', 'img', 'precision', 'mish', 'ms/step', 'images/s', 'peak MiB',
+                  *([] if cuda else ['tensor MiB']), 'memory format', 'runner', 'optimizer step',
+                  'checkpointing'], memory
 
 
 def _coco_labels(source, tmp):
