@@ -99,29 +99,31 @@ def test_tensor_peak_counts_what_autograd_keeps():
 
 @pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs a CUDA GPU to compare with')
 def test_tensor_peak_agrees_with_cuda_max_memory_allocated():
-    """The real judge: CUDA's allocator. A checkpointed training step of a small YAML model in float32, whose peak of
-    live tensors equals max_memory_allocated's rise within 2% (cuDNN's workspaces are the difference)."""
+    """The real judge: CUDA's caching allocator. A training step of a checkpointed MLP (no cuDNN, whose work buffers
+    the counter cannot see; cuBLAS's workspace is made in the warm-up): the peak of live tensors is the rise of
+    max_memory_allocated, to the allocator's 512-byte rounding."""
     import torch
+    from torch.utils.checkpoint import checkpoint
 
-    from conftest import tiny_cfg
-    from models.yolo import Model
     from utils.benchmarks.tensor_peak import TensorPeak
-    model = Model(tiny_cfg('yolov4-p5', nc=3)).cuda().train()
-    model.activation_checkpointing = True
-    x = torch.rand(2, 3, 256, 256, device='cuda')
+    layers = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.SiLU())
+                                   for _ in range(6)]).cuda()
+    x = torch.rand(512, 1024, device='cuda')
 
     def step():
-        sum(o.float().pow(2).mean() for o in model(x)).backward()
-        model.zero_grad(set_to_none=True)
-    step()  # warm-up: cuDNN's and cuBLAS's handles and workspaces
+        h = x
+        for i, layer in enumerate(layers):
+            h = checkpoint(layer, h, use_reentrant=False) if i % 2 else layer(h)
+        h.square().mean().backward()
+        layers.zero_grad(set_to_none=True)
+    step()
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    with TensorPeak() as counter:
+    with TensorPeak(before) as counter:
         step()
     torch.cuda.synchronize()
-    rise = torch.cuda.max_memory_allocated() - before
-    assert counter.peak == pytest.approx(rise, rel=0.02)
+    assert counter.peak == pytest.approx(torch.cuda.max_memory_allocated(), abs=512 * 64)
 
 
 def test_data_quick_prints_table(capsys):
