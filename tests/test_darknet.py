@@ -22,7 +22,7 @@ from test_robustness import assert_one_line_error
 def test_darknet_files_are_read_as_darknet_runs_them(name):
     """darknet's own cfgs with seeded weights (batch norms calibrated on two COCO images): our outputs are darknet's
     (AlexeyAB darknet run on the same files and input, tests/darknet_fixtures.py) within 10 x darknet's own
-    fused-vs-unfused difference (measured: within 0.13 of that tolerance on every case, on AVX2 and AVX-512 CPUs)."""
+    fused-vs-unfused difference (measured on an AVX-512 CPU: within 0.13 of that tolerance on every case)."""
     judged = np.load(DATA / f'read-{name}.npz')
     assert_darknet_agrees(predictions(read_case_model(name)), judged)
 
