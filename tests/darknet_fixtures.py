@@ -98,8 +98,8 @@ def calibrate(model, x):
     momentum 1 and a fixed eps), so that activations stay of order 1 through every layer. Returns model in eval.
 
     The pass runs in float64 and the statistics are then rounded to float32, so they are the same on every machine.
-    In float32 they depended on the CPU's kernels: a P7 variance differed by 0.9% between an AVX2 and an AVX-512
-    machine, and P7's objectness by 0.003, beyond the tolerance."""
+    In float32 they depended on the CPU's kernels (AVX2 and AVX-512 round differently): a P7 variance was off by up
+    to 0.9% from its float64 value, which moved P7's objectness by 0.003, beyond the tolerance."""
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     kept = [(m.momentum, m.eps) for m in norms]
     for m in norms:
