@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from conftest import ROOT
 from utils.benchmarks.modes import fp16_peak_tflops, main
@@ -76,8 +77,6 @@ def test_tensor_peak_counts_what_autograd_keeps():
     gradients); in-place updates and views of counted tensors add nothing; tensors made before are the baseline."""
     import gc
 
-    import torch
-
     from utils.benchmarks.tensor_peak import TensorPeak, storage_bytes
     x = torch.ones(256, 1024, requires_grad=True)
     assert storage_bytes([x, x.view(-1), x[:10]]) == MiB  # views of one storage count once
@@ -97,12 +96,11 @@ def test_tensor_peak_counts_what_autograd_keeps():
     assert counter.peak == MiB + 3 * MiB + 8  # x, then y and two 1 MiB gradients; s and its gradient, 4 bytes each
 
 
-@pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs a CUDA GPU to compare with')
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU to compare with')
 def test_tensor_peak_agrees_with_cuda_max_memory_allocated():
     """The real judge: CUDA's caching allocator. A training step of a checkpointed MLP (no cuDNN, whose work buffers
     the counter cannot see; cuBLAS's workspace is made in the warm-up): the peak of live tensors is the rise of
     max_memory_allocated, to the allocator's 512-byte rounding."""
-    import torch
     from torch.utils.checkpoint import checkpoint
 
     from utils.benchmarks.tensor_peak import TensorPeak

@@ -11,16 +11,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
-def _storage(tensor):
-    return tensor.untyped_storage()
-
-
 def storage_bytes(tensors):
     """Bytes of the distinct storages behind tensors (views of one storage count once)."""
     seen = {}
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.device.type != 'meta':
-            seen[_storage(t).data_ptr()] = _storage(t).nbytes()
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
     seen.pop(0, None)
     return sum(seen.values())
 
@@ -53,16 +50,18 @@ class TensorPeak(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {_storage(t).data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {t.untyped_storage().data_ptr()
+                  for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
-            key = _storage(t).data_ptr()
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
             if key == 0 or (key in inputs and key not in self._live):  # empty, or an alias of an uncounted tensor
                 continue
             entry = self._live.get(key)
             if entry is None:
-                entry = self._live[key] = [_storage(t).nbytes(), 0]
+                entry = self._live[key] = [storage.nbytes(), 0]
                 self._counted += entry[0]
                 self.peak = max(self.peak, self.current)
             entry[1] += 1
