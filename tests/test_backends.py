@@ -3,6 +3,7 @@ trips, detections against PyTorch's on a model that has learnt coco8 (tests/data
 quick start's final.pt), test.py, detect.py and torch.hub with every backend, one-line errors. Runtimes that are
 not installed skip with their reason (requirements-test.txt installs them)."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -176,13 +177,23 @@ def test_benchmark_backends_prints_runtimes_side_by_side():
                         'openvino', '--iters', '1', '--warmup', '1', '--calib-images', '2'], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    from utils.benchmarks.common import cpu_description
     lines = r.stdout.splitlines()
-    assert 'AMD' in lines[1] or 'Intel' in lines[1] or 'threads for every runtime' in lines[1]
+    assert re.fullmatch(re.escape(cpu_description()) + r'; \d+ threads for every runtime; 64x64 input', lines[1]), \
+        lines[1]
     rows = [ln.split() for ln in lines[3:]]
     assert {(r[0], r[1]) for r in rows} == {('pytorch', 'float32'), ('pytorch', 'bfloat16'),
                                             ('onnxruntime', 'float32'), ('onnxruntime', 'int8'),
                                             ('openvino', 'float32'), ('openvino', 'bfloat16'), ('openvino', 'int8')}
-    assert rows[0][-1] == '1.00x'
+    # each row's images/s and speed-up follow from its own ms/batch and the PyTorch float32 row's, to the printed
+    # rounding (ms to 0.05, ratios to 0.005)
+    assert rows[0][:3] == ['pytorch', 'float32', '1']
+    base = float(rows[0][3])
+    for backend, precision, batch, ms, per_s, speedup in rows:
+        low, high = max(float(ms) - 0.05, 1e-3), float(ms) + 0.05
+        assert int(batch) * 1000 / high - 0.005 <= float(per_s) <= int(batch) * 1000 / low + 0.005, (backend, precision)
+        assert speedup.endswith('x') and (base - 0.05) / high - 0.005 <= float(speedup[:-1]) <= \
+            (base + 0.05) / low + 0.005, (backend, precision, base, ms, speedup)
 
 
 @pytest.mark.parametrize('conf, iou, max_det', [(0.25, 0.45, 300), (0.001, 0.65, 20)])

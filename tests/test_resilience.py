@@ -514,11 +514,18 @@ def test_truncated_last_pt_under_an_elastic_restart(files, tmp_path):
     p = _popen(_args(files, tmp_path, 'k', 3, 0, 2, '--notest'), torchrun=['--max-restarts', '1'])
     last = tmp_path / 'k' / 'weights' / 'last.pt'
     _wait_for(p, last, (1, 0))
+    # last.pt lands before best.pt (the same background write, in that order) and last-previous.pt comes with the
+    # next save: wait until one of them is on disk (each is renamed into place whole), then freeze rank 0, whose
+    # writer thread stops with it, so that the files the restart finds are the ones looked at here
+    behind = (last.with_name('best.pt'), last.with_name('last-previous.pt'))
+    deadline = time.time() + 300
+    while not any(f.is_file() for f in behind):
+        assert p.poll() is None and time.time() < deadline, f'neither of {behind} was written'
+        time.sleep(0.01)
     ranks = [_worker_of_rank(p.pid, r) for r in (0, 1)]
     os.kill(ranks[0], signal.SIGSTOP)
     _truncate(last)
-    intact = max((f for f in (last.with_name('best.pt'), last.with_name('last-previous.pt')) if f.is_file()),
-                 key=lambda f: f.stat().st_mtime)
+    intact = max((f for f in behind if f.is_file()), key=lambda f: f.stat().st_mtime)
     for pid in reversed(ranks):
         os.kill(pid, signal.SIGKILL)
     _, err = p.communicate(timeout=300)
