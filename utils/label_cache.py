@@ -147,8 +147,9 @@ def load_cache(path, expected_hash):
             files, labels = [str(x) for x in z['files']], RaggedArrays(z['labels'], z['offsets'])
             if len(labels) != len(files) or labels.offsets[-1] != len(labels.data):
                 return None
+            arrays = {k[len('extra_'):]: z[k] for k in z.files if k.startswith('extra_')}
             return {'files': files, 'shapes': z['shapes'], 'labels': labels, 'stats': meta['stats'],
-                    'messages': meta['messages']}
+                    'messages': meta['messages'], 'arrays': arrays, 'extra': meta.get('extra', {})}
     except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
         return None  # damaged (truncated, flipped bits), foreign or stale: rebuilt by the caller
 
@@ -157,10 +158,11 @@ def save_cache(path, scan, file_hash):
     """Write the scan next to the labels atomically; warn and go on if the folder is read-only."""
     labels = scan['labels']
     meta = {'program': CACHE_PROGRAM, 'version': CACHE_VERSION, 'hash': file_hash, 'stats': scan['stats'],
-            'messages': scan['messages']}
+            'messages': scan['messages'], 'extra': scan.get('extra', {})}  # extra: COCO / VOC class mapping
     buf = io.BytesIO()
+    arrays = {f'extra_{k}': v for k, v in scan.get('arrays', {}).items()}  # e.g. COCO image ids
     np.savez(buf, meta=np.array(json.dumps(meta)), files=np.array(scan['files']), shapes=scan['shapes'],
-             labels=labels.data.astype(np.float32), offsets=labels.offsets)
+             labels=labels.data.astype(np.float32), offsets=labels.offsets, **arrays)
     tmp = Path(f'{path}.{os.getpid()}.tmp')
     try:
         tmp.write_bytes(buf.getvalue())
