@@ -23,6 +23,7 @@ from utils.augmentations import augment_hsv, letterbox, mixup, mosaic_placement,
 from utils.errors import UserError
 from utils.boxes import xyxy2xywh
 from utils.label_cache import IMG_FORMATS, cached_scan, img2label_paths
+from utils.label_formats import label_source, scan_labels, split_arrays
 from utils.packed import PackedImages, PackedStrings
 from utils.sampling import EpochSampler, SampleKey, seed_sample
 from utils.sources import LoadImages, LoadStreams, list_files, to_chw_rgb  # noqa: F401  (published import location)
@@ -83,16 +84,13 @@ class LoadImagesAndLabels(Dataset):
         if augment and hyp is None:
             raise ValueError('augment=True needs the hyperparameters (hyp) for the augmentations')
 
-        all_files = list_image_files(path)
-        all_labels = img2label_paths(all_files)
-        cache_path = Path(all_labels[0]).parent.with_suffix('.cache')
-        scan = cached_scan(all_files, all_labels, cache_path, prefix, write=rank in (-1, 0))
+        scan = self._scan(path, prefix, rank)
         if not scan['files']:
             raise DatasetError(f'{prefix}no usable images in {path}: every image was left out (see warnings)')
         # per-image data in flat arrays, not a Python object per image: loader workers read them without copying
         # pages (utils/packed.py)
         self.img_files = PackedStrings.pack(scan['files'])
-        self.label_files = PackedStrings.pack(img2label_paths(scan['files']))
+        self.label_files = PackedStrings.pack(scan.get('label_files') or img2label_paths(scan['files']))
         self.labels = scan['labels']  # RaggedArrays
         self.shapes = np.asarray(scan['shapes'], dtype=np.float64)  # (w, h) of each image
         if single_cls:
@@ -111,6 +109,7 @@ class LoadImagesAndLabels(Dataset):
             irect = ar.argsort()
             self.img_files = self.img_files.take(irect)
             self.label_files = self.label_files.take(irect)
+            self.image_ids = None if self.image_ids is None else self.image_ids[irect]
             self.labels = self.labels.take(irect)
             self.shapes = s[irect]
             ar = ar[irect]
@@ -129,6 +128,21 @@ class LoadImagesAndLabels(Dataset):
         self.npy_tag = f'{img_size}{"l" if augment else "a"}' if cache_images == 'disk' else None
         if cache_images:
             self._cache_images('disk' if cache_images == 'disk' else 'ram', prefix)
+
+    def _scan(self, path, prefix, rank):
+        """The label scan of YOLO labels, or of a COCO JSON or VOC XML named in their place (utils/label_formats:
+        then image_ids holds each image's id and label_source its format, path and class -> category mapping)."""
+        self.image_ids, self.label_source = None, None
+        kind = label_source(path)
+        if kind is None:
+            all_files = list_image_files(path)
+            all_labels = img2label_paths(all_files)
+            cache_path = Path(all_labels[0]).parent.with_suffix('.cache')
+            return cached_scan(all_files, all_labels, cache_path, prefix, write=rank in (-1, 0))
+        scan = scan_labels(path, prefix, write=rank in (-1, 0))
+        self.image_ids, scan['label_files'] = split_arrays(scan, path)
+        self.label_source = dict(scan['extra'], kind=kind, path=path)
+        return scan
 
     def npy_file(self, index):
         """The disk cache's file of image `index`, or None without a disk cache."""
