@@ -21,6 +21,7 @@ from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fr
 from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
 from utils.coco_ids import coco80_to_coco91_class
 from utils.general import increment_path, options_from_kwargs, set_logging
+from utils.label_formats import ground_truth as label_ground_truth
 from utils.nms import non_max_suppression
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.plots import plot_images, plot_study
@@ -57,7 +58,8 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     if save_dir is not None:
         (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
 
-    writers = ImageWriters(save_dir / 'labels' if save_txt else None, nc if save_json else None)
+    writers = ImageWriters(save_dir / 'labels' if save_txt else None, nc if save_json else None,
+                           getattr(dataloader.dataset, 'label_source', None))
     ev = evaluate_batches(model, dataloader, device, conf_thres, iou_thres, merge, augment, compute_loss, nc,
                           writers, plot_dir, names)
     t_metrics = time.perf_counter()
@@ -141,12 +143,15 @@ def val_loader(data, task, model, device, imgsz, batch_size, single_cls, workers
 class ImageWriters:
     """Per-image outputs: YOLO txt labels (into labels_dir) and COCO JSON rows (collected in .jdict).
 
-    labels_dir None: no txt; nc None: no JSON. Boxes are mapped back to the original image first.
+    labels_dir None: no txt; nc None: no JSON. Boxes are mapped back to the original image first. With the
+    label_source of a dataset read from a COCO JSON or VOC XML (utils/label_formats), classes are written as its
+    category ids and images keyed by path (their ids come from the dataset); else 80 classes as COCO's.
     """
 
-    def __init__(self, labels_dir=None, nc=None):
+    def __init__(self, labels_dir=None, nc=None, label_source=None):
         self.labels_dir, self.nc, self.jdict = labels_dir, nc, []
-        self.coco91 = coco80_to_coco91_class()
+        self.coco91 = label_source['category_ids'] if label_source else coco80_to_coco91_class()
+        self.by_path = label_source is not None
 
     def __call__(self, path, pred, input_shape, shapes):
         if self.labels_dir is None and self.nc is None:
@@ -161,8 +166,9 @@ class ImageWriters:
             b = xyxy2xywh(box)
             b[:, :2] -= b[:, 2:] / 2  # centre -> top-left corner
             for pi, bi in zip(pred.tolist(), b.tolist()):  # image_id: the file name until it is mapped
-                self.jdict.append({'image_id': path.name,
-                                   'category_id': self.coco91[int(pi[5])] if self.nc == 80 else int(pi[5]),
+                self.jdict.append({'image_id': str(path) if self.by_path else path.name,
+                                   'category_id': self.coco91[int(pi[5])] if self.nc == 80 or self.by_path
+                                   else int(pi[5]),
                                    'bbox': [round(x, 3) for x in bi], 'score': round(pi[4], 5)})
 
 
@@ -289,7 +295,7 @@ def _read_ground_truth(ann):
 COCO_BACKENDS = ('pycocotools', 'faster-coco-eval')
 
 
-def coco_score(gt, results_file, img_ids, backend='pycocotools'):
+def coco_score(gt, results_file, img_ids, backend='pycocotools', cat_ids=None):
     """The 12 COCO bbox statistics (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) of a results JSON.
 
     pycocotools is the reference; faster-coco-eval (a C++ drop-in, when installed) gives the same numbers faster.
@@ -308,6 +314,8 @@ def coco_score(gt, results_file, img_ids, backend='pycocotools'):
     coco_gt.createIndex()
     ev = BoxScorer(coco_gt, coco_gt.loadRes(str(results_file)), 'bbox')
     ev.params.imgIds = img_ids
+    if cat_ids:  # a COCO JSON's categories that the data yaml's names leave out are not scored
+        ev.params.catIds = cat_ids
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
@@ -320,9 +328,13 @@ def _coco_evaluate(jdict, data, dataloader, weights, save_dir, backend='pycocoto
     t = time.perf_counter()
     timings = {} if timings is None else timings
     w = Path(weights[0] if isinstance(weights, (list, tuple)) else weights).stem if weights else ''
-    ann = data.get('val_annotations')
-    gt = _read_ground_truth(ann)
-    ids = coco_image_ids(dataloader.dataset.img_files, gt, ann)
+    cat_ids = None
+    if getattr(dataloader.dataset, 'label_source', None):  # scored against the JSON (or VOC XML) it was read from
+        gt, ids, cat_ids, ann = label_ground_truth(dataloader.dataset)
+    else:
+        ann = data.get('val_annotations')
+        gt = _read_ground_truth(ann)
+        ids = coco_image_ids(dataloader.dataset.img_files, gt, ann)
     jdict = [dict(d, image_id=ids[d['image_id']]) for d in jdict]
     file = save_dir / f'detections_val2017_{w}_results.json'
     with open(file, 'w') as f:
@@ -336,7 +348,7 @@ def _coco_evaluate(jdict, data, dataloader, weights, save_dir, backend='pycocoto
     img_ids = sorted(set(ids.values()))
     try:
         t = time.perf_counter()
-        stats = coco_score(gt, file, img_ids, backend)
+        stats = coco_score(gt, file, img_ids, backend, cat_ids)
         timings['scoring'] = time.perf_counter() - t
     except ImportError as e:
         LOGGER.warning('WARNING: pycocotools unavailable (%s): the mAP above is this project\'s own', e)
