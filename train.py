@@ -224,6 +224,7 @@ def train(hyp, opt, device, ckpt=None, callbacks=()):
         parts.model = torch.compile(parts.model)
     m = de_parallel(parts.model)
     m.nc, m.names = nc, names
+    m.category_ids = None if opt.single_cls else (dataset.label_source or {}).get('category_ids')  # COCO / VOC
     if parts.ema:
         parts.ema.update_attr(m, include=EMA_ATTRIBUTES)
     parts.loss_fn = ComputeLoss(parts.model, dict(recipe.hyp, cls=recipe.hyp['cls'] * nc / 80.))  # cls gain to nc
