@@ -9,7 +9,8 @@ Two formats are read:
   package is required.
 * the project's own checkpoints (written by `save_checkpoint`, i.e. train.py): plain data only. The
   `model` (and `ema`) entries are `model_payload` dicts: {'yaml': config dict (or 'darknet_cfg': the cfg
-  text of a darknet model), 'state_dict': ..., 'names': [...], 'nc': int}. The header (`checkpoint_header`)
+  text of a darknet model), 'state_dict': ..., 'names': [...], 'nc': int, and for a model trained from a COCO
+  JSON or VOC XML 'category_ids': [...], each class's category id}. The header (`checkpoint_header`)
   and the training state (optimizer, scaler, RNG states, results, options, hyperparameters) are described in
   docs/architecture.md.
 
@@ -145,7 +146,10 @@ def model_payload(model, half=False):
     class names, class count."""
     sd = model.state_dict()
     config = {'darknet_cfg': model.to_cfg()} if isinstance(model, DarknetModel) else {'yaml': model.yaml}
-    return dict(config, state_dict=half_state_dict(sd) if half else sd, names=list(model.names), nc=model.nc)
+    out = dict(config, state_dict=half_state_dict(sd) if half else sd, names=list(model.names), nc=model.nc)
+    if getattr(model, 'category_ids', None) is not None:  # trained from a COCO JSON / VOC: class -> category id
+        out['category_ids'] = [int(c) for c in model.category_ids]
+    return out
 
 
 def checkpoint_header(epoch, best_fitness, date=None):
@@ -180,6 +184,8 @@ def model_from_payload(payload, path='checkpoint'):
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f'{path}: model does not match its config: {str(e).splitlines()[0][:300]}') from None
     model.names = list(payload.get('names') or model.names)
+    if payload.get('category_ids') is not None:
+        model.category_ids = list(payload['category_ids'])
     return model
 
 

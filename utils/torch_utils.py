@@ -174,7 +174,7 @@ def intersect_dicts(da, db, exclude=()):
     return {k: v for k, v in da.items() if k in db and not any(x in k for x in exclude) and v.shape == db[k].shape}
 
 
-EMA_ATTRIBUTES = ('nc', 'names', 'yaml', 'stride')  # model attributes the EMA copy follows (no training settings)
+EMA_ATTRIBUTES = ('nc', 'names', 'yaml', 'stride', 'category_ids')  # what the EMA copy follows (no training settings)
 
 
 class ModelEMA:
