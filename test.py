@@ -16,7 +16,7 @@ import torch
 from models.backends import input_size
 from models.experimental import attempt_load
 from utils.data_config import DataConfigError, load_data_config
-from utils.datasets import check_label_classes, create_dataloader
+from utils.datasets import check_label_classes, create_dataloader, workers_stopped
 from utils.errors import ArgumentError, ArgumentParser, check_at_least, check_fraction, run_cli
 from utils.boxes import clip_coords, scale_coords, xywh2xyxy, xyxy2xywh
 from utils.coco_ids import coco80_to_coco91_class
@@ -53,15 +53,17 @@ def test(data, weights=None, batch_size=16, imgsz=640, conf_thres=0.001, iou_thr
     plot_dir = save_dir if plots else None
     model, device, imgsz = prepare_model(model, weights, device, batch_size, imgsz, channels_last, cfg)
     nc, names = check_classes(model, data, single_cls)
-    if dataloader is None:
+    own_loader = dataloader is None
+    if own_loader:
         dataloader = val_loader(data, task, model, device, imgsz, batch_size, single_cls, workers, nc)
     if save_dir is not None:
         (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
 
     writers = ImageWriters(save_dir / 'labels' if save_txt else None, nc if save_json else None,
                            getattr(dataloader.dataset, 'label_source', None))
-    ev = evaluate_batches(model, dataloader, device, conf_thres, iou_thres, merge, augment, compute_loss, nc,
-                          writers, plot_dir, names)
+    with workers_stopped(dataloader if own_loader else None):  # a loader of ours: its workers end with it
+        ev = evaluate_batches(model, dataloader, device, conf_thres, iou_thres, merge, augment, compute_loss, nc,
+                              writers, plot_dir, names)
     t_metrics = time.perf_counter()
     summary = summarize(ev['stats'], nc, names, plot_dir)
     t_metrics = time.perf_counter() - t_metrics

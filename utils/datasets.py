@@ -4,6 +4,8 @@ Items are exactly the published ones: (uint8 CHW RGB tensor, labels (n, 6) [imag
 normalised, path, shapes), with `collate_fn` filling the image index. Inference sources (images, videos,
 streams, webcams) live in `utils.sources` and are re-exported here under their published names.
 """
+import atexit
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -11,6 +13,7 @@ import random
 import signal
 import sys
 import traceback
+import weakref
 from pathlib import Path
 
 import cv2
@@ -349,7 +352,28 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
                         sampler=sampler, pin_memory=torch.cuda.is_available(),
                         collate_fn=LoadImagesAndLabels.collate_fn, worker_init_fn=seed_worker,
                         generator=generator, persistent_workers=nw > 0)
+    if nw:
+        _watch_workers(loader)
     return loader, dataset
+
+
+_LIVE_LOADERS = weakref.WeakSet()  # loaders with worker processes, ended at exit if their owner did not
+
+
+def _watch_workers(loader):
+    """End `loader`'s workers when the interpreter exits, if nothing ended them before. Its workers ignore
+    SIGTERM (seed_worker), so multiprocessing's own exit handler, which terminates and then joins them, would
+    wait forever for a loader still alive at exit (one held in an uncollected reference cycle, for instance).
+    atexit calls handlers in reverse order of registration: registered after multiprocessing's, this one runs
+    first."""
+    if not _LIVE_LOADERS:
+        atexit.unregister(_stop_live_loaders)
+        atexit.register(_stop_live_loaders)
+    _LIVE_LOADERS.add(loader)
+
+
+def _stop_live_loaders():
+    stop_loader_workers(*list(_LIVE_LOADERS))
 
 
 def loader_failure(e):
@@ -361,6 +385,15 @@ def loader_failure(e):
     if 'in DataLoader worker process' in text and 'Original Traceback' in text:
         return [ln for ln in text.splitlines() if ln.strip()][-1].split(': ', 1)[-1]  # the worker's error message
     return None
+
+
+@contextlib.contextmanager
+def workers_stopped(*loaders):
+    """A block after which the loaders' worker processes are ended, however it ends (None: nothing to end)."""
+    try:
+        yield
+    finally:
+        stop_loader_workers(*[x for x in loaders if x is not None])
 
 
 def stop_loader_workers(*loaders):
