@@ -1,15 +1,18 @@
-"""Known answers from the published code (github:WongKinYiu/ScaledYOLOv4, branch yolov4-large), run as a judge.
+"""Known answers from the published code (github:WongKinYiu/ScaledYOLOv4, branch yolov4-large at PUBLISHED_COMMIT,
+its newest commit), run as a judge.
 
-    python tests/published_fixtures.py PUBLISHED_CHECKOUT      # rewrites tests/data/published/
+    git clone https://github.com/WongKinYiu/ScaledYOLOv4 /tmp/ScaledYOLOv4     # or any clone or bare git dir of it
+    python tests/published_fixtures.py /tmp/ScaledYOLOv4      # rewrites tests/data/published/ (about 3 minutes)
 
-The published code runs in processes of its own (its `models` and `utils` packages have our names), from a
-checkout given on the command line, never copied here. Shims let the 2020 code run on today's libraries and change
-none of its arithmetic: a `mish_cuda` module whose MishCuda is x * tanh(softplus(x)) (the extension's function, so
-the pickle names `mish_cuda.MishCuda` as the released files do); numpy's removed aliases (np.int, np.float,
-np.trapz); an integer tensor's clamp_ by a float tensor's value (build_targets' grid indices), which 2020's PyTorch
-did and today's refuses; the Model's bias priors written under torch.no_grad(), where today's PyTorch lets them be
-written in place through a view as 2020's did. torch.load is told to unpickle whole models
-(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
+The script extracts PUBLISHED_COMMIT from that repository (git archive) into a temporary folder and records the
+commit in tests/data/published/made-from.json; a repository without that commit is refused. The published code runs
+in processes of its own (its `models` and `utils` packages have our names), never copied here. Shims let the 2020
+code run on today's libraries and change none of its arithmetic: a `mish_cuda` module whose MishCuda is x *
+tanh(softplus(x)) (the extension's function, so the pickle names `mish_cuda.MishCuda` as the released files do);
+numpy's removed aliases (np.int, np.float, np.trapz); an integer tensor's clamp_ by a float tensor's value
+(build_targets' grid indices), which 2020's PyTorch did and today's refuses; the Model's bias priors written under
+torch.no_grad(), where today's PyTorch lets them be written in place through a view as 2020's did. torch.load is
+told to unpickle whole models (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
 
 What it writes (tests/test_published.py reads them):
 - p5-tiny.pt: the quick start's trained weights (tests/data/quickstart-p5-tiny.pt) in the published Model of
@@ -18,10 +21,14 @@ What it writes (tests/test_published.py reads them):
   whole pickled model), as the released files were.
 - outputs.npz: `image` (a coco8 image letterboxed to 192 by the published letterbox, uint8 CHW) and the
   published attempt_load model's decoded outputs on it, the first OUTPUT_COLUMNS columns (x, y, w, h, objectness,
-  3 classes): `plain`, and `tta` (forward(augment=True)).
+  3 classes): `plain`, and `tta` (forward(augment=True)); `image_wide`, the same image letterboxed to WIDE (height
+  96, width 160: not square, so that TTA's de-flip of x by the width is judged), and `tta_wide`.
 - loss.npz: the published utils.general.compute_loss on seeded predictions (numpy default_rng(LOSS_SEED) normals,
-  shapes `shapes`) and `targets`, for that model's P5 head with nc=3 and hyp.scratch.yaml with its class gain
-  scaled by nc / 80 as the published train.py does: `loss` (total x batch) and `items` (lbox, lobj, lcls, total).
+  shapes `<family>_shapes`) and LOSS_TARGETS, for the P5, P6 and P7 heads (3, 4 and 5 levels: each its own
+  objectness balance, and the 1.4 objectness gain of 4 and more) at depth 0.33, width 0.125 with nc=3 and
+  hyp.scratch.yaml with its class gain scaled by nc / 80 as the published train.py does: `<family>_loss` (total x
+  batch) and `<family>_items` (lbox, lobj, lcls, total). `eval_nc<nc>_loss` and `_items`: the same function on
+  the P6 inputs of tests/test_eval.py (eval_loss_inputs) for nc 3 and 80.
 - recipe.json: the published train.py itself, run for TRAIN_EPOCHS epochs on data/coco8 (batch TRAIN_BATCH, --img
   TRAIN_IMG, the P5 at depth 0.33, width 0.125 from scratch, hyp.scratch.yaml, --notest), with its optimizer's
   step and ModelEMA.update wrapped to record, at every step, each parameter group's size, learning rate, momentum
@@ -54,6 +61,12 @@ LOSS_TARGETS = np.array([[0, 0, 0.50, 0.50, 0.20, 0.30], [0, 1, 0.12, 0.81, 0.05
                          [1, 2, 0.49, 0.51, 0.90, 0.85], [1, 1, 0.04, 0.96, 0.03, 0.02]], dtype=np.float32)
 
 TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_IMG = 3, 2, 64
+WIDE = (96, 160)  # height, width of the non-square TTA input
+LOSS_FAMILIES = {'p5': ('yolov4-p5', 192), 'p6': ('yolov4-p6', 192), 'p7': ('yolov4-p7', 256)}  # cfg, image size
+
+PUBLISHED_REPO = 'https://github.com/WongKinYiu/ScaledYOLOv4'
+PUBLISHED_BRANCH = 'yolov4-large'
+PUBLISHED_COMMIT = '676800364a3446900b9e8407bc880ea2127b3415'  # the branch's newest commit ("Update README.md")
 
 SHIM_MISH = '''import torch, torch.nn as nn, torch.nn.functional as F
 class MishCuda(nn.Module):
@@ -80,8 +93,18 @@ def loss_predictions(shapes):
     return [rng.standard_normal(s).astype(np.float32) for s in shapes]
 
 
-def loss_shapes(strides, na=4):
-    return [(LOSS_BATCH, na, IMG // s, IMG // s, LOSS_NC + 5) for s in strides]
+def loss_shapes(strides, img=IMG, na=4):
+    return [(LOSS_BATCH, na, img // s, img // s, LOSS_NC + 5) for s in strides]
+
+
+def eval_loss_inputs(nc):
+    """tests/test_eval.py's P6 loss case: torch-seeded predictions at 256 and six targets of nc classes."""
+    import torch
+    g = torch.Generator().manual_seed(1)
+    p = [torch.randn(2, 4, 256 // s, 256 // s, 5 + nc, generator=g) for s in (8, 16, 32, 64)]
+    t = torch.cat((torch.tensor([[0.], [0], [1], [1], [1], [0]]), torch.randint(0, nc, (6, 1), generator=g).float(),
+                   torch.rand(6, 2, generator=g) * 0.8 + 0.1, torch.rand(6, 2, generator=g) * 0.4 + 0.02), 1)
+    return p, t
 
 
 def judge_environment(tmp):
@@ -95,11 +118,11 @@ def judge_environment(tmp):
 
 # ---- the published side (runs with the published checkout as its working directory and first on sys.path) ----
 
-def published_model(nc=80):
+def published_model(nc=80, name='yolov4-p5'):
     import torch
     import yaml
     from models.yolo import Model
-    cfg = yaml.safe_load(open('models/yolov4-p5.yaml'))
+    cfg = yaml.safe_load(open(f'models/{name}.yaml'))
     cfg.update(depth_multiple=DEPTH, width_multiple=WIDTH, nc=nc)
     torch.manual_seed(0)
     return Model(cfg)
@@ -130,24 +153,36 @@ def judge_outputs(out):
     image = letterbox(cv2.imread(str(ROOT / 'data' / 'coco8' / 'images' / IMAGE)), new_shape=IMG, auto=False)[0]
     image = image[None, :, :, ::-1].transpose(0, 3, 1, 2)  # BGR HWC -> RGB CHW, as test.py
     x = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
+    wide = letterbox(cv2.imread(str(ROOT / 'data' / 'coco8' / 'images' / IMAGE)), new_shape=WIDE, auto=False)[0]
+    wide = np.ascontiguousarray(wide[None, :, :, ::-1].transpose(0, 3, 1, 2))
     with torch.no_grad():
         plain, tta = model(x)[0], model(x, augment=True)[0]
+        tta_wide = model(torch.from_numpy(wide).float() / 255.0, augment=True)[0]
     np.savez_compressed(out / 'outputs.npz', image=image, plain=plain[..., :OUTPUT_COLUMNS].numpy(),
-                        tta=tta[..., :OUTPUT_COLUMNS].numpy())
+                        tta=tta[..., :OUTPUT_COLUMNS].numpy(), image_wide=wide,
+                        tta_wide=tta_wide[..., :OUTPUT_COLUMNS].numpy())
 
 
 def judge_loss(out):
     import torch
     import yaml
     from utils.general import compute_loss
-    model = published_model(nc=LOSS_NC)
     hyp = yaml.safe_load(open('data/hyp.scratch.yaml'))
-    hyp['cls'] *= LOSS_NC / 80.  # train.py: scale coco-tuned hyp['cls'] to current dataset
-    model.hyp, model.gr, model.nc = hyp, 1.0, LOSS_NC
-    shapes = loss_shapes([int(s) for s in model.stride.tolist()])
-    p = [torch.from_numpy(a) for a in loss_predictions(shapes)]
-    loss, items = compute_loss(p, torch.from_numpy(LOSS_TARGETS), model)
-    np.savez(out / 'loss.npz', shapes=np.array(shapes), targets=LOSS_TARGETS, loss=loss.numpy(), items=items.numpy())
+    results = {}
+    for family, (name, img) in LOSS_FAMILIES.items():
+        model = published_model(nc=LOSS_NC, name=name)
+        model.hyp, model.gr, model.nc = dict(hyp, cls=hyp['cls'] * LOSS_NC / 80.), 1.0, LOSS_NC  # as train.py
+        shapes = loss_shapes([int(s) for s in model.stride.tolist()], img)
+        p = [torch.from_numpy(a) for a in loss_predictions(shapes)]
+        loss, items = compute_loss(p, torch.from_numpy(LOSS_TARGETS), model)
+        results.update({f'{family}_shapes': np.array(shapes), f'{family}_loss': loss.numpy(),
+                        f'{family}_items': items.numpy()})
+    for nc in (3, 80):
+        model = published_model(nc=nc, name='yolov4-p6')
+        model.hyp, model.gr, model.nc = dict(hyp, cls=hyp['cls'] * nc / 80.), 1.0, nc
+        loss, items = compute_loss(*eval_loss_inputs(nc), model)
+        results.update({f'eval_nc{nc}_loss': loss.numpy(), f'eval_nc{nc}_items': items.numpy()})
+    np.savez(out / 'loss.npz', targets=LOSS_TARGETS, **results)
 
 
 def judge_test_json(out, tmp):
@@ -215,29 +250,46 @@ def bias_priors_without_grad():
     Model._initialize_biases = _initialize_biases
 
 
-def judge(out, tmp):
+JUDGES = ('checkpoint', 'outputs', 'loss', 'test_json', 'recipe')
+
+
+def judge(out, tmp, only=JUDGES):
     out = Path(out)
     bias_priors_without_grad()
-    judge_checkpoint(out)
-    judge_outputs(out)
-    judge_loss(out)
-    judge_test_json(out, tmp)
-    judge_recipe(out, tmp)
+    for name in only:
+        if name == 'recipe' and 'test_json' not in only:
+            judge_test_json(out, tmp)  # writes the data yaml the recipe trains on
+        if name in ('test_json', 'recipe'):
+            globals()[f'judge_{name}'](out, tmp)
+        else:
+            globals()[f'judge_{name}'](out)
 
 
-def regenerate(published):
+def regenerate(repository, only=JUDGES):
+    """Extract PUBLISHED_COMMIT from a git repository of the published code and run the judge on it (the JUDGES
+    named in `only`: all of them by default)."""
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        published = Path(tmp) / 'published'
+        published.mkdir()
+        archive = subprocess.run(['git', '-C', str(repository), 'archive', PUBLISHED_COMMIT], capture_output=True)
+        if archive.returncode:
+            raise SystemExit(f'{repository}: no commit {PUBLISHED_COMMIT} of {PUBLISHED_REPO} '
+                             f'({archive.stderr.decode().strip()})')
+        subprocess.run(['tar', '-x', '-C', str(published)], input=archive.stdout, check=True)
         env = judge_environment(tmp)
-        env['PYTHONPATH'] += os.pathsep + str(Path(published).resolve())
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), '--judge', str(OUT), tmp], cwd=published,
-                       env=env, check=True)
-    print(f'published fixtures written to {OUT}')
+        env['PYTHONPATH'] += os.pathsep + str(published)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), '--judge', str(OUT), tmp, *only],
+                       cwd=published, env=env, check=True)
+    (OUT / 'made-from.json').write_text(json.dumps({
+        'repository': PUBLISHED_REPO, 'branch': PUBLISHED_BRANCH, 'commit': PUBLISHED_COMMIT,
+        'command': 'python tests/published_fixtures.py <a git clone of the repository>'}, indent=1) + '\n')
+    print(f'published fixtures written to {OUT} from {PUBLISHED_COMMIT}')
 
 
 if __name__ == '__main__':
     if sys.argv[1] == '--judge':
         sys.path.insert(0, os.getcwd())
-        judge(sys.argv[2], sys.argv[3])
+        judge(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
-        regenerate(sys.argv[1])
+        regenerate(sys.argv[1], sys.argv[2:] or JUDGES)  # python tests/published_fixtures.py REPO [JUDGE ...]

@@ -10,6 +10,7 @@ import yaml
 
 import utils.nms as nms_module
 from conftest import ROOT, tiny_cfg
+from published_fixtures import OUT as PUBLISHED, eval_loss_inputs
 from models.yolo import Model
 from models.checkpoint import model_payload, save_checkpoint
 from utils.nms import nms_exact, non_max_suppression
@@ -162,19 +163,18 @@ def _loss_model():
     return model
 
 
-@pytest.mark.parametrize('nc, total, items', [  # values of the published formulation (function form, before the
-    (3, 9.611414909362793, [0.10180997848510742, 4.673581600189209, 0.030315736308693886, 4.8057074546813965]),
-    (80, 11.316393852233887, [0.09170859307050705, 4.663562774658203, 0.9029256105422974, 5.658196926116943]),
-])  # loss became an object), for a 4-level model: balance, 1.4 objectness gain, cls gain scaled by nc / 80
-def test_compute_loss_known_values(nc, total, items):
+@pytest.mark.parametrize('nc', [3, 80])
+def test_compute_loss_known_values(nc):
+    """A 4-level model (balance, 1.4 objectness gain, class gain scaled by nc / 80) against the published
+    compute_loss on the same inputs (tests/data/published/loss.npz, eval_nc<nc>, made by tests/published_fixtures.py
+    from the published code's utils/general.py)."""
+    judged = np.load(PUBLISHED / 'loss.npz')
     torch.manual_seed(0)
     model = Model(tiny_cfg('yolov4-p6', nc=nc))
-    g = torch.Generator().manual_seed(1)
-    p = [torch.randn(2, 4, 256 // s, 256 // s, 5 + nc, generator=g) for s in (8, 16, 32, 64)]
-    t = torch.cat((torch.tensor([[0.], [0], [1], [1], [1], [0]]), torch.randint(0, nc, (6, 1), generator=g).float(),
-                   torch.rand(6, 2, generator=g) * 0.8 + 0.1, torch.rand(6, 2, generator=g) * 0.4 + 0.02), 1)
+    p, t = eval_loss_inputs(nc)
     loss, got = ComputeLoss(model, dict(HYP, cls=HYP['cls'] * nc / 80))(p, t)
-    assert loss.item() == pytest.approx(total, rel=1e-6) and got.tolist() == pytest.approx(items, rel=1e-6)
+    assert loss.item() == pytest.approx(judged[f'eval_nc{nc}_loss'].item(), rel=1e-6)
+    assert got.tolist() == pytest.approx(judged[f'eval_nc{nc}_items'].tolist(), rel=1e-6)
     assert not hasattr(model, 'hyp') and not hasattr(model, 'gr')  # the model carries no training settings
 
 

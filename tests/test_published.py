@@ -12,7 +12,8 @@ from conftest import ROOT, tiny_cfg
 from models.checkpoint import load_checkpoint, model_from_checkpoint
 from models.experimental import attempt_load
 from models.yolo import Model
-from published_fixtures import DEPTH, LOSS_NC, LOSS_TARGETS, OUT, OUTPUT_COLUMNS, WIDTH, loss_predictions
+from published_fixtures import (DEPTH, LOSS_FAMILIES, LOSS_NC, LOSS_TARGETS, OUT, OUTPUT_COLUMNS, PUBLISHED_COMMIT,
+                                WIDE, WIDTH, loss_predictions)
 from utils.loss import ComputeLoss
 
 PICKLE = OUT / 'p5-tiny.pt'
@@ -64,22 +65,40 @@ def test_2020_pickle_state_is_upgraded(tmp_path, outputs):
     assert_outputs_match(forward(old, outputs['image']), outputs['plain'])
 
 
+def test_fixtures_name_their_commit():
+    """The fixtures were made from the commit the script pins, and say how to make them again."""
+    made = json.loads((OUT / 'made-from.json').read_text())
+    assert made['commit'] == PUBLISHED_COMMIT and made['command'].startswith('python tests/published_fixtures.py')
+
+
 def test_tta_is_published(outputs):
     """forward(augment=True): scales 1, 0.83, 0.67 with the middle one flipped left-right, boxes mapped back."""
     model = attempt_load(PICKLE, map_location='cpu')
     assert_outputs_match(forward(model, outputs['image'], augment=True), outputs['tta'])
 
 
-def test_loss_is_published():
+def test_tta_on_a_non_square_input_is_published(outputs):
+    """The same on a 96 x 160 input: each scale padded to the grid of 128 in height and width separately, and the
+    flipped scale's x mapped back by the width (a de-flip by the height, or a square padding, fails here)."""
+    model = attempt_load(PICKLE, map_location='cpu')
+    assert outputs['image_wide'].shape[2:] == WIDE
+    assert_outputs_match(forward(model, outputs['image_wide'], augment=True), outputs['tta_wide'])
+
+
+@pytest.mark.parametrize('family', list(LOSS_FAMILIES))
+def test_loss_is_published(family):
     """The published compute_loss on seeded predictions and targets (nc=3, hyp.scratch.yaml, class gain scaled by
-    nc / 80 as the published train.py does): the total and its box, objectness and class parts."""
+    nc / 80 as the published train.py does) for the 3, 4 and 5 levels of P5, P6 and P7: each its objectness
+    balance (P7's [4, 1, 0.5, 0.4, 0.1]) and gain (1.4 from 4 levels): the total and its box, objectness and
+    class parts."""
     judged = np.load(OUT / 'loss.npz')
-    model = Model(tiny_cfg('yolov4-p5', DEPTH, WIDTH, nc=LOSS_NC))
+    model = Model(tiny_cfg(LOSS_FAMILIES[family][0], DEPTH, WIDTH, nc=LOSS_NC))
     hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
-    p = [torch.from_numpy(a) for a in loss_predictions([tuple(s) for s in judged['shapes']])]
+    p = [torch.from_numpy(a) for a in loss_predictions([tuple(s) for s in judged[f'{family}_shapes']])]
+    assert len(p) == {'p5': 3, 'p6': 4, 'p7': 5}[family]
     loss, items = ComputeLoss(model, dict(hyp, cls=hyp['cls'] * LOSS_NC / 80))(p, torch.from_numpy(LOSS_TARGETS))
-    np.testing.assert_allclose(loss.detach().numpy(), judged['loss'], rtol=1e-5)
-    np.testing.assert_allclose(items.numpy(), judged['items'], rtol=1e-5)
+    np.testing.assert_allclose(loss.detach().numpy(), judged[f'{family}_loss'], rtol=1e-5)
+    np.testing.assert_allclose(items.numpy(), judged[f'{family}_items'], rtol=1e-5)
 
 
 def test_coco_json_boxes_are_published(tmp_path):
