@@ -179,13 +179,14 @@ def scan_coco(path, images_dir, names=None, prefix=''):
 
 
 def pick_folder(json_path, folders, file_names):
-    """The first folder that holds the JSON's first file names; an error naming the JSON and the folders tried."""
-    probe = file_names[:3]
-    for folder in folders:
-        if probe and all((Path(folder) / f).is_file() for f in probe):
-            return folder
+    """Of the candidate folders, the one that holds most of the JSON's first 20 file names; an error naming the
+    JSON and the folders tried when none holds any."""
+    probe = file_names[:20]
     if len(folders) == 1 or not probe:
         return folders[0]
+    hits = [sum((Path(folder) / f).is_file() for f in probe) for folder in folders]
+    if max(hits):
+        return folders[hits.index(max(hits))]
     raise LabelFormatError(f'{json_path}: its images (e.g. {probe[0]}) are in none of {", ".join(folders)}: give '
                            f'the folder that holds them as images: FOLDER (or images: {{train: ..., val: ...}}) in '
                            f'the data yaml')
