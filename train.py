@@ -13,14 +13,12 @@ optimizer steps and at each epoch's end, evaluation, results.txt, trackers, the 
 stops the run at a batch boundary with a checkpoint). From Python, run(..., callbacks=[...]) adds hooks of yours
 (docs/architecture.md, "Callbacks").
 """
-import argparse
 import logging
 import os
 import random
 import signal
 import sys
-from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -51,7 +49,8 @@ from utils.train.autobatch import auto_batch_size
 from utils.train.recipe import EVOLVE_META, class_weights_from_labels, load_hyp, mutate_hyp
 from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, load_newest_intact, release_run,
                                  resume_path, run_folder_of)
-from utils.train.state import checkpoint_position, plain
+from utils.train.config import Options, ProcessLayout, RunConfig
+from utils.train.state import checkpoint_position
 from utils.train.trackers import MLflow, TensorBoard, mlflow_available
 from utils.train.trainer import Recipe, Trainer, TrainingStopped, TrainParts
 from utils.train.watchdog import Watchdog
@@ -85,28 +84,29 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def prepare_run_folder(paths, hyp, opt):
+def prepare_run_folder(paths, hyp, cfg):
     """Create the weights folder, remove temp files a killed save left behind, write hyp.yaml and opt.yaml."""
     paths.last.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(paths.last.parent)  # a run killed while saving leaves .last.pt.<pid>.tmp behind
     with open(paths.save_dir / 'hyp.yaml', 'w') as f:
         yaml.safe_dump(hyp, f, sort_keys=False)
     with open(paths.save_dir / 'opt.yaml', 'w') as f:
-        yaml.safe_dump({k: plain(v) for k, v in vars(opt).items()}, f, sort_keys=False)
+        yaml.safe_dump(cfg.saved_options(), f, sort_keys=False)
 
 
-def build_train_loader(opt, data, hyp, imgsz, stride, nc):
+def build_train_loader(cfg, data, hyp, imgsz, stride, nc):
     """(loader, dataset, total batch size used): the batch is the one asked for, or all images when fewer."""
-    loader, dataset = create_dataloader(data['train'], imgsz, opt.batch_size, stride, single_cls=opt.single_cls,
+    opt = cfg.opt
+    loader, dataset = create_dataloader(data['train'], imgsz, cfg.batch_size, stride, single_cls=opt.single_cls,
                                         hyp=hyp, augment=True, cache=opt.cache_images, rect=opt.rect,
-                                        rank=opt.global_rank, world_size=opt.world_size, workers=opt.workers,
+                                        rank=cfg.rank, world_size=cfg.world_size, workers=opt.workers,
                                         image_weights=opt.image_weights, prefix='train: ', shuffle=True,
                                         seed=opt.seed)
     check_label_classes(dataset, nc)
-    used = loader.batch_size * opt.world_size
-    if used != opt.total_batch_size:  # fewer images than the batch asked for
+    used = loader.batch_size * cfg.world_size
+    if used != cfg.total_batch_size:  # fewer images than the batch asked for
         LOGGER.warning('WARNING: --batch-size %d is more than the %d training images: batches of %d are used, '
-                       'and weight decay and accumulation follow that', opt.total_batch_size, len(dataset), used)
+                       'and weight decay and accumulation follow that', cfg.total_batch_size, len(dataset), used)
     return loader, dataset, used
 
 
@@ -119,26 +119,25 @@ def first_run_checks(dataset, model, hyp, imgsz, opt, save_dir, names):
         check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, seed=opt.seed)
 
 
-def build_parts(hyp, opt, data, nc, device, ckpt):
+def build_parts(cfg, data, nc, device, ckpt):
     """(TrainParts without the loss, Recipe, dataset, test image size): the model (restored, transferred or
     new), the loader, the optimizer and its schedule, the gradient scaler and the EMA."""
-    main_proc = opt.global_rank in (-1, 0)
-    hyp_given = dict(hyp)
+    opt, main_proc, hyp = cfg.opt, cfg.main, dict(cfg.hyp)
     model = build_model(opt, nc, device, ckpt, verbose=main_proc)
     model.activation_checkpointing = opt.activation_checkpointing
     if 'bn_momentum' in hyp:  # published: 0.03, which needs thousands of steps to forget the initial statistics
         set_bn_momentum(model, hyp['bn_momentum'])
     gs = int(model.stride.max())
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
-    loader, dataset, total_batch_size = build_train_loader(opt, data, hyp, imgsz, gs, nc)
+    loader, dataset, total_batch_size = build_train_loader(cfg, data, hyp, imgsz, gs, nc)
     if opt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, total_batch_size, opt.adam, opt.optimizer_impl)
     lr_lambda = cosine_lr(opt.epochs, hyp.get('lrf', 0.2))
-    recipe = Recipe(epochs=opt.epochs, hyp=hyp, hyp_given=hyp_given, lr_lambda=lr_lambda,
+    recipe = Recipe(epochs=opt.epochs, hyp=hyp, hyp_given=dict(cfg.hyp), lr_lambda=lr_lambda,
                     warmup_iters=warmup_iterations(len(loader), hyp), nominal_accumulate=nominal_accumulate,
                     imgsz=imgsz, stride=gs, multi_scale=opt.multi_scale, seed=opt.seed, amp_dtype=opt.amp_dtype,
-                    channels_last=opt.channels_last, opt=opt)
+                    channels_last=opt.channels_last, options=cfg.saved_options(), save_dir=cfg.save_dir)
     parts = TrainParts(model=model, optimizer=optimizer, loader=loader, device=device, loss_fn=None,
                        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda),
                        scaler=torch.amp.GradScaler('cuda', enabled=device.type != 'cpu' and opt.amp_dtype == 'float16'),
@@ -146,7 +145,7 @@ def build_parts(hyp, opt, data, nc, device, ckpt):
     return parts, recipe, dataset, imgsz_test
 
 
-def build_hooks(opt, paths, evaluation, dataset, names, hyp, callbacks=()):
+def build_hooks(cfg, paths, evaluation, dataset, names, callbacks=()):
     """The hooks of a run, in the order they are called at each event. The order is the contract:
     - Progress first: its bar closes before the evaluation prints;
     - EMAHook before Checkpoints: a periodic checkpoint carries the EMA of its step;
@@ -155,71 +154,75 @@ def build_hooks(opt, paths, evaluation, dataset, names, hyp, callbacks=()):
       disk, so that results.txt never runs ahead of last.pt;
     - Checkpoints (its after_train waits for the writes) before FinishRun, which strips best.pt into final.pt;
     - trackers and the user's callbacks last, each unable to break the run (SafeCallback)."""
-    rank, main_proc = opt.global_rank, opt.global_rank in (-1, 0)
+    opt, rank = cfg.opt, cfg.rank
     store = process_group_store() if rank != -1 else None
-    hooks = [StopSignals(), WatchdogHook(Watchdog(opt.watchdog, rank, opt.world_size, store))]
+    hooks = [StopSignals(), WatchdogHook(Watchdog(opt.watchdog, rank, cfg.world_size, store))]
     if opt.image_weights:
         hooks.append(ImageWeights(dataset, class_weights_from_labels(dataset.labels, len(names)).numpy(), opt.seed))
-    if main_proc:
+    if cfg.main:
         periods = (0, 0) if opt.nosave else (opt.save_period_min, opt.save_period_steps)
         checkpoints = Checkpoints(paths, *periods)
-        hooks += [Progress()] + ([TrainBatchPlots(paths.save_dir, names)] if not opt.resume else [])
+        hooks += [Progress()] + ([TrainBatchPlots(paths.save_dir, names)] if cfg.checkpoint is None else [])
         hooks += [EMAHook(), checkpoints, evaluation, EpochCheckpoint(checkpoints, evaluation, not opt.nosave),
                   ResultsFile(paths.results, checkpoints), FinishRun(paths)]
-        hooks += [SafeCallback(t) for t in build_trackers(opt, paths, hyp)]
+        hooks += [SafeCallback(t) for t in build_trackers(cfg, paths)]
     return hooks + [SafeCallback(c) for c in callbacks]
 
 
-def build_trackers(opt, paths, hyp):
+def build_trackers(cfg, paths):
     """TensorBoard (not for --evolve's generations, as published) and MLflow when asked for (--mlflow)."""
+    opt = cfg.opt
     trackers = [] if opt.evolve else [TensorBoard(paths.save_dir)]
     if opt.mlflow is not None:
-        params = {**{f'opt/{k}': plain(v) for k, v in vars(opt).items()}, **{f'hyp/{k}': v for k, v in hyp.items()}}
+        params = {**{f'opt/{k}': v for k, v in cfg.saved_options().items()},
+                  **{f'hyp/{k}': v for k, v in cfg.hyp.items()}}
         trackers.append(MLflow(opt.mlflow or None, os.environ.get('MLFLOW_EXPERIMENT_NAME', 'scaled-yolov4'),
                                paths.save_dir.name, params, paths))
     return trackers
 
 
-def resumed_finished(ckpt, opt, paths):
+def resumed_finished(ckpt, cfg, paths):
     """Log where a resume starts; True when the run has already trained all its epochs (a restart or requeue of a
     finished job: nothing is left to do). A named resume of a finished run asks for more --epochs instead."""
     epoch, batch = checkpoint_position(ckpt)
+    epochs = cfg.opt.epochs
     LOGGER.info('Resuming %s at epoch %g%s, to %g epochs', paths.save_dir, epoch, f' batch {batch}' if batch else '',
-                opt.epochs)
-    if epoch < opt.epochs:
+                epochs)
+    if epoch < epochs:
         return False
-    if not (elastic_restart() or opt.resume == 'auto'):
-        raise ArgumentError(f'{opt.weights} has already trained {epoch} epochs: give --epochs above that to extend '
-                            f'the run (e.g. the paper\'s fine-tune to 450)')
-    LOGGER.info('%s has trained all %g epochs: nothing left to do', paths.save_dir, opt.epochs)
-    if opt.global_rank in (-1, 0):
+    if not (elastic_restart() or cfg.opt.resume == 'auto'):
+        raise ArgumentError(f'{cfg.checkpoint} has already trained {epoch} epochs: give --epochs above that to '
+                            f'extend the run (e.g. the paper\'s fine-tune to 450)')
+    LOGGER.info('%s has trained all %g epochs: nothing left to do', paths.save_dir, epochs)
+    if cfg.main:
         finish_run(paths)
     return True
 
 
-def train(hyp, opt, device, ckpt=None, callbacks=()):
-    """Train with options `opt` (train.py's argparse namespace); returns the final test results."""
-    rank, main_proc = opt.global_rank, opt.global_rank in (-1, 0)
-    paths = RunPaths.of(opt.save_dir)
+def train(cfg, device, ckpt=None, callbacks=()):
+    """Train the run `cfg` (a RunConfig from resolve_config), from checkpoint `ckpt` when it resumes; returns the
+    final test results."""
+    opt, rank, main_proc = cfg.opt, cfg.rank, cfg.main
+    paths = RunPaths.of(cfg.save_dir)
     if main_proc:
-        prepare_run_folder(paths, hyp, opt)
-    if ckpt is not None and resumed_finished(ckpt, opt, paths):
+        prepare_run_folder(paths, cfg.hyp, cfg)
+    if ckpt is not None and resumed_finished(ckpt, cfg, paths):
         return tuple((ckpt.get('progress') or {}).get('results') or (0,) * 7)
     seed_everything(opt.seed + 1 + max(rank, 0))
     data = load_data_config(opt.data, required=('nc', 'train', 'val'))
     nc = 1 if opt.single_cls else data['nc']
     names = ['item'] if opt.single_cls else data['names']
-    parts, recipe, dataset, imgsz_test = build_parts(hyp, opt, data, nc, device, ckpt)
+    parts, recipe, dataset, imgsz_test = build_parts(cfg, data, nc, device, ckpt)
     model = maybe_sync_bn(parts.model, opt.sync_bn, rank, device)
     testloader = None
     if main_proc:
-        testloader = create_dataloader(data['val'], imgsz_test, opt.batch_size, recipe.stride,
+        testloader = create_dataloader(data['val'], imgsz_test, cfg.batch_size, recipe.stride,
                                        single_cls=opt.single_cls, hyp=recipe.hyp, cache=opt.cache_images and not
-                                       opt.notest, rect=True, rank=-1, world_size=opt.world_size,
+                                       opt.notest, rect=True, rank=-1, world_size=cfg.world_size,
                                        workers=opt.workers, pad=0.5, prefix='val: ')[0]
         if ckpt is None:
             first_run_checks(dataset, model, recipe.hyp, recipe.imgsz, opt, paths.save_dir, names)
-    parts.model = wrap_ddp(model, rank, opt.local_rank, device)
+    parts.model = wrap_ddp(model, rank, cfg.layout.local_rank, device)
     if opt.compile:
         parts.model = torch.compile(parts.model)
     m = de_parallel(parts.model)
@@ -228,12 +231,12 @@ def train(hyp, opt, device, ckpt=None, callbacks=()):
     if parts.ema:
         parts.ema.update_attr(m, include=EMA_ATTRIBUTES)
     parts.loss_fn = ComputeLoss(parts.model, dict(recipe.hyp, cls=recipe.hyp['cls'] * nc / 80.))  # cls gain to nc
-    evaluation = Evaluation(partial(tester.test, data, batch_size=opt.batch_size, imgsz=imgsz_test,
+    evaluation = Evaluation(partial(tester.test, data, batch_size=cfg.batch_size, imgsz=imgsz_test,
                                     single_cls=opt.single_cls, save_dir=paths.save_dir), testloader, not opt.notest)
-    hooks = build_hooks(opt, paths, evaluation, dataset, names, recipe.hyp_given, callbacks)
-    trainer = Trainer(parts, recipe, hooks, rank, opt.world_size)
+    hooks = build_hooks(cfg, paths, evaluation, dataset, names, callbacks)
+    trainer = Trainer(parts, recipe, hooks, rank, cfg.world_size)
     if ckpt is not None:
-        trainer.load_state_dict(ckpt, opt.hyp_changed)
+        trainer.load_state_dict(ckpt, cfg.hyp_changed)
     LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
                 recipe.imgsz, imgsz_test, parts.loader.num_workers, paths.save_dir, opt.epochs)
     try:
@@ -303,14 +306,20 @@ def build_parser():
 
 
 def parse_opt(argv=None):
-    opt = build_parser().parse_args(argv)
-    opt.img_size.extend([opt.img_size[-1]] * (2 - len(opt.img_size)))
-    return opt
+    """train.py's options (read-only) from the command line `argv`."""
+    return _options(build_parser().parse_args(argv))
+
+
+def _options(namespace):
+    """Read-only options from argparse's namespace; the image size always has a train and a test size."""
+    sizes = list(namespace.img_size) if isinstance(namespace.img_size, (list, tuple)) else [namespace.img_size]
+    return Options(**{**vars(namespace), 'img_size': sizes + sizes[-1:] * (2 - len(sizes))})
 
 
 def check_options(opt):
     """Refuse flag values that make no sense, naming the flag (before anything is written)."""
-    check_at_least('--epochs', opt.epochs, 1)
+    if opt.epochs is not None:
+        check_at_least('--epochs', opt.epochs, 1)
     if opt.batch_size != -1:  # -1: chosen by measuring the GPUs
         check_at_least('--batch-size', opt.batch_size, 1)
     check_at_least('--img-size', opt.img_size, 1)
@@ -329,39 +338,59 @@ def check_options(opt):
 
 
 def resumed_options(opt, ckpt, path, given=()):
-    """(options, hyp) of a resumed run: its saved options, with the flags this command gives (names in `given`)
-    that a resume may change, and the process layout (rank, world size). A flag that changes the model, the data or
-    the recipe is refused (utils.train.resume). --epochs, --device and --hyp count as given when set."""
-    saved = argparse.Namespace(**{**vars(parse_opt([])), **ckpt['opt']})  # options added since: their defaults
-    for k in ('local_rank', 'world_size', 'global_rank'):
-        setattr(saved, k, getattr(opt, k))
+    """(options, hyp, hyp changed) of a resumed run: its saved options, with the flags this command gives (names
+    in `given`) that a resume may change. A flag that changes the model, the data or the recipe is refused
+    (utils.train.resume). --epochs, --device and --hyp count as given when set. The options are the user's
+    throughout: what the project decided (the run folder, the checkpoint, the measured batch) is not among them."""
+    defaults = vars(parse_opt([]))  # options added since the run started: their defaults
+    saved = ckpt.get('opt') or {}
+    run_options = {k: v for k, v in saved.items() if k in defaults}  # not the project's decisions saved beside
+    if 'global_rank' in saved:  # written before options and decisions were apart: batch_size was one rank's share
+        run_options['batch_size'] = saved.get('total_batch_size', saved.get('batch_size'))
     hyp = ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp)
-    saved.hyp_changed = hyp != ckpt['hyp']  # the same --hyp again (a restart, --resume auto) is no change
+    hyp_changed = hyp != ckpt['hyp']  # the same --hyp again (a restart, --resume auto) is no change
     given = set(given) | {k for k in ('epochs', 'device', 'hyp') if getattr(opt, k, None)}
-    changes = resume.compare(given, opt, ckpt['opt'], run_folder_of(path), saved.hyp_changed, find_config)
-    for dest, value, _ in changes:
-        setattr(saved, dest, value)
+    run = run_folder_of(path)
+    if resume.written_by_a_resume(run_options.get('weights'), run):  # an older resume put its own checkpoint there
+        given, run_options['weights'] = given - {'weights'}, getattr(opt, 'weights', '')
+    changes = resume.compare(given, opt, dict(saved, **run_options), run, hyp_changed, find_config)
     if changes:
-        LOGGER.warning('WARNING: resuming %s with %s', run_folder_of(path), resume.describe(changes))
-    saved.weights, saved.resume = str(path), 'auto' if getattr(opt, 'resume', None) == 'auto' else True  # a requeue
-    saved.save_dir = str(run_folder_of(path))
-    return saved, hyp
+        LOGGER.warning('WARNING: resuming %s with %s', run, resume.describe(changes))
+    options = Options(**{**defaults, **run_options, **{dest: value for dest, value, _ in changes},
+                         'resume': getattr(opt, 'resume', True) or True})  # how this command resumed
+    return options, hyp, hyp_changed
 
 
 def new_run_options(opt):
-    """Fill a new run's defaults (in place); returns its hyperparameters."""
-    opt.hyp_changed = False
-    opt.epochs = 300 if opt.epochs is None else opt.epochs
-    opt.hyp = opt.hyp or str(DEFAULT_HYP)
+    """(options, hyp) of a new run: the defaults filled in, the files checked."""
+    opt = opt.replace(epochs=300 if opt.epochs is None else opt.epochs, hyp=opt.hyp or str(DEFAULT_HYP))
     if not opt.cfg and not opt.weights:
         raise ArgumentError('give --cfg (train from scratch) or --weights (fine-tune)')
     for f, flag in ((opt.cfg, '--cfg'), (opt.data, '--data'), (opt.hyp, '--hyp')):
         if f and not (find_config(f) if flag == '--cfg' else Path(f)).exists():
             raise ArgumentError(f'{flag} {f}: file not found')
     load_data_config(opt.data, required=('nc', 'train', 'val'), existing=('train', 'val'))
-    hyp = load_hyp(opt.hyp)
-    opt.total_batch_size = opt.batch_size
-    return hyp
+    if opt.evolve:  # generations are scored on their last epoch only, and keep no checkpoints (as published)
+        opt = opt.replace(notest=True, nosave=True)
+    return opt, load_hyp(opt.hyp)
+
+
+def resolve_config(opt, given, plan, layout, device):
+    """The run's configuration (RunConfig), resolved once from the command's options `opt` (names in `given`),
+    the run plan (a new run, or the checkpoint it resumes) and the process layout. Nothing changes it later."""
+    if plan.checkpoint:
+        options, hyp, hyp_changed = resumed_options(opt, plan.ckpt, plan.checkpoint, given or ())
+        run_options = plan.ckpt.get('opt') or {}
+        total = run_options.get('total_batch_size', options.batch_size)
+    else:
+        (options, hyp), hyp_changed = new_run_options(opt), False
+        total = options.batch_size
+        if total == -1:  # measured now, recorded in opt.yaml: a resume uses it
+            total = choose_batch_size(options, hyp, device, layout.world_size)
+    check_world_size(total, layout.world_size)
+    return RunConfig(opt=options, hyp=hyp, hyp_changed=hyp_changed, save_dir=Path(plan.save_dir),
+                     checkpoint=Path(plan.checkpoint) if plan.checkpoint else None, total_batch_size=total,
+                     batch_size=total // layout.world_size, layout=layout)
 
 
 def run(callbacks=(), **kwargs):
@@ -371,7 +400,8 @@ def run(callbacks=(), **kwargs):
     callbacks: hooks of yours (utils.train.hooks.Hook), called after the run's own at each event; one that fails
     is a warning and is not called again (docs/architecture.md, "Callbacks").
     """
-    return main(opt=options_from_kwargs(parse_opt, kwargs, 'train.run'), callbacks=callbacks, given=set(kwargs))
+    options = _options(options_from_kwargs(build_parser().parse_args, kwargs, 'train.run'))
+    return main(opt=options, callbacks=callbacks, given=set(kwargs))
 
 
 def named_resume(opt):
@@ -393,7 +423,7 @@ def check_world_size(total_batch_size, world_size):
                             f'{world_size}')
 
 
-def choose_batch_size(opt, hyp, device):
+def choose_batch_size(opt, hyp, device, world_size):
     """--batch-size -1: the total batch that fits the GPUs, measured with the run's model, image size, precision
     and memory options (utils.train.autobatch)."""
     data = load_data_config(opt.data, required=('nc', 'train', 'val'))
@@ -405,33 +435,34 @@ def choose_batch_size(opt, hyp, device):
     imgsz = check_img_size(opt.img_size[0], int(model.stride.max()))
     try:
         return auto_batch_size(model, ComputeLoss(model, dict(hyp, cls=hyp['cls'] * nc / 80.)), imgsz, device,
-                               opt.amp_dtype, opt.world_size)
+                               opt.amp_dtype, world_size)
     finally:
         del model
         if device.type == 'cuda':
             torch.cuda.empty_cache()
 
 
-def process_layout(opt):
-    """This process's rank, local rank and the world size, from torchrun's environment (in place)."""
-    opt.local_rank = int(os.environ.get('LOCAL_RANK', opt.local_rank))
-    opt.world_size = int(os.environ.get('WORLD_SIZE', 1))
-    opt.global_rank = int(os.environ.get('RANK', -1)) if opt.world_size > 1 or 'RANK' in os.environ else -1
-    if opt.world_size == 1:
-        opt.global_rank = opt.local_rank = -1
+def process_layout(local_rank=-1):
+    """This process's rank, local rank and the world size, from torchrun's environment (the published launcher's
+    --local_rank flag where LOCAL_RANK is not set)."""
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    if world_size == 1:
+        return ProcessLayout()
+    return ProcessLayout(rank=int(os.environ.get('RANK', -1)),
+                         local_rank=int(os.environ.get('LOCAL_RANK', local_rank)), world_size=world_size)
 
 
-def start_device(opt, preloaded):
+def start_device(opt, preloaded, layout):
     """The device this process trains on (a named resume's saved device unless --device says otherwise), with the
     process group started under DDP."""
     saved_device = (preloaded[1].get('opt') or {}).get('device', '') if preloaded else ''
     device = select_device(opt.device or saved_device,
-                           batch_size=opt.batch_size if opt.world_size == 1 and opt.batch_size > 0 else None)
-    if opt.global_rank != -1:
+                           batch_size=opt.batch_size if layout.world_size == 1 and opt.batch_size > 0 else None)
+    if layout.rank != -1:
         if device.type != 'cpu':
-            torch.cuda.set_device(opt.local_rank)
-            device = torch.device('cuda', opt.local_rank)
-        init_distributed(device, opt.global_rank, opt.world_size, opt.ddp_timeout)
+            torch.cuda.set_device(layout.local_rank)
+            device = torch.device('cuda', layout.local_rank)
+        init_distributed(device, layout.rank, layout.world_size, opt.ddp_timeout)
     return device
 
 
@@ -441,28 +472,20 @@ def main(argv=None, opt=None, callbacks=(), given=None):
     if opt is None:
         argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         opt, given = parse_opt(argv), resume.given_flags(build_parser(), argv)
-    process_layout(opt)
-    set_logging(opt.global_rank)
+    layout = process_layout(opt.local_rank)
+    set_logging(layout.rank)
     check_options(opt)
     if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
-        new_run_options(deepcopy(opt))
+        new_run_options(opt)
         if opt.batch_size != -1:
-            check_world_size(opt.batch_size, opt.world_size)
+            check_world_size(opt.batch_size, layout.world_size)
     preloaded = named_resume(opt)
-    device = start_device(opt, preloaded)
-    lock, failed = None, True
+    device = start_device(opt, preloaded, layout)
+    plan, failed, cfg = None, True, None
     try:
-        save_dir, checkpoint, ckpt, lock = agree_on_plan(opt, preloaded)
-        if checkpoint:
-            opt, hyp = resumed_options(opt, ckpt, Path(checkpoint), given or ())
-        else:
-            hyp = new_run_options(opt)
-            opt.save_dir, opt.resume = save_dir, False
-            if opt.batch_size == -1:  # measured now, recorded in opt.yaml: a resume uses it
-                opt.batch_size = opt.total_batch_size = choose_batch_size(opt, hyp, device)
-        check_world_size(opt.total_batch_size, opt.world_size)
-        opt.batch_size = opt.total_batch_size // opt.world_size
-        result = evolve(hyp, opt, device) if opt.evolve else train(hyp, opt, device, ckpt, callbacks)
+        plan = agree_on_plan(opt, layout, preloaded)
+        cfg = resolve_config(opt, given, plan, layout, device)
+        result = evolve(cfg, device) if cfg.opt.evolve else train(cfg, device, plan.ckpt, callbacks)
         failed = False
         return result
     except TrainingStopped as e:
@@ -470,39 +493,35 @@ def main(argv=None, opt=None, callbacks=(), given=None):
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl+C
         LOGGER.error('\nInterrupted twice: stopped at once, without a checkpoint of this moment; continue from the '
-                     'last one with python train.py --resume %s', getattr(opt, 'save_dir', opt.project))
+                     'last one with python train.py --resume %s', cfg.save_dir if cfg else opt.project)
         sys.exit(128 + signal.SIGINT)
     except UserError:
         raise
     except (RuntimeError, dist.DistBackendError) as e:
-        if opt.global_rank == -1:
+        if layout.rank == -1:
             raise
-        LOGGER.error('rank %d: distributed training failed (another rank died or hung?): %s', opt.global_rank,
+        LOGGER.error('rank %d: distributed training failed (another rank died or hung?): %s', layout.rank,
                      str(e).splitlines()[0] if str(e) else type(e).__name__)
         sys.exit(1)
     finally:
-        if lock is not None:
-            release_run(lock, failed)
+        if plan is not None and plan.lock is not None:
+            release_run(plan.lock, failed)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def evolve(hyp, opt, device):
+def evolve(cfg, device):
     """Hyperparameter evolution: mutate the best earlier results, train, append to evolve.txt."""
-    if opt.global_rank != -1:
+    if cfg.rank != -1:
         raise ArgumentError('--evolve runs in a single process (not under torchrun)')
-    opt.notest, opt.nosave = True, True
-    evolve_file = Path(opt.save_dir) / 'evolve.txt'
+    evolve_file = cfg.save_dir / 'evolve.txt'
     keys = list(EVOLVE_META)
-    base_hyp = deepcopy(hyp)
-    for gen in range(opt.evolve):
-        h = mutate_hyp(base_hyp, evolve_file, keys, seed=opt.seed + gen)
-        gen_opt = deepcopy(opt)
-        gen_opt.save_dir = str(Path(opt.save_dir) / f'gen{gen}')
-        results = train(deepcopy(h), gen_opt, device)
+    for gen in range(cfg.opt.evolve):
+        h = mutate_hyp(cfg.hyp, evolve_file, keys, seed=cfg.opt.seed + gen)
+        results = train(replace(cfg, hyp=h, save_dir=cfg.save_dir / f'gen{gen}'), device)
         with open(evolve_file, 'a') as f:
             f.write(('%10.4g' * 7) % tuple(results) + ('%10.3g' * len(keys)) % tuple(h[k] for k in keys) + '\n')
-        LOGGER.info('Evolution generation %d/%d: fitness %.4f', gen + 1, opt.evolve,
+        LOGGER.info('Evolution generation %d/%d: fitness %.4f', gen + 1, cfg.opt.evolve,
                     float(fitness(np.array(results).reshape(1, -1))[0]))
     return evolve_file
 

@@ -423,12 +423,12 @@ def test_only_a_different_hyp_is_a_new_schedule(files, tmp_path):
     hyp = yaml.safe_load((files / 'hyp.yaml').read_text())
     ckpt = {'opt': {'epochs': 3, 'hyp': str(files / 'hyp.yaml')}, 'hyp': hyp}
     layout = dict(local_rank=-1, world_size=1, global_rank=-1, device='', epochs=None)
-    same, _ = train.resumed_options(argparse.Namespace(hyp=str(files / 'hyp.yaml'), **layout), ckpt,
-                                    tmp_path / 'weights' / 'last.pt')
-    (tmp_path / 'ft.yaml').write_text(yaml.safe_dump(dict(hyp, lr0=0.002)))
-    other, new = train.resumed_options(argparse.Namespace(hyp=str(tmp_path / 'ft.yaml'), **layout), ckpt,
+    _, _, same = train.resumed_options(argparse.Namespace(hyp=str(files / 'hyp.yaml'), **layout), ckpt,
                                        tmp_path / 'weights' / 'last.pt')
-    assert not same.hyp_changed and other.hyp_changed and new['lr0'] == 0.002
+    (tmp_path / 'ft.yaml').write_text(yaml.safe_dump(dict(hyp, lr0=0.002)))
+    _, new, other = train.resumed_options(argparse.Namespace(hyp=str(tmp_path / 'ft.yaml'), **layout), ckpt,
+                                          tmp_path / 'weights' / 'last.pt')
+    assert not same and other and new['lr0'] == 0.002
 
 
 def test_watchdog_without_a_store_leaves_waits_to_the_process_group():

@@ -191,7 +191,6 @@ def bench_checkpoint(opt, device):
     """The cost of a training checkpoint as train.py takes it (model, EMA, SGD momentum, RunState): its size,
     a synchronous save, and a background save (the pause to copy the state into host memory, the write, and
     the training steps taken meanwhile), with the overhead at the periodic-save default (--save-period-min)."""
-    import argparse
 
     from utils.loss import ComputeLoss
     from utils.torch_utils import ModelEMA
@@ -223,7 +222,7 @@ def bench_checkpoint(opt, device):
     parts = TrainParts(model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer,
                        lambda e: 1.0), scaler=scaler, loss_fn=loss_fn, loader=None, device=device, ema=ema)
     recipe = Recipe(epochs=1, hyp=hyp, hyp_given=hyp, lr_lambda=None, warmup_iters=0, nominal_accumulate=1,
-                    imgsz=opt.img, stride=32, opt=argparse.Namespace())
+                    imgsz=opt.img, stride=32, options={})
     ckpt = Trainer(parts, recipe, [EMAHook()]).state_dict()  # as train.py takes it
     writer = CheckpointWriter()
     with tempfile.TemporaryDirectory(dir=opt.save_dir or None) as tmp:

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
@@ -214,10 +215,19 @@ def run_folder_of(checkpoint):
     return checkpoint.parent.parent if checkpoint.parent.name == 'weights' else checkpoint.parent
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a run writes and what it resumes: the run folder, the checkpoint (its path and what it holds, or None
+    for a new run) and, on the main process, the folder's RunLock."""
+    save_dir: Path
+    checkpoint: Path = None
+    ckpt: dict = None
+    lock: RunLock = None
+
+
 def plan_run(opt, preloaded=None):
-    """Where this run writes and what it resumes, decided by the main process: (run folder, checkpoint path or
-    None, the checkpoint loaded, RunLock). The checkpoint is checked before the folder is claimed (locked), and
-    the folder is claimed before anything is written.
+    """Where this run writes and what it resumes, decided by the main process (a RunPlan). The checkpoint is
+    checked before the folder is claimed (locked), and the folder is claimed before anything is written.
 
     - --resume auto: <project>/<name> itself; resumed when it has a last.pt, else a new run there;
     - a restart by torchrun's elastic agent: the folder this job's first attempt claimed, resumed from its
@@ -238,7 +248,7 @@ def plan_run(opt, preloaded=None):
         if save_dir is None:
             lock = claim_new_run(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or bool(opt.evolve),
                                  job_key=job)
-            return lock.save_dir, None, None, lock
+            return RunPlan(lock.save_dir, lock=lock)
     ckpt, damaged = None, None
     if opt.resume == 'auto' or elastic_restart():  # the run's newest intact checkpoint, if it has one
         checkpoint = None
@@ -257,7 +267,7 @@ def plan_run(opt, preloaded=None):
     save_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(save_dir, job, created)
     set_aside(damaged)  # once the folder is ours: a live writer's last.pt is not touched
-    return save_dir, checkpoint, ckpt, lock
+    return RunPlan(save_dir, Path(checkpoint) if checkpoint else None, ckpt, lock)
 
 
 def _load(checkpoint, preloaded):
@@ -267,25 +277,27 @@ def _load(checkpoint, preloaded):
     return load_checkpoint(checkpoint)
 
 
-def agree_on_plan(opt, preloaded=None):
-    """plan_run on the main process, shared with every rank: (run folder, checkpoint path, checkpoint, lock).
+def agree_on_plan(opt, layout, preloaded=None):
+    """plan_run on the main process, shared with every rank (a RunPlan; only the main process holds the lock).
     The other ranks load the same checkpoint; an error on the main process (a folder in use, a file that is no
     training checkpoint) ends every rank with the same line."""
-    plan, ckpt, lock = None, None, None
-    if opt.global_rank in (-1, 0):
+    plan, shared = None, None
+    if layout.main:
         try:
-            save_dir, checkpoint, ckpt, lock = plan_run(opt, preloaded)
-            plan = {'save_dir': str(save_dir), 'checkpoint': str(checkpoint) if checkpoint else None}
+            plan = plan_run(opt, preloaded)
+            shared = {'save_dir': str(plan.save_dir), 'checkpoint': str(plan.checkpoint) if plan.checkpoint else None}
         except (UserError, OSError) as e:
-            plan = {'error': str(e)}
-            if opt.global_rank == -1:
+            shared = {'error': str(e)}
+            if layout.rank == -1:
                 raise
-    if opt.global_rank != -1:
-        shared = [plan]
-        dist.broadcast_object_list(shared, 0)
-        plan = shared[0]
-    if 'error' in plan:
-        raise UserError(plan['error'])
-    if plan['checkpoint'] and ckpt is None:
-        ckpt = _load(plan['checkpoint'], preloaded)
-    return plan['save_dir'], plan['checkpoint'], ckpt, lock
+    if layout.rank != -1:
+        box = [shared]
+        dist.broadcast_object_list(box, 0)
+        shared = box[0]
+    if 'error' in shared:
+        raise UserError(shared['error'])
+    if plan is None:
+        checkpoint = shared['checkpoint']
+        plan = RunPlan(Path(shared['save_dir']), Path(checkpoint) if checkpoint else None,
+                       _load(checkpoint, preloaded) if checkpoint else None)
+    return plan

@@ -10,7 +10,6 @@ puts it back.
 Events, in the order they come: before_train; then per epoch before_epoch, (before_step, after_step) per batch,
 after_epoch; after_train (also when the run fails or stops: `trainer.completed` tells).
 """
-import argparse
 import logging
 import signal
 from copy import copy
@@ -27,7 +26,7 @@ from utils.torch_utils import de_parallel, random_rescale
 from utils.train.optim import set_epoch_lr, step_schedule, warmup_step
 from utils.train.recipe import rng_state, set_rng_state
 from utils.sampling import batch_rng
-from utils.train.state import RunState, describe_position, pending_gradients, plain
+from utils.train.state import RunState, describe_position, pending_gradients
 from utils.train.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
@@ -66,7 +65,8 @@ class Recipe:
     seed: int = 0
     amp_dtype: str = 'float16'  # float16 (CUDA only, as published), bfloat16, or none
     channels_last: bool = False
-    opt: argparse.Namespace = None  # the run's options: saved in checkpoints
+    options: dict = None  # the run's options as plain data (RunConfig.saved_options): saved in checkpoints
+    save_dir: Path = None  # the run folder (rank 0 keeps weights/last.pt there)
 
 
 @dataclass(kw_only=True)
@@ -301,7 +301,7 @@ class Trainer:
 
     def checkpoint_path(self):
         """Where rank 0 keeps the run's last.pt."""
-        return Path(self.recipe.opt.save_dir) / 'weights' / 'last.pt'
+        return Path(self.recipe.save_dir) / 'weights' / 'last.pt'
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def call(self, event):
@@ -328,7 +328,7 @@ class Trainer:
         ckpt = dict(checkpoint_header(s.epoch - 1, s.best_fitness), model=model_payload(de_parallel(self.model)),
                     optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                     gradients=pending_gradients(self.model), progress=progress,
-                    opt={k: plain(v) for k, v in vars(self.recipe.opt).items()}, hyp=self.recipe.hyp_given,
+                    opt=dict(self.recipe.options or {}), hyp=self.recipe.hyp_given,
                     rng=rng_state(), results=list(s.results_lines), fitness=fitness, torch=str(torch.__version__))
         for h in self.hooks:
             ckpt.update(h.state_dict())
