@@ -2,7 +2,7 @@
 its newest commit), run as a judge.
 
     git clone https://github.com/WongKinYiu/ScaledYOLOv4 /tmp/ScaledYOLOv4     # or any clone or bare git dir of it
-    python tests/published_fixtures.py /tmp/ScaledYOLOv4      # rewrites tests/data/published/ (about 3 minutes)
+    python tests/published_fixtures.py /tmp/ScaledYOLOv4      # rewrites tests/data/published/ (about 5 minutes)
 
 The script extracts PUBLISHED_COMMIT from that repository (git archive) into a temporary folder and records the
 commit in tests/data/published/made-from.json; a repository without that commit is refused. The published code runs
@@ -35,6 +35,11 @@ What it writes (tests/test_published.py reads them):
   and weight decay, and the EMA decay of every update. Every step here is a warm-up iteration (nw = 1000) taken
   with accumulation 1, so step k is iteration k of epoch k // (8 / TRAIN_BATCH). Its figures are skipped (today's
   matplotlib breaks its colour table).
+- schedule.json: the published train.py past its warm-up: 36 epochs of 32 batches of 2 (SCHEDULE_*: coco8's
+  images 8 times, made small), so that the 1000 warm-up iterations end in epoch 31 with accumulation risen to 32,
+  and the last 4 optimizer steps fall in the cosine. Every optimizer step: its iteration, each group's size,
+  learning rate, momentum and weight decay. The forward pass and loss are replaced by a zero there (see
+  judge_schedule: the schedule reads neither), so that 1152 iterations take a minute.
 - test-json.json: the published test.py's test() (as its __main__ calls it, figures off) with --save-json on
   data/coco8 at --img 192 --conf 0.001 --iou 0.65 --batch 8 with p5-tiny.pt: the COCO JSON boxes pycocotools
   scores.
@@ -61,6 +66,9 @@ LOSS_TARGETS = np.array([[0, 0, 0.50, 0.50, 0.20, 0.30], [0, 1, 0.12, 0.81, 0.05
                          [1, 2, 0.49, 0.51, 0.90, 0.85], [1, 1, 0.04, 0.96, 0.03, 0.02]], dtype=np.float32)
 
 TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_IMG = 3, 2, 64
+# schedule.json: the published train.py past its 1000 warm-up iterations: 64 images (coco8's, 8 times, made small),
+# batch 2 (accumulation rising to 32), 36 epochs of 32 batches (warm-up ends in epoch 31)
+SCHEDULE_COPIES, SCHEDULE_EPOCHS, SCHEDULE_BATCH, SCHEDULE_IMG = 8, 36, 2, 64
 WIDE = (96, 160)  # height, width of the non-square TTA input
 LOSS_FAMILIES = {'p5': ('yolov4-p5', 192), 'p6': ('yolov4-p6', 192), 'p7': ('yolov4-p7', 256)}  # cfg, image size
 
@@ -237,6 +245,77 @@ def judge_recipe(out, tmp):
                                                  'steps': steps, 'ema_decay': decays}, indent=0))
 
 
+def schedule_dataset(tmp):
+    """SCHEDULE_COPIES copies of coco8's images (longer side 64 px: the schedule does not depend on them, and
+    loading them is cheap) with their labels; the data yaml's path."""
+    import cv2
+    root = Path(tmp) / 'coco64'
+    for sub in ('images', 'labels'):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for f in sorted((ROOT / 'data' / 'coco8' / 'images').glob('*.jpg')):
+        im = cv2.imread(str(f))
+        r = 64 / max(im.shape[:2])
+        im = cv2.resize(im, (round(im.shape[1] * r), round(im.shape[0] * r)), interpolation=cv2.INTER_AREA)
+        label = ROOT / 'data' / 'coco8' / 'labels' / f'{f.stem}.txt'
+        for k in range(SCHEDULE_COPIES):
+            cv2.imwrite(str(root / 'images' / f'{k}-{f.name}'), im)
+            (root / 'labels' / f'{k}-{f.stem}.txt').write_text(label.read_text() if label.is_file() else '')
+    data = Path(tmp) / 'coco64.yaml'
+    data.write_text(json.dumps({'train': str(root / 'images'), 'val': str(root / 'images'), 'nc': 80,
+                                'names': [str(i) for i in range(80)]}))
+    return data
+
+
+def judge_schedule(out, tmp):
+    """schedule.json: every optimizer step of the published train.py through the warm-up and into the cosine,
+    with the iteration it came at (the count of compute_loss calls before it) and each group's lr, momentum and
+    weight decay. The schedule reads neither the model's predictions nor the loss, so to make 1152 iterations
+    cheap the training forward pass is replaced by a zero that depends on one parameter, the loss by that zero,
+    and the final epoch's test.test by empty results; the loop of train.py (warm-up, accumulation, steps, the
+    scheduler, the EMA) runs as published."""
+    import runpy
+    import yaml
+    import torch
+    import test
+    import utils.general
+    from models.yolo import Model
+    forward = Model.forward
+
+    def zero_forward(self, x, *args, **kwargs):
+        training = self.training and hasattr(self, 'hyp')  # set by train.py after the stride's dry run
+        return next(self.parameters()).sum() * 0 if training else forward(self, x, *args, **kwargs)
+    Model.forward = zero_forward
+    test.test = lambda *args, **kwargs: ((0.0,) * 7, np.zeros(80), (0.0, 0.0, 0.0))
+    cfg = yaml.safe_load(open('models/yolov4-p5.yaml'))
+    cfg.update(depth_multiple=DEPTH, width_multiple=WIDTH)
+    (Path(tmp) / 'p5-tiny.yaml').write_text(yaml.safe_dump(cfg))
+    data = schedule_dataset(tmp)
+    steps, iterations = [], [0]
+    step, compute_loss = torch.optim.SGD.step, utils.general.compute_loss
+
+    def recording_step(self, *args, **kwargs):
+        steps.append({'ni': iterations[0] - 1, 'params': [len(g['params']) for g in self.param_groups],
+                      **{k: [float(g[k]) for g in self.param_groups] for k in ('lr', 'momentum', 'weight_decay')}})
+        return step(self, *args, **kwargs)
+
+    def counting_loss(pred, targets, model):
+        iterations[0] += 1
+        return pred.reshape(1), torch.zeros(4)
+    torch.optim.SGD.step, utils.general.compute_loss = recording_step, counting_loss
+    utils.general.plot_images = utils.general.plot_labels = lambda *args, **kwargs: None
+    sys.argv = ['train.py', '--cfg', str(Path(tmp) / 'p5-tiny.yaml'), '--data', str(data), '--hyp',
+                'data/hyp.scratch.yaml', '--weights', '', '--epochs', str(SCHEDULE_EPOCHS), '--batch-size',
+                str(SCHEDULE_BATCH), '--img-size', str(SCHEDULE_IMG), str(SCHEDULE_IMG), '--device', 'cpu',
+                '--notest', '--nosave', '--noautoanchor', '--logdir', str(Path(tmp) / 'runs-schedule')]
+    try:
+        runpy.run_path('train.py', run_name='__main__')
+    finally:
+        torch.optim.SGD.step, utils.general.compute_loss, Model.forward = step, compute_loss, forward
+    images = 8 * SCHEDULE_COPIES
+    (out / 'schedule.json').write_text(json.dumps({'epochs': SCHEDULE_EPOCHS, 'batch': SCHEDULE_BATCH,
+                                                   'images': images, 'steps': steps}) + '\n')
+
+
 def bias_priors_without_grad():
     """The published Model writes its bias priors in place through a view of a parameter, which PyTorch >= 1.7
     refuses outside torch.no_grad(); the same writes under no_grad give the same values."""
@@ -250,7 +329,7 @@ def bias_priors_without_grad():
     Model._initialize_biases = _initialize_biases
 
 
-JUDGES = ('checkpoint', 'outputs', 'loss', 'test_json', 'recipe')
+JUDGES = ('checkpoint', 'outputs', 'loss', 'test_json', 'recipe', 'schedule')
 
 
 def judge(out, tmp, only=JUDGES):
@@ -259,7 +338,7 @@ def judge(out, tmp, only=JUDGES):
     for name in only:
         if name == 'recipe' and 'test_json' not in only:
             judge_test_json(out, tmp)  # writes the data yaml the recipe trains on
-        if name in ('test_json', 'recipe'):
+        if name in ('test_json', 'recipe', 'schedule'):
             globals()[f'judge_{name}'](out, tmp)
         else:
             globals()[f'judge_{name}'](out)

@@ -155,3 +155,60 @@ def test_recipe_is_published():
     ema = ModelEMA(model)
     assert [ema.decay(u) for u in range(1, len(judged['ema_decay']) + 1)] == pytest.approx(judged['ema_decay'],
                                                                                           rel=1e-12)
+
+
+class _Batches:
+    """A loader of `n` empty batches per epoch (the schedule reads no image), with the sampler the Trainer sets."""
+
+    def __init__(self, n, batch_size):
+        self.n, self.batch_size = n, batch_size
+        self.sampler = type('Sampler', (), {'set_epoch': lambda *args: None})()
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield torch.zeros(self.batch_size, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, 6), [], None
+
+
+def test_schedule_is_published(monkeypatch):
+    """The published train.py through its 1000 warm-up iterations and on into the cosine (schedule.json: batch 2,
+    so accumulation rises to 32; 36 epochs of 32 batches): the iteration of every optimizer step, and each
+    group's learning rate, momentum and weight decay there, as our Trainer applies them in its own loop (the
+    recipe built as train.py builds it; the forward pass and loss replaced by a zero, as on the published side)."""
+    from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations
+    from utils.train.trainer import Recipe, Trainer, TrainParts
+    judged = json.loads((OUT / 'schedule.json').read_text())
+    batches = judged['images'] // judged['batch']
+    model = Model(tiny_cfg('yolov4-p5', DEPTH, WIDTH))
+    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
+    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, judged['batch'])
+    lr_lambda = cosine_lr(judged['epochs'], hyp.get('lrf', 0.2))
+    recipe = Recipe(epochs=judged['epochs'], hyp=hyp, hyp_given=hyp, lr_lambda=lr_lambda,
+                    warmup_iters=warmup_iterations(batches, hyp), nominal_accumulate=nominal_accumulate,
+                    imgsz=64, stride=32)
+    weight, iterations, steps = next(model.parameters()), [0], []
+    model.forward = lambda x: weight.sum() * 0
+
+    def zero_loss(pred, targets):
+        iterations[0] += 1
+        return pred.reshape(1), torch.zeros(4)
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        steps.append({'ni': iterations[0] - 1, 'params': [len(g['params']) for g in self.param_groups],
+                      **{k: [g[k] for g in self.param_groups] for k in ('lr', 'momentum', 'weight_decay')}})
+        return step(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.SGD, 'step', recording_step)
+    parts = TrainParts(model=model, optimizer=optimizer, loss_fn=zero_loss, loader=_Batches(batches, judged['batch']),
+                       scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda),
+                       scaler=torch.amp.GradScaler('cuda', enabled=False), device=torch.device('cpu'))
+    Trainer(parts, recipe).train()
+    published = judged['steps']
+    assert recipe.warmup_iters == 1000 and published[-1]['ni'] > 1000 + 2 * 32  # the fixture goes past warm-up
+    assert [s['ni'] for s in steps] == [s['ni'] for s in published]
+    for ours, theirs in zip(steps, published):
+        assert ours['params'] == theirs['params']
+        for key in ('lr', 'momentum', 'weight_decay'):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-15), (ours['ni'], key)
