@@ -14,9 +14,16 @@ input pixels, objectness, class probabilities; rows by [yolo] layer, anchor, row
 difference between its fused and unfused forward passes on the same files (xy px, wh relative, objectness, class),
 its float32 noise floor, which the tests scale by NOISE_FACTOR for their tolerance.
 
-Regenerate (needs the judge: a CPU build of github:AlexeyAB/darknet with its `dn_judge` driver and `judge.py`):
+Regenerate (needs the judge: a CPU build of github:AlexeyAB/darknet at DARKNET_COMMIT with its `dn_judge` driver
+and `judge.py`):
 
+    git clone https://github.com/AlexeyAB/darknet /tmp/darknet && git -C /tmp/darknet checkout DARKNET_COMMIT
+    DARKNET_SRC=/tmp/darknet JUDGE_DIR/build.sh       # CPU-only, no AVX or OpenMP; about a minute
     python tests/darknet_fixtures.py JUDGE_DIR        # JUDGE_DIR holds judge.py; DN_JUDGE or DARKNET_DIR its binary
+
+The build that made the stored outputs did not record its commit. DARKNET_COMMIT is the repository's newest
+(2025-12-15); a build of it reproduces the stored read-yolov4-tiny and read-yolov4-p5 outputs within 0.01 and 0.12
+of the tests' tolerance (not bit for bit: the compiler and CPU differ).
 
 The weights are numpy draws from default_rng(seed) in module order, calibrated in float64 and rounded to float32, so
 they are the same on every machine; only the input and darknet's outputs are stored.
@@ -48,6 +55,7 @@ READ_CASES = ('yolov4-tiny', 'yolov4-csp', 'scaledyolov4-branch-yolov4-csp', 'yo
               'yolov4x-mish')
 WRITE_CASES = {'quickstart-p5-tiny': 128, 'yolov4-p5': 128, 'yolov4-p6': 128, 'yolov4-p7': 256, 'yolov4-csp': 128}
 CLASSES_KEPT = 5
+DARKNET_COMMIT = '59596d7880f6504768df41d6daa586f5cb2b932f'  # github:AlexeyAB/darknet master (see the docstring)
 NOISE_FACTOR = 10  # tolerance: 10 x darknet's own fused-vs-unfused difference
 NOISE_FLOORS = (1e-4, 1e-5, 1e-6, 1e-6)  # absolute floors of that tolerance (xy px, wh relative, objectness, class)
 # AlexeyAB darknet's batch-norm epsilon, from its source (src/blas.c normalize_cpu: sqrt(variance + .00001f);
