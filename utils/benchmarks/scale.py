@@ -8,7 +8,9 @@ and a COCO annotations file for the validation split. Measured:
   Python objects that workers read are copied into them page by page (copy-on-write touched by reference
   counts, pytorch/pytorch#13246), and a USS that grows epoch after epoch would end in the OOM killer;
 - test.py on the validation images at --conf 0.001 with --save-json, split into the model, NMS, metrics, the
-  JSON and COCO scoring, with its peak RSS.
+  JSON and COCO scoring, with its peak RSS;
+- a COCO train2017-sized instances JSON over the training images read straight as labels, cold and warm, with
+  its peak RSS and json.load's for scale (utils/benchmarks/coco_json_scale.py).
 """
 import json
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from utils.benchmarks.coco_json_scale import coco_json_rows
 from utils.benchmarks.common import evaluation_workload_weights, peak_memory_mb, reset_peak_memory, return_freed_memory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +154,7 @@ def bench_scale(opt, device=None):
         cold, warm, dataset_mb, _ = scan_times(data, opt.img, hyp)
         uss = worker_uss(data, opt.img, hyp, opt.epochs, opt.iters, opt.workers)
         timings, peak = test_split(data, opt.cfg, opt.img, tmp)
+        json_rows = coco_json_rows(tmp / 'train', round(n_train * 860001 / 118287))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = [['training images', n_train], ['validation images (boxes)', f'{n_val} ({boxes})'],
@@ -164,5 +168,6 @@ def bench_scale(opt, device=None):
                        ('metrics', '  metrics s'), ('json', '  COCO JSON s'), ('scoring', '  COCO scoring s')):
         rows.append([label, f'{timings.get(key, float("nan")):.1f}'])
     rows.append(['test.py peak RSS MB', f'{peak:.0f}'])
+    rows += json_rows
     return rows, ['measure', 'value'], (f'{n_train} + {n_val} images made from data/coco8 at --img {opt.img}; '
                                         f'test.py with {opt.cfg} at conf 0.001, batch 32, on the CPU')
