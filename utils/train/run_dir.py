@@ -50,8 +50,27 @@ def elastic_restart():
     return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0) > 0
 
 
+_HELD_LOCKS = set()  # descriptors of the run locks this process holds
+
+
+def _close_inherited_locks():
+    """In a child forked from a process that holds a run lock (a data-loader worker): close the lock's descriptor.
+    An flock belongs to the open file, which a fork shares: a worker that outlived its run would keep the run
+    folder locked, and the same command started again at once (a scheduler's requeue) would find it in use."""
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class RunLock:
-    """An exclusive lock on a run folder, held until release() or the end of the process."""
+    """An exclusive lock on a run folder, held by this process (not by the processes it forks) until release() or
+    the end of the process."""
 
     def __init__(self, save_dir, job_key=None, created=False):
         self.save_dir = Path(save_dir)
@@ -66,6 +85,7 @@ class RunLock:
                 raise
             raise RunInUseError(f'{self.save_dir} is being written by another run ({_describe(read_lock(path))}): '
                                 f'wait for it to end, or give another --name') from None
+        _HELD_LOCKS.add(self.fd)
         info = {'pid': os.getpid(), 'host': socket.gethostname(), 'job': job_key,
                 'started': datetime.datetime.now().isoformat(timespec='seconds')}
         os.ftruncate(self.fd, 0)
@@ -74,6 +94,7 @@ class RunLock:
 
     def release(self):
         if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)  # closing the only descriptor releases the flock
             self.fd = None
 
