@@ -1,10 +1,10 @@
 """The hooks of the training loop (utils.train.trainer): each does one thing around the epochs and steps.
 
 A hook overrides any of before_train, before_epoch, before_step, after_step, after_epoch and after_train; it
-reads and changes the run through `self.trainer`. state_dict() returns the checkpoint keys it contributes and
-load_state_dict(ckpt) takes them back. train.py assembles them in the order they must run (train.build_hooks);
-users add their own with train.run(callbacks=[...]), wrapped in SafeCallback so that a failing one cannot end a
-run.
+reads and changes the run through `self.trainer`. state_dict() returns its own state, which the checkpoint keeps
+under hooks/<state_key> (utils.train.checkpoint_layout), and load_state_dict(state) gets it back on resume.
+train.py assembles them in the order they must run (train.build_hooks); users add their own with
+train.run(callbacks=[...]), wrapped in SafeCallback so that a failing one cannot end a run.
 """
 import logging
 import signal
@@ -46,12 +46,17 @@ class Hook:
     def after_step(self):
         pass
 
+    @property
+    def state_key(self):
+        """The name of this hook's entry in the checkpoint: its `name`, or its class's."""
+        return getattr(self, 'name', None) or type(self).__name__
+
     def state_dict(self):
-        """Checkpoint keys this hook contributes."""
+        """This hook's state to keep in the checkpoint (plain data; {}: none)."""
         return {}
 
-    def load_state_dict(self, ckpt):
-        pass
+    def load_state_dict(self, state):
+        """Take back the state that state_dict() returned, on resume."""
 
 
 class StopSignals(Hook):
@@ -125,7 +130,8 @@ class Checkpoints(Hook):
 
 class EMAHook(Hook):
     """The EMA of the weights: updated after each optimizer step, its attributes (names, strides) copied at each
-    epoch's end before it is evaluated; its weights and update count are checkpoint keys."""
+    epoch's end before it is evaluated (its weights and update count are the run's own state: the Trainer keeps
+    them in the checkpoint)."""
 
     def after_step(self):
         if self.trainer.stepped:
@@ -133,15 +139,6 @@ class EMAHook(Hook):
 
     def after_epoch(self):
         self.trainer.ema.update_attr(de_parallel(self.trainer.model), include=EMA_ATTRIBUTES)
-
-    def state_dict(self):
-        from models.checkpoint import model_payload
-        return {'ema': model_payload(self.trainer.ema.ema), 'ema_updates': self.trainer.ema.updates}
-
-    def load_state_dict(self, ckpt):
-        if ckpt.get('ema'):
-            self.trainer.ema.ema.load_state_dict(ckpt['ema']['state_dict'])
-            self.trainer.ema.updates = ckpt['ema_updates']
 
 
 class Progress(Hook):
@@ -308,6 +305,10 @@ class SafeCallback(Hook):
     def __init__(self, callback):
         self.callback, self.failed = callback, False
 
+    @property
+    def state_key(self):
+        return getattr(self.callback, 'name', None) or type(self.callback).__name__
+
     def __getattribute__(self, name):
         if name in SafeCallback.EVENTS:
             return lambda: self._call(name)
@@ -332,13 +333,13 @@ class SafeCallback(Hook):
         except Exception:  # noqa: BLE001
             return {}
 
-    def load_state_dict(self, ckpt):
+    def load_state_dict(self, state):
         if hasattr(self.callback, 'load_state_dict'):
             self.callback.trainer = self.trainer
-            self._load(ckpt)
+            self._load(state)
 
-    def _load(self, ckpt):
+    def _load(self, state):
         try:
-            self.callback.load_state_dict(ckpt)
+            self.callback.load_state_dict(state)
         except Exception as e:  # noqa: BLE001
             LOGGER.warning('WARNING: callback %s could not restore its state (%s)', type(self.callback).__name__, e)

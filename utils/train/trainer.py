@@ -26,6 +26,7 @@ from utils.torch_utils import de_parallel, random_rescale
 from utils.train.optim import set_epoch_lr, step_schedule, warmup_step
 from utils.train.recipe import rng_state, set_rng_state
 from utils.sampling import batch_rng
+from utils.train.checkpoint_layout import hook_states, unique_keys, with_hook_states
 from utils.train.state import RunState, describe_position, pending_gradients
 from utils.train.watchdog import Watchdog
 
@@ -112,6 +113,7 @@ class Trainer:
         for h in hooks:
             h.trainer = self
             self.hooks.append(h)
+        self.hook_keys = unique_keys(self.hooks)  # each hook's entry in the checkpoint
         self.scheduler.last_epoch = -1  # as published: epoch e (> 0) runs at lambda(e - 1)
 
     # --- the loop ---------------------------------------------------------------------------------------------
@@ -330,9 +332,9 @@ class Trainer:
                     gradients=pending_gradients(self.model), progress=progress,
                     opt=dict(self.recipe.options or {}), hyp=self.recipe.hyp_given,
                     rng=rng_state(), results=list(s.results_lines), fitness=fitness, torch=str(torch.__version__))
-        for h in self.hooks:
-            ckpt.update(h.state_dict())
-        return ckpt
+        if self.ema is not None:
+            ckpt.update(ema=model_payload(self.ema.ema), ema_updates=self.ema.updates)
+        return with_hook_states(ckpt, self.hook_keys)
 
     def load_state_dict(self, ckpt, hyp_changed=False):
         """Resume from checkpoint `ckpt` (whose model weights the model already has): optimizer, scaler, pending
@@ -361,5 +363,8 @@ class Trainer:
         self.scheduler.last_epoch = state.epoch - 1
         if hyp_changed or (ckpt.get('opt') or {}).get('epochs') != self.recipe.epochs:
             set_epoch_lr(self.optimizer, self.recipe.lr_lambda, max(state.epoch - 1, 0))
-        for h in self.hooks:
-            h.load_state_dict(ckpt)
+        if self.ema is not None and ckpt.get('ema'):
+            self.ema.ema.load_state_dict(ckpt['ema']['state_dict'])
+            self.ema.updates = ckpt['ema_updates']
+        for key, state in hook_states(ckpt, self.hook_keys).items():
+            self.hook_keys[key].load_state_dict(state)
