@@ -51,7 +51,7 @@ from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, 
                                  resume_path, run_folder_of)
 from utils.train.config import Options, ProcessLayout, RunConfig
 from utils.train.state import checkpoint_position
-from utils.train.trackers import MLflow, TensorBoard, mlflow_available
+from utils.train.trackers import MLflow, TensorBoard, TrackerHook, mlflow_available
 from utils.train.trainer import Recipe, Trainer, TrainingStopped, TrainParts
 from utils.train.watchdog import Watchdog
 
@@ -153,7 +153,8 @@ def build_hooks(cfg, paths, evaluation, dataset, names, callbacks=()):
     - EpochCheckpoint before ResultsFile: an epoch's line is appended once the checkpoint that carries it is on
       disk, so that results.txt never runs ahead of last.pt;
     - Checkpoints (its after_train waits for the writes) before FinishRun, which strips best.pt into final.pt;
-    - trackers and the user's callbacks last, each unable to break the run (SafeCallback)."""
+    - trackers and the user's callbacks last, each unable to break the run (SafeCallback); a tracker's calls run
+      on a thread of its own, so a slow one cannot hold up training (TrackerHook)."""
     opt, rank = cfg.opt, cfg.rank
     store = process_group_store() if rank != -1 else None
     hooks = [StopSignals(), WatchdogHook(Watchdog(opt.watchdog, rank, cfg.world_size, store))]
@@ -165,7 +166,7 @@ def build_hooks(cfg, paths, evaluation, dataset, names, callbacks=()):
         hooks += [Progress()] + ([TrainBatchPlots(paths.save_dir, names)] if cfg.checkpoint is None else [])
         hooks += [EMAHook(), checkpoints, evaluation, EpochCheckpoint(checkpoints, evaluation, not opt.nosave),
                   ResultsFile(paths.results, checkpoints), FinishRun(paths)]
-        hooks += [SafeCallback(t) for t in build_trackers(cfg, paths)]
+        hooks += [SafeCallback(TrackerHook(t)) for t in build_trackers(cfg, paths)]
     return hooks + [SafeCallback(c) for c in callbacks]
 
 

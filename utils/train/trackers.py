@@ -1,11 +1,20 @@
-"""Experiment trackers: hooks that log a run's parameters, per-epoch metrics and final weights, on rank 0 only.
+"""Experiment trackers: a run's parameters, per-epoch metrics and final weights, logged on rank 0 only.
 
 TensorBoard is on for every run, as published (events in the run folder). MLflow is off unless asked for with
---mlflow [TRACKING_URI] and the mlflow package installed (pip install mlflow-skinny). train.py wraps every
-tracker in hooks.SafeCallback: a tracker that fails is one warning, and training goes on.
+--mlflow [TRACKING_URI] and the mlflow package installed (pip install mlflow-skinny).
+
+A tracker never holds up training: `TrackerHook` takes what the tracker logs on the training thread (a snapshot of
+numbers), and makes the tracker's calls on a thread of its own, in order. A call that fails (a server down at the
+start or going down mid-run) is one warning, and the tracker is left out from then on; a call that has not returned
+when the run ends is given up after TrackerHook.FINISH_S seconds, with one warning. MLflow's own HTTP retries and
+timeout are set low (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT, unless the environment sets them),
+so a server that does not answer is known within seconds.
 """
 import importlib.util
 import logging
+import os
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +24,7 @@ LOGGER = logging.getLogger('train')
 TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
         'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
         'x/lr0', 'x/lr1', 'x/lr2']
+MLFLOW_HTTP_DEFAULTS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0', 'MLFLOW_HTTP_REQUEST_TIMEOUT': '10'}
 
 
 def epoch_metrics(trainer):
@@ -23,31 +33,86 @@ def epoch_metrics(trainer):
     return {tag: float(v) for tag, v in zip(TAGS, values)}
 
 
-class TensorBoard(Hook):
+class TrackerHook(Hook):
+    """Runs a tracker (start, log_epoch, finish; state_dict and load_state_dict for a resume) off the training
+    thread: the hook's events only queue the tracker's calls, with the numbers they log taken now."""
+    FINISH_S = 60.0  # how long the end of a run waits for the tracker's last calls (final.pt's upload)
+
+    def __init__(self, tracker):
+        self.tracker, self.name = tracker, tracker.name
+        self.calls, self.failed, self.thread = queue.Queue(), False, None
+
+    def before_train(self):
+        self.thread = threading.Thread(target=self._serve, name=f'tracker-{self.name}', daemon=True)
+        self.thread.start()
+        self.calls.put(('before_train', self.tracker.start, ()))
+
+    def after_epoch(self):
+        t = self.trainer
+        self.calls.put(('after_epoch', self.tracker.log_epoch, (t.ended.epoch, epoch_metrics(t))))
+
+    def after_train(self):
+        if self.thread is None:
+            return
+        t = self.trainer
+        status = 'FINISHED' if t.completed else 'KILLED' if t.signal else 'FAILED'
+        self.calls.put(('after_train', self.tracker.finish, (status,)))
+        self.calls.put(None)
+        self.thread.join(self.FINISH_S)
+        if self.thread.is_alive():
+            LOGGER.warning('WARNING: tracker %s did not answer within %g s at the end of the run; its last calls are '
+                           'given up', self.name, self.FINISH_S)
+
+    def _serve(self):
+        while (call := self.calls.get()) is not None:
+            event, fn, args = call
+            if self.failed:
+                continue
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - a tracker must not break the run
+                self.failed = True
+                LOGGER.warning('WARNING: callback %s failed in %s (%s: %s); training goes on without it', self.name,
+                               event, type(e).__name__, ' '.join(str(e).split())[:300])
+
+    def state_dict(self):
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state):
+        self.tracker.load_state_dict(state)
+
+
+class TensorBoard:
     """Scalars of each epoch in the run folder's TensorBoard events (the published tags)."""
     name = 'tensorboard'
 
     def __init__(self, log_dir):
         self.log_dir, self.writer = log_dir, None
 
-    def before_train(self):
+    def start(self):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
-    def after_epoch(self):
-        for tag, value in epoch_metrics(self.trainer).items():
-            self.writer.add_scalar(tag, value, self.trainer.ended.epoch)
+    def log_epoch(self, epoch, metrics):
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, epoch)
 
-    def after_train(self):
+    def finish(self, status):
         if self.writer is not None:
             self.writer.close()
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
 
 
 def mlflow_available():
     return importlib.util.find_spec('mlflow') is not None
 
 
-class MLflow(Hook):
+class MLflow:
     """An MLflow run per training run: the options and hyperparameters as params, each epoch's metrics (step = the
     epoch), the final weights (final.pt) and results.txt as artifacts. A resumed run continues its MLflow run (the
     run id travels in the checkpoint). tracking_uri None: MLflow's own (MLFLOW_TRACKING_URI, or its default)."""
@@ -58,9 +123,11 @@ class MLflow(Hook):
         self.params, self.paths = params, paths
         self.client = self.run_id = None
 
-    def before_train(self):
+    def start(self):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
+        for k, v in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(k, v)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         if self.run_id is not None:  # a resume: the same MLflow run goes on
             self.client.update_run(self.run_id, status='RUNNING')
@@ -74,26 +141,22 @@ class MLflow(Hook):
         LOGGER.info('MLflow: run %s in experiment %r at %s', self.run_id, self.experiment,
                     self.client.tracking_uri)
 
-    def after_epoch(self):
+    def log_epoch(self, epoch, metrics):
         from mlflow.entities import Metric
         ms = int(time.time() * 1000)
-        epoch = self.trainer.ended.epoch
-        metrics = [Metric(k, v, ms, epoch) for k, v in epoch_metrics(self.trainer).items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, epoch) for k, v in metrics.items()])
 
-    def after_train(self):
+    def finish(self, status):
         if self.client is None or self.run_id is None:
             return
-        t = self.trainer
-        if t.completed:
+        if status == 'FINISHED':
             for f, folder in ((self.paths.final, 'weights'), (self.paths.results, None)):
                 if Path(f).exists():
                     self.client.log_artifact(self.run_id, str(f), folder)
-        status = 'FINISHED' if t.completed else 'KILLED' if t.signal else 'FAILED'
         self.client.set_terminated(self.run_id, status)
 
     def state_dict(self):
-        return {'mlflow_run_id': self.run_id} if self.run_id else {}
+        return {'run_id': self.run_id} if self.run_id else {}
 
-    def load_state_dict(self, ckpt):
-        self.run_id = ckpt.get('mlflow_run_id') or None
+    def load_state_dict(self, state):
+        self.run_id = state.get('run_id') or None
