@@ -19,6 +19,14 @@ What it writes (tests/test_published.py reads them):
   models/yolov4-p5.yaml at depth 0.33, width 0.125, with names, nc, hyp and gr set as the published train.py sets
   them, saved in train.py's checkpoint layout and stripped by the published utils.general.strip_optimizer (float16,
   whole pickled model), as the released files were.
+- p5-numpy2.pt, p6-numpy2.pt, p7-numpy2.pt: release-format pickles of each family (the published Model of
+  models/yolov4-p5/p6/p7.yaml at depth 0.33, width FAMILY_WIDTH, nc FAMILY_NC, seeded weights and batch-norm
+  statistics, names, nc, hyp and gr set as train.py sets them), in train.py's checkpoint layout with a numpy
+  best_fitness, stripped by the published strip_optimizer (float16, whole pickled model, mish_cuda.MishCuda).
+  Today's numpy writes its globals as numpy._core...; p5-numpy1.pt etc. are the same checkpoints pickled with
+  numpy 1's names (numpy.core..., as the 2020 releases were: numpy1_pickle_module).
+- families.npz: `image` (the coco8 image letterboxed to FAMILY_IMG, uint8 CHW) and each family's outputs on it by
+  the published attempt_load (`p5`, `p6`, `p7`: x, y, w, h, objectness, 3 classes).
 - outputs.npz: `image` (a coco8 image letterboxed to 192 by the published letterbox, uint8 CHW) and the
   published attempt_load model's decoded outputs on it, the first OUTPUT_COLUMNS columns (x, y, w, h, objectness,
   3 classes): `plain`, and `tta` (forward(augment=True)); `image_wide`, the same image letterboxed to WIDE (height
@@ -69,6 +77,9 @@ TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_IMG = 3, 2, 64
 # schedule.json: the published train.py past its 1000 warm-up iterations: 64 images (coco8's, 8 times, made small),
 # batch 2 (accumulation rising to 32), 36 epochs of 32 batches (warm-up ends in epoch 31)
 SCHEDULE_COPIES, SCHEDULE_EPOCHS, SCHEDULE_BATCH, SCHEDULE_IMG = 8, 36, 2, 64
+# released-format pickles of each family (random weights: the family's layers, not training, are what they judge)
+FAMILIES, FAMILY_WIDTH, FAMILY_NC, FAMILY_IMG = ('yolov4-p5', 'yolov4-p6', 'yolov4-p7'), 0.0625, 3, 128
+NUMPY_PATHS = {'numpy2': 'numpy._core', 'numpy1': 'numpy.core'}  # what numpy 2 and numpy 1 write in a pickle
 WIDE = (96, 160)  # height, width of the non-square TTA input
 LOSS_FAMILIES = {'p5': ('yolov4-p5', 192), 'p6': ('yolov4-p6', 192), 'p7': ('yolov4-p7', 256)}  # cfg, image size
 
@@ -169,6 +180,67 @@ def judge_outputs(out):
     np.savez_compressed(out / 'outputs.npz', image=image, plain=plain[..., :OUTPUT_COLUMNS].numpy(),
                         tta=tta[..., :OUTPUT_COLUMNS].numpy(), image_wide=wide,
                         tta_wide=tta_wide[..., :OUTPUT_COLUMNS].numpy())
+
+
+def numpy1_pickle_module():
+    """A pickle module for torch.save that writes numpy's globals under numpy 1's module path (numpy.core...), as
+    a pickle made with numpy 1 (the 2020 releases) names them; numpy 2 writes numpy._core. Only the names differ."""
+    import pickle
+    import types
+
+    class Pickler(pickle._Pickler):
+        def save_global(self, obj, name=None):
+            module = getattr(obj, '__module__', None) or ''
+            if module.startswith('numpy._core'):
+                name = name or obj.__qualname__
+                self.write(pickle.GLOBAL + module.replace('numpy._core', 'numpy.core', 1).encode() + b'\n' +
+                           name.encode() + b'\n')
+                self.memoize(obj)
+                return
+            super().save_global(obj, name)
+    return types.SimpleNamespace(Pickler=Pickler, Unpickler=pickle.Unpickler, load=pickle.load, dump=pickle.dump,
+                                 __name__='pickle')
+
+
+def judge_families(out):
+    """<family>-<numpy>.pt and families.npz: see the module docstring."""
+    import cv2
+    import torch
+    import yaml
+    from models.experimental import attempt_load
+    from utils.datasets import letterbox
+    from utils.general import strip_optimizer
+    hyp = yaml.safe_load(open('data/hyp.scratch.yaml'))
+    image = letterbox(cv2.imread(str(ROOT / 'data' / 'coco8' / 'images' / IMAGE)), new_shape=FAMILY_IMG,
+                      auto=False)[0]
+    image = np.ascontiguousarray(image[None, :, :, ::-1].transpose(0, 3, 1, 2))
+    x = torch.from_numpy(image).float() / 255.0
+    outputs = {'image': image}
+    for i, name in enumerate(FAMILIES):
+        cfg = yaml.safe_load(open(f'models/{name}.yaml'))
+        cfg.update(depth_multiple=DEPTH, width_multiple=FAMILY_WIDTH, nc=FAMILY_NC)
+        torch.manual_seed(i)
+        from models.yolo import Model
+        model = Model(cfg)
+        g = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):  # statistics and affine terms of a trained model's size
+                    m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.6 - 0.3)
+                    m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+        model.nc, model.hyp, model.gr, model.names = FAMILY_NC, hyp, 1.0, ['person', 'bicycle', 'car']  # train.py
+        family = name.split('-')[1]
+        path = out / f'{family}-numpy2.pt'
+        torch.save({'epoch': 0, 'best_fitness': np.array([0.25]), 'training_results': None, 'model': model,
+                    'optimizer': None}, path)  # train.py's checkpoint layout, as in a 2020 release
+        strip_optimizer(str(path))
+        torch.save(torch.load(path, map_location='cpu'), out / f'{family}-numpy1.pt',
+                   pickle_module=numpy1_pickle_module())
+        with torch.no_grad():
+            outputs[family] = attempt_load(str(path), map_location='cpu')(x)[0].numpy()
+    np.savez_compressed(out / 'families.npz', **outputs)
 
 
 def judge_loss(out):
@@ -329,7 +401,7 @@ def bias_priors_without_grad():
     Model._initialize_biases = _initialize_biases
 
 
-JUDGES = ('checkpoint', 'outputs', 'loss', 'test_json', 'recipe', 'schedule')
+JUDGES = ('checkpoint', 'outputs', 'loss', 'test_json', 'recipe', 'schedule', 'families')
 
 
 def judge(out, tmp, only=JUDGES):

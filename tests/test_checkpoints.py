@@ -2,69 +2,40 @@
 import os
 import subprocess
 import sys
-import types
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from conftest import ROOT, tiny_cfg
-from models.activations import Mish
+from published_fixtures import OUT as PUBLISHED
 from models.experimental import Ensemble, attempt_load
 from models.yolo import Model
 from models.checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
 
 
-def _released_checkpoint(path, spelling='mish_cuda.MishCuda', seed=0):
-    """Write a checkpoint the way the paper's release did: a whole float16 Model pickled, Mish as MishCuda."""
-    torch.manual_seed(seed)
-    module_name, cls_name = spelling.rsplit('.', 1)
-    mod = types.ModuleType(module_name)
-
-    class MishCuda(nn.Module):
-        def forward(self, x):
-            return x * F.softplus(x).tanh()
-
-    MishCuda.__module__, MishCuda.__qualname__, MishCuda.__name__ = module_name, cls_name, cls_name
-    setattr(mod, cls_name, MishCuda)
-    parts = module_name.split('.')
-    added = ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
-    for name in added:  # parent packages of a dotted spelling
-        sys.modules[name] = mod if name == module_name else types.ModuleType(name)
-    try:
-        model = Model(tiny_cfg('yolov4-p5', nc=4))
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 1.5)
-
-        def swap(parent):
-            for name, child in parent.named_children():
-                if isinstance(child, Mish):
-                    setattr(parent, name, MishCuda())
-                else:
-                    swap(child)
-        swap(model)
-        model.names = ['cat', 'dog', 'bird', 'fish']
-        model.hyp, model.gr = {'giou': 0.05, 'cls': 0.5}, 1.0
-        model.half()
-        for p in model.parameters():
-            p.requires_grad = False
-        torch.save({'epoch': -1, 'best_fitness': np.array([0.49]), 'training_results': None, 'optimizer': None,
-                    'model': model}, path)
-    finally:
-        for name in added:
-            del sys.modules[name]
-    # reference: the same float16 weights as a project model, float32, fused
-    ref = Model(tiny_cfg('yolov4-p5', nc=4))
-    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
-    return ref.fuse().eval()
+def _released_checkpoint(path, spelling='mish_cuda.MishCuda', family='p5', numpy_path='numpy1'):
+    """A release-format checkpoint made by the published code (tests/data/published/<family>-<numpy_path>.pt, see
+    tests/published_fixtures.py) copied to path; with another spelling, its one pickled name of MishCuda is
+    renamed as a community rebuild of mish_cuda pickles it (nothing else changes). Returns the published
+    model's outputs on its input, (image uint8 CHW, outputs)."""
+    src = PUBLISHED / f'{family}-{numpy_path}.pt'
+    module, name = spelling.rsplit('.', 1)
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as w:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            if info.filename.endswith('/data.pkl'):
+                assert data.count(b'cmish_cuda\nMishCuda\n') == 1
+                data = data.replace(b'cmish_cuda\nMishCuda\n', f'c{module}\n{name}\n'.encode())
+            w.writestr(info, data)
+    families = np.load(PUBLISHED / 'families.npz')
+    return families['image'], families[family]
 
 
 LOADER = r'''
-import sys, torch
+import sys, numpy as np, torch
 try:
     import mish_cuda  # noqa: F401
     sys.exit("mish_cuda must not be importable here")
@@ -72,25 +43,28 @@ except ImportError:
     pass
 from models.experimental import attempt_load
 m = attempt_load(sys.argv[1])
-assert m.names == ['cat', 'dog', 'bird', 'fish'], m.names
+assert m.names == ['person', 'bicycle', 'car'], m.names
 assert not m.training and all(p.dtype == torch.float32 for p in m.parameters())
-torch.manual_seed(1)
 with torch.no_grad():
-    y = m(torch.rand(1, 3, 96, 128))[0]
-torch.save(y, sys.argv[2])
+    y = m(torch.from_numpy(np.load(sys.argv[2])).float() / 255)[0]
+torch.save(y, sys.argv[3])
 '''
 
 
-@pytest.mark.parametrize('spelling', ['mish_cuda.MishCuda', 'mc.build.lib.mish_mish.MishCuda'])
-def test_released_checkpoint_loads_without_mish_cuda(tmp_path, spelling):
-    ref = _released_checkpoint(tmp_path / 'yolov4-p5.pt', spelling)
-    r = subprocess.run([sys.executable, '-c', LOADER, str(tmp_path / 'yolov4-p5.pt'), str(tmp_path / 'y.pt')],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize('spelling, family, numpy_path', [('mish_cuda.MishCuda', 'p6', 'numpy1'),
+                                                          ('mc.build.lib.mish_mish.MishCuda', 'p7', 'numpy2'),
+                                                          ('mish_mish.MishCuda', 'p5', 'numpy1')])
+def test_released_checkpoint_loads_without_mish_cuda(tmp_path, spelling, family, numpy_path):
+    """A published release-format pickle, in a process where mish_cuda cannot be imported: the published
+    model's outputs (tests/data/published/families.npz)."""
+    image, published = _released_checkpoint(tmp_path / 'yolov4-p5.pt', spelling, family, numpy_path)
+    np.save(tmp_path / 'x.npy', image)
+    r = subprocess.run([sys.executable, '-c', LOADER, str(tmp_path / 'yolov4-p5.pt'), str(tmp_path / 'x.npy'),
+                        str(tmp_path / 'y.pt')], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    torch.manual_seed(1)
-    with torch.no_grad():
-        y_ref = ref(torch.rand(1, 3, 96, 128))[0]
-    assert torch.equal(torch.load(tmp_path / 'y.pt'), y_ref)
+    y = torch.load(tmp_path / 'y.pt').numpy()
+    np.testing.assert_allclose(y[..., :4], published[..., :4], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(y[..., 4:], published[..., 4:], rtol=0, atol=1e-5)
 
 
 def test_project_checkpoint_round_trip(tmp_path):

@@ -1,7 +1,9 @@
 """Known answers from the published code itself (tests/data/published/, made by tests/published_fixtures.py running
-github:WongKinYiu/ScaledYOLOv4 branch yolov4-large): a checkpoint it pickled and stripped as the releases were, its
-model's outputs with and without TTA, its loss, and its test.py's COCO JSON boxes."""
+github:WongKinYiu/ScaledYOLOv4 branch yolov4-large at the commit it pins): checkpoints it pickled and stripped as
+the releases were (P5, P6, P7; numpy 1 and 2 module paths), its models' outputs with and without TTA (square and
+not), its loss of 3, 4 and 5 levels, its train.py's schedule, and its test.py's COCO JSON boxes."""
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,8 +14,8 @@ from conftest import ROOT, tiny_cfg
 from models.checkpoint import load_checkpoint, model_from_checkpoint
 from models.experimental import attempt_load
 from models.yolo import Model
-from published_fixtures import (DEPTH, LOSS_FAMILIES, LOSS_NC, LOSS_TARGETS, OUT, OUTPUT_COLUMNS, PUBLISHED_COMMIT,
-                                WIDE, WIDTH, loss_predictions)
+from published_fixtures import (DEPTH, LOSS_FAMILIES, LOSS_NC, LOSS_TARGETS, NUMPY_PATHS, OUT, OUTPUT_COLUMNS,
+                                PUBLISHED_COMMIT, WIDE, WIDTH, loss_predictions)
 from utils.loss import ComputeLoss
 
 PICKLE = OUT / 'p5-tiny.pt'
@@ -212,3 +214,27 @@ def test_schedule_is_published(monkeypatch):
         assert ours['params'] == theirs['params']
         for key in ('lr', 'momentum', 'weight_decay'):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-15), (ours['ni'], key)
+
+
+@pytest.fixture(scope='module')
+def families():
+    return np.load(OUT / 'families.npz')
+
+
+@pytest.mark.parametrize('numpy_path', list(NUMPY_PATHS))
+@pytest.mark.parametrize('family', ['p5', 'p6', 'p7'])
+def test_released_pickle_of_each_family_loads_with_its_outputs(families, family, numpy_path):
+    """A release-format pickle made by the published code for P5, P6 and P7 (3, 4 and 5 levels; whole float16
+    Model with mish_cuda.MishCuda, stripped by its strip_optimizer), its best_fitness a numpy array pickled under
+    numpy 2's module path (numpy._core) or numpy 1's (numpy.core, as the 2020 releases were): loaded through
+    torch.load(weights_only=True) and our allow-list, it gives the published attempt_load's outputs."""
+    path = OUT / f'{family}-{numpy_path}.pt'
+    with zipfile.ZipFile(path) as z:  # the file names the numpy module path it is meant to exercise
+        pickled = z.read(next(n for n in z.namelist() if n.endswith('data.pkl')))
+    assert f'{NUMPY_PATHS[numpy_path]}.multiarray\n_reconstruct'.encode() in pickled
+    assert b'mish_cuda\nMishCuda' in pickled
+    ckpt = load_checkpoint(path)
+    assert ckpt['best_fitness'].tolist() == [0.25] and ckpt['epoch'] == -1
+    model = attempt_load(path, map_location='cpu')
+    assert model.nc == 3 and len(model.stride) == {'p5': 3, 'p6': 4, 'p7': 5}[family]
+    assert_outputs_match(forward(model, families['image']), families[family])
