@@ -27,6 +27,12 @@ What it writes (tests/test_published.py reads them):
   numpy 1's names (numpy.core..., as the 2020 releases were: numpy1_pickle_module).
 - families.npz: `image` (the coco8 image letterboxed to FAMILY_IMG, uint8 CHW) and each family's outputs on it by
   the published attempt_load (`p5`, `p6`, `p7`: x, y, w, h, objectness, 3 classes).
+- items.npz: training items of the published utils.datasets.LoadImagesAndLabels (augment=True) on a copy of
+  data/coco8 at ITEM_IMG, batch ITEM_BATCH, with hyp.scratch.yaml and every augmentation on (ITEM_HYP: rotation,
+  shear, perspective, up-down flip and MixUp besides its translation, scale, HSV and left-right flip), python's
+  random and numpy's global generator seeded with ITEM_SEED + k before item k: `mosaic_<k>_img` (uint8 CHW) and
+  `mosaic_<k>_labels` (n x 6) for ITEMS['mosaic'], and `rect_<k>_...` for ITEMS['rect'] of a rect=True dataset
+  (letterboxed to its batch shape, random_perspective without mosaic); `<kind>_files` the image order.
 - outputs.npz: `image` (a coco8 image letterboxed to 192 by the published letterbox, uint8 CHW) and the
   published attempt_load model's decoded outputs on it, the first OUTPUT_COLUMNS columns (x, y, w, h, objectness,
   3 classes): `plain`, and `tta` (forward(augment=True)); `image_wide`, the same image letterboxed to WIDE (height
@@ -80,6 +86,11 @@ SCHEDULE_COPIES, SCHEDULE_EPOCHS, SCHEDULE_BATCH, SCHEDULE_IMG = 8, 36, 2, 64
 # released-format pickles of each family (random weights: the family's layers, not training, are what they judge)
 FAMILIES, FAMILY_WIDTH, FAMILY_NC, FAMILY_IMG = ('yolov4-p5', 'yolov4-p6', 'yolov4-p7'), 0.0625, 3, 128
 NUMPY_PATHS = {'numpy2': 'numpy._core', 'numpy1': 'numpy.core'}  # what numpy 2 and numpy 1 write in a pickle
+# items.npz: training items of the published LoadImagesAndLabels on coco8 at ITEM_IMG, hyp.scratch.yaml with every
+# augmentation on (ITEM_HYP), `random` and `np.random` seeded with ITEM_SEED + k before item k
+ITEM_IMG, ITEM_BATCH, ITEM_SEED = 96, 2, 1000
+ITEM_HYP = dict(degrees=10.0, shear=2.0, perspective=0.0005, flipud=0.5, mixup=0.5)
+ITEMS = {'mosaic': [0, 1, 2, 3, 4, 5, 6, 7], 'rect': [0, 3, 5, 6]}  # dataset kind: indices (rect: no mosaic)
 WIDE = (96, 160)  # height, width of the non-square TTA input
 LOSS_FAMILIES = {'p5': ('yolov4-p5', 192), 'p6': ('yolov4-p6', 192), 'p7': ('yolov4-p7', 256)}  # cfg, image size
 
@@ -243,6 +254,31 @@ def judge_families(out):
     np.savez_compressed(out / 'families.npz', **outputs)
 
 
+def seed_item(k):
+    """The RNG state before item k on both sides: python's random and numpy's global generator."""
+    import random
+    random.seed(ITEM_SEED + k)
+    np.random.seed(ITEM_SEED + k)
+
+
+def judge_items(out, tmp):
+    import yaml
+    from utils.datasets import LoadImagesAndLabels
+    data = Path(tmp) / 'coco8-items'
+    shutil.copytree(ROOT / 'data' / 'coco8', data, ignore=shutil.ignore_patterns('*.cache*'))  # without our cache
+    hyp = dict(yaml.safe_load(open('data/hyp.scratch.yaml')), **ITEM_HYP)
+    items = {}
+    for kind, indices in ITEMS.items():
+        dataset = LoadImagesAndLabels(str(data / 'images'), ITEM_IMG, ITEM_BATCH, augment=True, hyp=hyp,
+                                      rect=kind == 'rect', stride=32)
+        items[f'{kind}_files'] = np.array([Path(f).name for f in dataset.img_files])
+        for k, i in enumerate(indices):
+            seed_item(k)
+            img, labels, _, _ = dataset[i]
+            items[f'{kind}_{k}_img'], items[f'{kind}_{k}_labels'] = img.numpy(), labels.numpy()
+    np.savez_compressed(out / 'items.npz', **items)
+
+
 def judge_loss(out):
     import torch
     import yaml
@@ -401,7 +437,7 @@ def bias_priors_without_grad():
     Model._initialize_biases = _initialize_biases
 
 
-JUDGES = ('checkpoint', 'outputs', 'loss', 'test_json', 'recipe', 'schedule', 'families')
+JUDGES = ('checkpoint', 'outputs', 'loss', 'test_json', 'recipe', 'schedule', 'families', 'items')
 
 
 def judge(out, tmp, only=JUDGES):
@@ -410,7 +446,7 @@ def judge(out, tmp, only=JUDGES):
     for name in only:
         if name == 'recipe' and 'test_json' not in only:
             judge_test_json(out, tmp)  # writes the data yaml the recipe trains on
-        if name in ('test_json', 'recipe', 'schedule'):
+        if name in ('test_json', 'recipe', 'schedule', 'items'):
             globals()[f'judge_{name}'](out, tmp)
         else:
             globals()[f'judge_{name}'](out)

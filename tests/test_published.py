@@ -4,6 +4,7 @@ the releases were (P5, P6, P7; numpy 1 and 2 module paths), its models' outputs 
 not), its loss of 3, 4 and 5 levels, its train.py's schedule, and its test.py's COCO JSON boxes."""
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ from conftest import ROOT, tiny_cfg
 from models.checkpoint import load_checkpoint, model_from_checkpoint
 from models.experimental import attempt_load
 from models.yolo import Model
-from published_fixtures import (DEPTH, LOSS_FAMILIES, LOSS_NC, LOSS_TARGETS, NUMPY_PATHS, OUT, OUTPUT_COLUMNS,
-                                PUBLISHED_COMMIT, WIDE, WIDTH, loss_predictions)
+from published_fixtures import (DEPTH, ITEM_BATCH, ITEM_HYP, ITEM_IMG, ITEMS, LOSS_FAMILIES, LOSS_NC, LOSS_TARGETS,
+                                NUMPY_PATHS, OUT, OUTPUT_COLUMNS, PUBLISHED_COMMIT, WIDE, WIDTH, loss_predictions,
+                                seed_item)
 from utils.loss import ComputeLoss
 
 PICKLE = OUT / 'p5-tiny.pt'
@@ -238,3 +240,26 @@ def test_released_pickle_of_each_family_loads_with_its_outputs(families, family,
     model = attempt_load(path, map_location='cpu')
     assert model.nc == 3 and len(model.stride) == {'p5': 3, 'p6': 4, 'p7': 5}[family]
     assert_outputs_match(forward(model, families['image']), families[family])
+
+
+@pytest.mark.parametrize('kind', list(ITEMS))
+def test_training_items_are_published(kind):
+    """Training items of our LoadImagesAndLabels against the published one's (items.npz) with the same random
+    numbers: mosaic (4 images placed about the fixed centre), random perspective (rotation, translation, scale,
+    shear, perspective), MixUp, HSV and both flips; and, with rect batches, the letterbox and random perspective
+    without mosaic. Images equal to the value, labels to float32 rounding."""
+    from utils.datasets import LoadImagesAndLabels
+    judged = np.load(OUT / 'items.npz')
+    hyp = dict(yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text()), **ITEM_HYP)
+    dataset = LoadImagesAndLabels(str(ROOT / 'data' / 'coco8' / 'images'), ITEM_IMG, ITEM_BATCH, augment=True,
+                                  hyp=hyp, rect=kind == 'rect', stride=32)
+    assert [Path(f).name for f in dataset.img_files] == judged[f'{kind}_files'].tolist()
+    boxed = 0
+    for k, i in enumerate(ITEMS[kind]):
+        seed_item(k)
+        img, labels, _, _ = dataset[i]
+        np.testing.assert_array_equal(img.numpy(), judged[f'{kind}_{k}_img'], err_msg=f'{kind} item {i}')
+        np.testing.assert_allclose(labels.numpy(), judged[f'{kind}_{k}_labels'], rtol=1e-6, atol=1e-6,
+                                   err_msg=f'{kind} item {i}')
+        boxed += len(labels) > 0
+    assert boxed >= len(ITEMS[kind]) // 2  # the items have boxes to compare
