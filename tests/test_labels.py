@@ -319,3 +319,18 @@ def test_data_yaml_path_root_and_images_per_split(tmp_path):
     data = load_data_config(f, required=('train', 'val'))
     assert data['nc'] == 80 and data['names'][0] == 'person' and data['images']['val'] == str(root / 'train2017')
     assert len(LoadImagesAndLabels(data['train'], 320)) == 8
+
+
+def test_folder_of_xml_beside_images_and_yolo_folders_that_hold_xml(tmp_path):
+    """LabelImg's layout (a.jpg beside a.xml) is VOC; a YOLO images folder with a labels folder stays YOLO."""
+    d = tmp_path / 'labelimg'
+    shutil.copytree(COCO8 / 'images', d)
+    for x in (VOC8 / 'Annotations').glob('*.xml'):
+        shutil.copy(x, d)
+    names = yaml.safe_load((ROOT / 'data' / 'coco8.yaml').read_text())['names']
+    data = load_data_config(_yaml(tmp_path, train=d, names=names), required=('train',))
+    ds = LoadImagesAndLabels(data['train'], 320)
+    assert ds.label_source['kind'] == 'voc' and sum(len(x) for x in ds.labels) == 38
+    shutil.copytree(COCO8, tmp_path / 'yolo', ignore=shutil.ignore_patterns('*.cache'))
+    shutil.copy(VOC8 / 'Annotations' / '000000000009.xml', tmp_path / 'yolo' / 'images')
+    assert LoadImagesAndLabels(str(tmp_path / 'yolo' / 'images'), 320).label_source is None

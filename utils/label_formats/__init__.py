@@ -38,6 +38,9 @@ def label_source(path):
     from utils.label_formats.voc import voc_pairs
     if isinstance(path, (list, tuple)):
         kinds = {label_source(p) for p in path}
+        if 'coco' in kinds:
+            raise LabelFormatError(f'{", ".join(str(p) for p in path)}: a split names one COCO JSON (merge the JSON '
+                                   f'files into one, or give the others as another split)')
         return 'voc' if kinds == {'voc'} else None
     if not isinstance(path, (str, Path)):
         return None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.label_cache import IMG_FORMATS
+from utils.label_cache import IMG_FORMATS, img2label_paths
 from utils.label_formats.common import LabelFormatError, check_images, normalised_labels, summarise_missing
 
 VOC_NAMES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
@@ -36,9 +36,15 @@ def voc_pairs(path):
         return [(root / 'Annotations' / f'{i}.xml', _image_beside(root / 'JPEGImages', i)) for i in ids]
     if p.is_dir() and (p / 'Annotations').is_dir():
         return [(x, _image_beside(p / 'JPEGImages', x.stem)) for x in sorted((p / 'Annotations').glob('*.xml'))]
-    if p.is_dir() and next(p.glob('*.xml'), None) is not None:
+    if p.is_dir() and not _has_yolo_labels(p) and next(p.glob('*.xml'), None) is not None:
         return [(x, _image_beside(p, x.stem)) for x in sorted(p.glob('*.xml'))]
     return None
+
+
+def _has_yolo_labels(folder):
+    """A folder of images whose YOLO labels folder exists stays a YOLO dataset, XML files beside or not."""
+    labels = Path(img2label_paths([str(folder / 'x.jpg')])[0]).parent
+    return labels != folder and labels.is_dir()
 
 
 def _image_beside(folder, stem):
