@@ -224,7 +224,8 @@ def _refusal(source):
 
 @pytest.mark.parametrize('text,expect', [
     ('{"images": [], "annotations": [{"image_id": 1, "caption": "a cat"}], "categories": []}', 'lacks or has a bad'),
-    ('[1, 2, 3]', 'is not valid JSON'),
+    ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.9}]', 'a list at its top level'),
+    ('{"images": [], "annotations": [], "categories": [{"id": 1}]}', "lacks or has a bad 'name'"),
     ('{"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}', 'is not valid JSON'),
     ('{"info": {}}', 'no images / annotations / categories array'),
     ('{"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}, {"id": 1, "file_name": "b.jpg", '

@@ -72,6 +72,8 @@ def read_instances(path):
         with open(path, encoding='utf-8') as f:
             top = stream_object(f, handlers)
     except JSONStreamError as e:
+        if str(e).startswith("expected '{' at character 0, found '['"):
+            raise _not_coco(path, 'a list at its top level, not an object: a detections file?') from None
         raise LabelFormatError(f'{path} is not valid JSON ({e}): export the annotations again') from None
     except UnicodeDecodeError as e:
         raise LabelFormatError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start}): is it a JSON file?') \
