@@ -2,7 +2,7 @@
 its newest commit), run as a judge.
 
     git clone https://github.com/WongKinYiu/ScaledYOLOv4 /tmp/ScaledYOLOv4     # or any clone or bare git dir of it
-    python tests/published_fixtures.py /tmp/ScaledYOLOv4      # rewrites tests/data/published/ (about 5 minutes)
+    python tests/published_fixtures.py /tmp/ScaledYOLOv4      # rewrites tests/data/published/ (0.5 to 3 minutes)
 
 The script extracts PUBLISHED_COMMIT from that repository (git archive) into a temporary folder and records the
 commit in tests/data/published/made-from.json; a repository without that commit is refused. The published code runs
