@@ -135,46 +135,48 @@ def detect(weights='weights/yolov4-p5.pt', source='data/coco8/images', img_size=
         (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
 
     videos, results, n_frames, n_boxes, t0 = VideoWriters(streams), {}, 0, 0, time.time()
-    for path, img, im0s, vid_cap in dataset:
-        img = torch.from_numpy(img).to(device)
-        img = (img.half() if half else img.float()) / 255.0
-        if img.ndimension() == 3:
-            img = img.unsqueeze(0)
-        t1 = time_synchronized()
-        with torch.no_grad():
-            pred = model(img, augment=augment)[0]
-        pred = non_max_suppression(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic_nms)
-        t2 = time_synchronized()
-        quit_requested = False
-        for i, det in enumerate(pred):
-            p, im0 = (Path(path[i]), im0s[i].copy()) if streams else (Path(path), im0s)
-            is_video = streams or dataset.mode == 'video'
-            frame = dataset.count if streams else getattr(dataset, 'frame', 0)
-            if len(det):
-                det[:, :4] = scale_coords(img.shape[2:], det[:, :4], im0.shape).round()
-                if save_txt:
-                    write_txt_labels(save_dir / 'labels' / (p.stem + (f'_{frame}' if is_video else '')), det,
-                                     im0.shape, save_conf)
-                if not nosave or view_img:
-                    draw_detections(im0, det, names, colors)
-            n_frames, n_boxes = n_frames + 1, n_boxes + len(det)
-            results[str(p) if not is_video else f'{p}:{frame}'] = det.cpu()
-            counts = ', '.join(f'{int((det[:, -1] == c).sum())} {names[int(c)]}' for c in det[:, -1].unique())
-            LOGGER.info('%s %gx%g: %s (%.3fs)', _frame_name(dataset, p, streams, i), *img.shape[2:],
-                        counts or 'no detections', t2 - t1)
-            if view_img:
-                cv2.imshow(str(p), im0)
-                quit_requested |= cv2.waitKey(1) == ord('q')
-            if nosave:
-                continue
-            if is_video:
-                videos.write(str(save_dir / (p.name if not streams else f'stream{i}.mp4')), im0, vid_cap)
-            else:
-                cv2.imwrite(str(save_dir / p.name), im0)
-        if quit_requested:  # 'q' in a display window
-            cv2.destroyAllWindows()
-            break
-    videos.close()
+    try:  # a stop signal or an error: the videos written so far are still closed (playable)
+        for path, img, im0s, vid_cap in dataset:
+            img = torch.from_numpy(img).to(device)
+            img = (img.half() if half else img.float()) / 255.0
+            if img.ndimension() == 3:
+                img = img.unsqueeze(0)
+            t1 = time_synchronized()
+            with torch.no_grad():
+                pred = model(img, augment=augment)[0]
+            pred = non_max_suppression(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic_nms)
+            t2 = time_synchronized()
+            quit_requested = False
+            for i, det in enumerate(pred):
+                p, im0 = (Path(path[i]), im0s[i].copy()) if streams else (Path(path), im0s)
+                is_video = streams or dataset.mode == 'video'
+                frame = dataset.count if streams else getattr(dataset, 'frame', 0)
+                if len(det):
+                    det[:, :4] = scale_coords(img.shape[2:], det[:, :4], im0.shape).round()
+                    if save_txt:
+                        write_txt_labels(save_dir / 'labels' / (p.stem + (f'_{frame}' if is_video else '')), det,
+                                         im0.shape, save_conf)
+                    if not nosave or view_img:
+                        draw_detections(im0, det, names, colors)
+                n_frames, n_boxes = n_frames + 1, n_boxes + len(det)
+                results[str(p) if not is_video else f'{p}:{frame}'] = det.cpu()
+                counts = ', '.join(f'{int((det[:, -1] == c).sum())} {names[int(c)]}' for c in det[:, -1].unique())
+                LOGGER.info('%s %gx%g: %s (%.3fs)', _frame_name(dataset, p, streams, i), *img.shape[2:],
+                            counts or 'no detections', t2 - t1)
+                if view_img:
+                    cv2.imshow(str(p), im0)
+                    quit_requested |= cv2.waitKey(1) == ord('q')
+                if nosave:
+                    continue
+                if is_video:
+                    videos.write(str(save_dir / (p.name if not streams else f'stream{i}.mp4')), im0, vid_cap)
+                else:
+                    cv2.imwrite(str(save_dir / p.name), im0)
+            if quit_requested:  # 'q' in a display window
+                cv2.destroyAllWindows()
+                break
+    finally:
+        videos.close()
     saved = 'nothing saved (--nosave)' if save_dir is None else f'results saved to {save_dir}' + \
         (f' (labels in {save_dir / "labels"})' if save_txt else '')
     LOGGER.info('Done: %d images/frames, %d boxes in %.1fs; %s', n_frames, n_boxes, time.time() - t0, saved)

@@ -41,7 +41,8 @@ from utils.plots import plot_labels
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, select_device, set_bn_momentum
 from utils.train.autoanchor import check_anchors
 from utils.train.hooks import (Checkpoints, EMAHook, EpochCheckpoint, Evaluation, FinishRun, ImageWeights, Progress,
-                               ResultsFile, SafeCallback, StopSignals, TrainBatchPlots, WatchdogHook, finish_run)
+                               ResultsFile, SafeCallback, SignalsHook, StopSignals, TrainBatchPlots, WatchdogHook,
+                               finish_run)
 from utils.train.model import build_model, maybe_sync_bn, wrap_ddp
 from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations
 from utils.train import resume
@@ -145,7 +146,7 @@ def build_parts(cfg, data, nc, device, ckpt):
     return parts, recipe, dataset, imgsz_test
 
 
-def build_hooks(cfg, paths, evaluation, dataset, names, callbacks=()):
+def build_hooks(cfg, paths, evaluation, dataset, names, stops, callbacks=()):
     """The hooks of a run, in the order they are called at each event. The order is the contract:
     - Progress first: its bar closes before the evaluation prints;
     - EMAHook before Checkpoints: a periodic checkpoint carries the EMA of its step;
@@ -157,7 +158,7 @@ def build_hooks(cfg, paths, evaluation, dataset, names, callbacks=()):
       on a thread of its own, so a slow one cannot hold up training (TrackerHook)."""
     opt, rank = cfg.opt, cfg.rank
     store = process_group_store() if rank != -1 else None
-    hooks = [StopSignals(), WatchdogHook(Watchdog(opt.watchdog, rank, cfg.world_size, store))]
+    hooks = [SignalsHook(stops), WatchdogHook(Watchdog(opt.watchdog, rank, cfg.world_size, store))]
     if opt.image_weights:
         hooks.append(ImageWeights(dataset, class_weights_from_labels(dataset.labels, len(names)).numpy(), opt.seed))
     if cfg.main:
@@ -200,9 +201,12 @@ def resumed_finished(ckpt, cfg, paths):
     return True
 
 
-def train(cfg, device, ckpt=None, callbacks=()):
+def train(cfg, device, ckpt=None, callbacks=(), stops=None):
     """Train the run `cfg` (a RunConfig from resolve_config), from checkpoint `ckpt` when it resumes; returns the
-    final test results."""
+    final test results. `stops`: the process's StopSignals (train.main's), else train() holds its own."""
+    if stops is None:
+        with StopSignals() as stops:
+            return train(cfg, device, ckpt, callbacks, stops)
     opt, rank, main_proc = cfg.opt, cfg.rank, cfg.main
     paths = RunPaths.of(cfg.save_dir)
     if main_proc:
@@ -234,7 +238,7 @@ def train(cfg, device, ckpt=None, callbacks=()):
     parts.loss_fn = ComputeLoss(parts.model, dict(recipe.hyp, cls=recipe.hyp['cls'] * nc / 80.))  # cls gain to nc
     evaluation = Evaluation(partial(tester.test, data, batch_size=cfg.batch_size, imgsz=imgsz_test,
                                     single_cls=opt.single_cls, save_dir=paths.save_dir), testloader, not opt.notest)
-    hooks = build_hooks(cfg, paths, evaluation, dataset, names, callbacks)
+    hooks = build_hooks(cfg, paths, evaluation, dataset, names, stops, callbacks)
     trainer = Trainer(parts, recipe, hooks, rank, cfg.world_size)
     if ckpt is not None:
         trainer.load_state_dict(ckpt, cfg.hyp_changed)
@@ -352,7 +356,7 @@ def resumed_options(opt, ckpt, path, given=()):
     hyp_changed = hyp != ckpt['hyp']  # the same --hyp again (a restart, --resume auto) is no change
     given = set(given) | {k for k in ('epochs', 'device', 'hyp') if getattr(opt, k, None)}
     run = run_folder_of(path)
-    if resume.written_by_a_resume(run_options.get('weights'), run):  # an older resume put its own checkpoint there
+    if resume.written_by_a_resume(run_options.get('weights'), run, saved.get('save_dir')):  # by an older resume
         given, run_options['weights'] = given - {'weights'}, getattr(opt, 'weights', '')
     changes = resume.compare(given, opt, dict(saved, **run_options), run, hyp_changed, find_config)
     if changes:
@@ -469,24 +473,37 @@ def start_device(opt, preloaded, layout):
 
 def main(argv=None, opt=None, callbacks=(), given=None):
     """train.py: argv (default sys.argv[1:]), or options already parsed with the names of those given (`given`,
-    which a resume compares with the run's; run() passes both)."""
+    which a resume compares with the run's; run() passes both). A stop signal at any moment ends the process with
+    128 + the signal (hooks.StopSignals)."""
     if opt is None:
         argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         opt, given = parse_opt(argv), resume.given_flags(build_parser(), argv)
+    with StopSignals() as stops:
+        result = run_job(opt, given, callbacks, stops)
+        if stops.received:  # it came as the run ended, and the end was written first
+            LOGGER.error('%s received as the run ended; it is complete, and the same command reports it so',
+                         signal.Signals(stops.received).name)
+            sys.exit(128 + stops.received)
+        return result
+
+
+def run_job(opt, given, callbacks, stops):
+    """Check the options, plan the run (new, resumed or restarted; its folder locked), resolve its configuration
+    and train (or evolve); a stop, a failed rank or a second Ctrl+C becomes its exit status and one line."""
     layout = process_layout(opt.local_rank)
     set_logging(layout.rank)
-    check_options(opt)
-    if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
-        new_run_options(opt)
-        if opt.batch_size != -1:
-            check_world_size(opt.batch_size, layout.world_size)
-    preloaded = named_resume(opt)
-    device = start_device(opt, preloaded, layout)
     plan, failed, cfg = None, True, None
     try:
+        check_options(opt)
+        if opt.resume in (False, 'auto'):  # may start a new run: its flags are checked before a folder is made
+            new_run_options(opt)
+            if opt.batch_size != -1:
+                check_world_size(opt.batch_size, layout.world_size)
+        preloaded = named_resume(opt)
+        device = start_device(opt, preloaded, layout)
         plan = agree_on_plan(opt, layout, preloaded)
         cfg = resolve_config(opt, given, plan, layout, device)
-        result = evolve(cfg, device) if cfg.opt.evolve else train(cfg, device, plan.ckpt, callbacks)
+        result = evolve(cfg, device, stops) if cfg.opt.evolve else train(cfg, device, plan.ckpt, callbacks, stops)
         failed = False
         return result
     except TrainingStopped as e:
@@ -505,13 +522,14 @@ def main(argv=None, opt=None, callbacks=(), given=None):
                      str(e).splitlines()[0] if str(e) else type(e).__name__)
         sys.exit(1)
     finally:
+        stops.finishing = True  # a signal from here on is the exit status once the lock is released
         if plan is not None and plan.lock is not None:
             release_run(plan.lock, failed)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def evolve(cfg, device):
+def evolve(cfg, device, stops):
     """Hyperparameter evolution: mutate the best earlier results, train, append to evolve.txt."""
     if cfg.rank != -1:
         raise ArgumentError('--evolve runs in a single process (not under torchrun)')
@@ -519,7 +537,7 @@ def evolve(cfg, device):
     keys = list(EVOLVE_META)
     for gen in range(cfg.opt.evolve):
         h = mutate_hyp(cfg.hyp, evolve_file, keys, seed=cfg.opt.seed + gen)
-        results = train(replace(cfg, hyp=h, save_dir=cfg.save_dir / f'gen{gen}'), device)
+        results = train(replace(cfg, hyp=h, save_dir=cfg.save_dir / f'gen{gen}'), device, stops=stops)
         with open(evolve_file, 'a') as f:
             f.write(('%10.4g' * 7) % tuple(results) + ('%10.3g' * len(keys)) % tuple(h[k] for k in keys) + '\n')
         LOGGER.info('Evolution generation %d/%d: fitness %.4f', gen + 1, cfg.opt.evolve,

@@ -8,6 +8,7 @@ exit with status 1; anything else is a bug and keeps its traceback.
 import argparse
 import errno
 import logging
+import signal
 import sys
 
 LOGGER = logging.getLogger(__name__)
@@ -82,10 +83,33 @@ def one_line(exc):
     return ' '.join(str(exc).split()) or type(exc).__name__
 
 
+class StopSignal(BaseException):
+    """SIGTERM or SIGUSR1 (a scheduler's stop, SLURM's warning) raised where the script is, as Ctrl+C raises
+    KeyboardInterrupt, so that its cleanup runs (loader workers, video writers) before it exits."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop_signal(signum, frame):
+    raise StopSignal(signum)
+
+
 def run_cli(main, prog):
-    """Run a script's main(); a UserError or a failed write becomes one line on stderr and exit status 1."""
+    """Run a script's main(); a UserError or a failed write becomes one line on stderr and exit status 1. A stop
+    signal (SIGINT, SIGTERM, SIGUSR1) ends it with one line and 128 + the signal, its cleanup done (train.py takes
+    them itself, to save a checkpoint first)."""
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, _raise_stop_signal)
     try:
         main()
+    except StopSignal as e:
+        print(f'{prog}: stopped by {signal.Signals(e.signum).name}', file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted (Ctrl+C)', file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except UserError as e:
         sys.exit(f'{prog}: error: {one_line(e)}')
     except (OSError, RuntimeError) as e:

@@ -18,7 +18,7 @@ from utils.progress import progress
 from utils.torch_utils import EMA_ATTRIBUTES, de_parallel
 from utils.train.checkpoint_writer import CheckpointWriter
 from utils.train.recipe import image_order
-from utils.train.trainer import EvaluationInterrupted
+from utils.train.trainer import EvaluationInterrupted, TrainingStopped
 
 LOGGER = logging.getLogger('train')
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl+C; schedulers, timeout, torchrun; SLURM's warning
@@ -59,23 +59,50 @@ class Hook:
         """Take back the state that state_dict() returned, on resume."""
 
 
-class StopSignals(Hook):
-    """SIGINT, SIGTERM and SIGUSR1 become trainer.signal: a stop agreed by every rank and taken at a batch boundary
-    with a checkpoint. A second Ctrl+C stops at once."""
+class StopSignals:
+    """SIGINT, SIGTERM and SIGUSR1 for the whole of a training process (train.main holds them from its start to its
+    end), so that a stop signal at any moment ends the process with 128 + the signal, leaving a state that the same
+    command resumes or reports complete:
+    - before the training loop: the process stops at once (TrainingStopped; nothing is saved yet);
+    - in the loop (SignalsHook hands it to trainer.signal): a stop agreed by every rank and taken at a batch
+      boundary with a checkpoint; a second Ctrl+C stops at once;
+    - after the loop (the last checkpoint, final.pt, trackers, the lock's release): recorded in `received`, and the
+      process exits with it once the run's end is written (train.main)."""
 
     def __init__(self):
-        self.old_handlers = {}
+        self.received, self.trainer, self.finishing, self.old_handlers = None, None, False, {}
 
-    def before_train(self):
-        def on_signal(signum, frame):
-            if self.trainer.signal == signal.SIGINT == signum:
-                raise KeyboardInterrupt
-            self.trainer.signal = signum
-        self.old_handlers = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    def __enter__(self):
+        self.old_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        return self
 
-    def after_train(self):
+    def __exit__(self, *exc):
         for s, h in self.old_handlers.items():
             signal.signal(s, h)
+
+    def _on_signal(self, signum, frame):
+        if self.received == signal.SIGINT == signum:
+            raise KeyboardInterrupt
+        self.received = self.received or signum
+        if self.trainer is not None:
+            self.trainer.signal = self.trainer.signal or signum
+        elif not self.finishing:
+            raise TrainingStopped(f'{signal.Signals(signum).name} received before training started: nothing to '
+                                  f'save', 128 + signum)
+
+
+class SignalsHook(Hook):
+    """Hands the process's stop signals (StopSignals) to the training loop while it runs."""
+
+    def __init__(self, stops):
+        self.stops = stops
+
+    def before_train(self):
+        self.stops.trainer, self.stops.finishing = self.trainer, False
+        self.trainer.signal = self.stops.received  # one that came between two runs (--evolve's generations)
+
+    def after_train(self):
+        self.stops.trainer, self.stops.finishing = None, True
 
 
 class WatchdogHook(Hook):

@@ -38,15 +38,17 @@ def given_flags(parser, argv):
     return set(vars(namespace))
 
 
-def written_by_a_resume(weights, run):
-    """Whether a run's saved --weights is one of its own checkpoints, which a resume before version 2 of the
-    checkpoint options wrote there in place of the user's value. That value is lost: such a run's --weights is
-    not compared, and the command's value is taken."""
-    if not weights:
+def written_by_a_resume(weights, run, saved_run=None):
+    """Whether a run's saved --weights is one of its own checkpoints, which a resume of versions before the options
+    and the project's decisions were kept apart wrote there in place of the user's value (the run folder `run`, or
+    `saved_run` where it was when that was written). That value is lost: such a run's --weights is not compared,
+    and the command's value is taken."""
+    if not weights or Path(weights).suffix != '.pt':
         return False
-    path, run = Path(weights), Path(run)
-    return path.suffix == '.pt' and path.parent in (run / 'weights', run) or \
-        (path.exists() and run.exists() and path.resolve().parent in (run.resolve() / 'weights', run.resolve()))
+    folders = {Path(run), Path(run) / 'weights'}
+    if saved_run:
+        folders |= {Path(saved_run), Path(saved_run) / 'weights'}
+    return Path(weights).parent in folders
 
 
 def _flag(dest):
