@@ -356,6 +356,17 @@ def test_documented_commands_run(page, tmp_path):
         f'{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
 
 
+def test_resume_table_is_resume_rules():
+    """docs/training.md's "What a resume may change" lists each flag where utils/train/resume.py decides it."""
+    from utils.train import resume
+    text = (ROOT / 'docs' / 'training.md').read_text().split('## What a resume may change')[1].split('\n## ')[0]
+    dests = {s: a.dest for a in parser('train.py')._actions for s in a.option_strings}
+    table = {'refused': set(), 'taken': set(), 'say': set()}
+    for flags, decision in re.findall(r'^\| (`--.*?) \| (\w+)', text, flags=re.M):
+        table[decision] |= {dests[f] for f in re.findall(r'`(--[\w-]+)`', flags)}
+    assert table == {'refused': set(resume.REFUSED), 'taken': set(resume.ACCEPTED), 'say': set(resume.NOT_COMPARED)}
+
+
 def test_python_examples_are_python():
     """The ```python blocks parse (their names are the modules' own: tests/test_second_hour.py and others run them)."""
     for page in doc_files():
