@@ -5,7 +5,7 @@ Lowest first; a module may import its own layer and those below it:
 - floor:      utils' low-level helpers (errors, progress, general, torch_utils, distributed, downloads, boxes,
               nms, metrics, plots, loss, coco_ids);
 - data:       the data pipeline (datasets, augmentations, label_cache, sources, sampling, data_config, coco2yolo,
-              calibration, cache_check, packed);
+              calibration, cache_check, packed, label_formats/);
 - models:     models/ (but export.py, a script), importing the floor only;
 - training:   utils/train/, the training-run machinery, above models and data;
 - scripts:    train.py, test.py, detect.py, hubconf.py, models/export.py;
@@ -35,7 +35,8 @@ def layer(module):
         return 'floor'
     if module in DATA:
         return 'data'
-    for prefix, name in (('models', 'models'), ('utils.train', 'training'), ('utils.benchmarks', 'benchmarks')):
+    for prefix, name in (('models', 'models'), ('utils.label_formats', 'data'), ('utils.train', 'training'),
+                         ('utils.benchmarks', 'benchmarks')):
         if module == prefix or module.startswith(prefix + '.'):
             return name
     raise AssertionError(f'{module} is in no layer: add it to tests/test_layers.py and docs/architecture.md')
@@ -137,3 +138,64 @@ def test_training_code_is_made_of_small_pieces():
                 if len(fields) > 6:
                     wrong.append(f'{where}: dataclass {node.name} takes {len(fields)} fields by position')
     assert not wrong, '\n'.join(wrong)
+
+
+CONFIG_NAMES = {'opt', 'cfg', 'options', 'config', 'saved', 'run_config'}  # what a run's configuration is called
+
+
+def config_assignments(source, filename='<source>'):
+    """['file:line: what'] for each place in `source` that changes a run's configuration in place: an assignment or
+    deletion of an attribute of a name in CONFIG_NAMES (`opt.epochs = 3`, `opt.a, opt.b = ...`, `opt.x += 1`),
+    setattr/delattr on one, or a write through its vars(). Options and RunConfig refuse these at run time; this finds
+    them in code that no test runs."""
+    found = []
+
+    def is_config(node):
+        return isinstance(node, ast.Name) and node.id in CONFIG_NAMES
+
+    def targets(node):
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return [t for e in node.elts for t in targets(e)]
+        return [node]
+    for node in ast.walk(ast.parse(source, filename)):
+        where = f'{filename}:{getattr(node, "lineno", 0)}'
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            for t in [t for tt in (node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target])
+                      for t in targets(tt)]:
+                if isinstance(t, ast.Attribute) and is_config(t.value):
+                    found.append(f'{where}: {ast.unparse(t)} assigned')
+                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Call) and \
+                        ast.unparse(t.value.func) == 'vars' and any(is_config(a) for a in t.value.args):
+                    found.append(f'{where}: {ast.unparse(t)} assigned')
+        elif isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name in ('setattr', 'delattr') and node.args and is_config(node.args[0]):
+                found.append(f'{where}: {name}({ast.unparse(node.args[0])}, ...)')
+            if isinstance(node.func, ast.Attribute) and node.func.attr in ('update', 'pop', 'setdefault', 'clear') \
+                    and isinstance(node.func.value, ast.Call) and ast.unparse(node.func.value.func) == 'vars' \
+                    and any(is_config(a) for a in node.func.value.args):
+                found.append(f'{where}: {name}(...)')
+    return found
+
+
+def test_no_code_changes_the_resolved_configuration():
+    """train.py and utils/train/: the run's options and configuration are resolved once (train.resolve_config makes
+    them with Options.replace and dataclasses.replace) and never changed in place afterwards."""
+    wrong = []
+    for path in [ROOT / 'train.py', *sorted((ROOT / 'utils' / 'train').glob('*.py'))]:
+        wrong += config_assignments(path.read_text(), str(path.relative_to(ROOT)))
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_the_configuration_check_sees_planted_changes():
+    planted = ('opt.epochs = 3\n'
+               'opt.batch_size, x = 4, 1\n'
+               'cfg.save_dir += "x"\n'
+               'setattr(saved, "weights", path)\n'
+               'vars(opt).update(a=1)\n'
+               'vars(opt)["b"] = 2\n'
+               'del options.hyp\n'
+               'other.epochs = 3\n'
+               'opt = opt.replace(epochs=3)\n')
+    found = config_assignments(planted)
+    assert sorted(int(f.split(':')[1]) for f in found) == list(range(1, 8)), found

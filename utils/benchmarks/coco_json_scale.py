@@ -114,7 +114,7 @@ def main(argv=None):
 
 
 def _standalone(tmp, opt):
-    from utils.benchmarks.scale import SOURCE as YOLO_SOURCE, make_split
+    from utils.benchmarks.common import SCALE_SOURCE as YOLO_SOURCE, make_split
     images = sorted(q.resolve() for q in (YOLO_SOURCE / 'images').iterdir())
     labels = {q.stem: q.read_text() for q in (YOLO_SOURCE / 'labels').glob('*.txt')}
     make_split(tmp / 'train', opt.images, images, labels)

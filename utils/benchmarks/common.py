@@ -108,3 +108,22 @@ def evaluation_workload_weights(cfg, images, path, img_size=320, obj_bias=-4.0, 
         b[:, 5:] = cls_bias
     save_checkpoint({'model': model_payload(model.eval())}, path)
     return path
+
+
+SCALE_SOURCE = Path(__file__).resolve().parents[2] / 'data' / 'coco8'  # the images the scale benchmarks repeat
+
+
+def make_split(folder, n, images, labels):
+    """folder/images/<i>.jpg (symlinks to the source images, in turn) and folder/labels/<i>.txt (their labels)."""
+    (folder / 'images').mkdir(parents=True)
+    (folder / 'labels').mkdir()
+    names = []
+    for i in range(n):
+        src = images[i % len(images)]
+        name = f'{i:012d}{src.suffix}'
+        (folder / 'images' / name).symlink_to(src)
+        label = labels.get(src.stem)
+        if label is not None:
+            (folder / 'labels' / f'{i:012d}.txt').write_text(label)
+        names.append((name, src.name))
+    return names

@@ -22,10 +22,10 @@ from pathlib import Path
 import yaml
 
 from utils.benchmarks.coco_json_scale import coco_json_rows
-from utils.benchmarks.common import evaluation_workload_weights, peak_memory_mb, reset_peak_memory, return_freed_memory
+from utils.benchmarks.common import (SCALE_SOURCE as SOURCE, evaluation_workload_weights, make_split, peak_memory_mb,
+                                     reset_peak_memory, return_freed_memory)
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / 'data' / 'coco8'
 
 
 def _rss_mb():
@@ -42,22 +42,6 @@ def uss_mb(pid):
         if line.startswith(('Private_Clean:', 'Private_Dirty:')):
             total += int(line.split()[1])
     return total / 1024
-
-
-def make_split(folder, n, images, labels):
-    """folder/images/<i>.jpg (symlinks to the source images, in turn) and folder/labels/<i>.txt (their labels)."""
-    (folder / 'images').mkdir(parents=True)
-    (folder / 'labels').mkdir()
-    names = []
-    for i in range(n):
-        src = images[i % len(images)]
-        name = f'{i:012d}{src.suffix}'
-        (folder / 'images' / name).symlink_to(src)
-        label = labels.get(src.stem)
-        if label is not None:
-            (folder / 'labels' / f'{i:012d}.txt').write_text(label)
-        names.append((name, src.name))
-    return names
 
 
 def make_annotations(path, names, source_json):
