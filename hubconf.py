@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TEST_SIZES = {'yolov4-p5': 896, 'yolov4-p6': 1280, 'yolov4-p7': 1536, 'yolov4-csp': 640, 'yolov4-tiny': 416}
-
 
 class Detector(torch.nn.Module):
     """A fused, eval-mode detector with letterboxing in front and NMS behind (conf 0.25, IoU 0.45 by default)."""
@@ -86,7 +84,7 @@ def _create(cfg, pretrained, classes, device):
 
 def _build(cfg, pretrained, classes, device):
     from models.checkpoint import model_from_checkpoint, load_checkpoint
-    from models.yolo import Model
+    from models.yolo import TEST_SIZES, Model  # the paper's test sizes: the default inference size
     from utils.torch_utils import intersect_dicts, select_device
     device = select_device(device or '')  # '' : CUDA when there is one, else the CPU
     if pretrained:

@@ -6,7 +6,6 @@ their pickles: keep them.
 import torch
 import torch.nn as nn
 
-from models import checkpointing as activation_checkpointing
 from models.activations import Mish
 
 
@@ -38,9 +37,6 @@ class Conv(nn.Module):
         self.act = ACTIVATIONS[act]() if isinstance(act, str) else Mish() if act else nn.Identity()
 
     def forward(self, x):
-        return activation_checkpointing.maybe_alone(self, self._forward, x)  # models/checkpointing.py
-
-    def _forward(self, x):
         # After Model.fuse() `bn` is an Identity and `conv` carries the folded bias.
         return activate(self.act, self.bn(self.conv(x)))
 
@@ -56,9 +52,6 @@ class Bottleneck(nn.Module):
         self.add = shortcut and c1 == c2
 
     def forward(self, x):
-        return activation_checkpointing.maybe_alone(self, self._forward, x)
-
-    def _forward(self, x):
         y = self.cv2(self.cv1(x))
         return x + y if self.add else y
 
@@ -80,9 +73,11 @@ class BottleneckCSP(nn.Module):
     def forward(self, x):
         y1 = self.cv3(self.m(self.cv1(x)))
         y2 = self.cv2(x)
-        return activation_checkpointing.maybe_alone(self, self._join, y1, y2)
+        return self.join(y1, y2)
 
-    def _join(self, y1, y2):
+    def join(self, y1, y2):
+        """The two paths concatenated, normalized, activated and mixed (a piece of its own for activation
+        checkpointing, models/activation_checkpointing.py)."""
         return self.cv4(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))
 
 
@@ -103,9 +98,11 @@ class BottleneckCSP2(nn.Module):
         x1 = self.cv1(x)
         y1 = self.m(x1)
         y2 = self.cv2(x1)
-        return activation_checkpointing.maybe_alone(self, self._join, y1, y2)
+        return self.join(y1, y2)
 
-    def _join(self, y1, y2):
+    def join(self, y1, y2):
+        """The two paths concatenated, normalized, activated and mixed (a piece of its own for activation
+        checkpointing, models/activation_checkpointing.py)."""
         return self.cv3(activate(self.act, self.bn(torch.cat((y1, y2), dim=1))))
 
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import checkpointing as activation_checkpointing
+from models import activation_checkpointing
 from models.activations import Mish
-from models.yolo import CONFIG_DIR, Detect, decode_level, find_config, grid_boxes
+from models.yolo import CONFIG_DIR, Head, find_config
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
@@ -228,17 +228,16 @@ class YoloOutput(nn.Module):
         return x
 
 
-class DarknetHead(nn.Module):
-    """The [yolo] layers of a cfg as one head with Detect's interface (`anchors` in grid units, `anchor_grid` in
-    pixels, `stride`, `nl`, `na`, `nc`), so that the loss, autoanchor and DDP treat both kinds of model alike.
+class DarknetHead(Head):
+    """The [yolo] layers of a cfg as one head with Detect's interface and forward (models/yolo.py, Head: `anchors`
+    in grid units, `anchor_grid` in pixels, `stride`, `nl`, `na`, `nc`), so that the loss, autoanchor and DDP
+    treat both kinds of model alike.
 
     Level i decodes as darknet does, with s = scale_x_y:
     new_coords=0 (YOLOv4, tiny): xy = (sigmoid(t) * s - (s - 1) / 2 + cell) * stride, wh = exp(t) * anchor;
     new_coords=1 (Scaled-YOLOv4): xy = (sigmoid(t) * s - (s - 1) / 2 + cell) * stride, wh = (2 sigmoid(t))^2 *
     anchor, where darknet's cfg puts the sigmoid in the conv before (activation=logistic): it is moved here, so
     that training sees logits (the same numbers at inference). Objectness and classes: sigmoid."""
-
-    export = False  # when True, forward returns the decoded tensor only (TorchScript/ONNX export)
 
     def __init__(self, yolo_blocks, nc):
         super().__init__()
@@ -260,31 +259,8 @@ class DarknetHead(nn.Module):
         self.stride = strides
         self.anchors.copy_(self.anchor_grid.view(self.nl, -1, 2) / strides.view(-1, 1, 1))
 
-    def forward(self, xs):
-        z = []
-        for i in range(self.nl):
-            bs, _, ny, nx = xs[i].shape
-            xs[i] = xs[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            if not self.training:
-                z.append(self._decode(i, xs[i]).view(bs, -1, self.no))
-        if self.training:
-            return xs
-        return torch.cat(z, 1) if self.export else (torch.cat(z, 1), xs)
-
-    def _decode(self, i, x):
-        if self.export or self.grid[i].shape[2:4] != x.shape[2:4] or self.grid[i].device != x.device:
-            self.grid[i] = Detect._make_grid(x.shape[3], x.shape[2]).to(x.device)
-        return decode_level(x, self.grid[i], self.stride[i], self.anchor_grid[i], not self.new_coords[i],
-                            self.scale_xy[i])
-
-    def train_box(self, i, t, anchors):
-        """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
-        return grid_boxes(t, anchors, not self.new_coords[i], self.scale_xy[i])
-
-    def cell_reach(self, i):
-        """How far past its cell level i's centres reach ((s - 1) / 2): a target also trains the neighbour cell
-        that can reach it."""
-        return 0.5 * (self.scale_xy[i] - 1)
+    def level_decoding(self, i):
+        return not self.new_coords[i], self.scale_xy[i]
 
 
 class DarknetModel(nn.Module):

@@ -15,7 +15,7 @@ import torch.nn as nn
 if __package__ in (None, ''):  # `python models/yolo.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import checkpointing as activation_checkpointing  # noqa: E402
+from models import activation_checkpointing  # noqa: E402
 from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Concat, Conv, Split, SPPCSP  # noqa: E402
 from utils.errors import ArgumentParser, UserError, check_at_least, run_cli  # noqa: E402
 from utils.general import make_divisible  # noqa: E402
@@ -47,11 +47,62 @@ def grid_boxes(t, anchors, exp_wh=False, s=2.0):
     return torch.cat((xy, wh), 1)
 
 
-class Detect(nn.Module):
-    """Per-level 1x1 prediction convs; in inference mode also decodes boxes to pixels."""
+class Head(nn.Module):
+    """What Detect and darknet's head (models/darknet.py, DarknetHead) share: each level's raw map (bs, na * no,
+    ny, nx) viewed as (bs, na, ny, nx, no). Training returns these; inference also decodes them to pixels
+    (decode_level, as `level_decoding(i)` says) and returns (decoded, raw), or the decoded tensor only when
+    `export`. A subclass sets nl, na, no, stride, grid and anchor_grid, and says level_decoding(i)."""
+
+    export = False  # when True, forward returns the decoded tensor only (TorchScript/ONNX export)
+
+    def level_decoding(self, i):
+        """(exp_wh, s) of level i: wh = exp(t) * anchor (darknet's YOLOv4) or (2 sigmoid)^2 * anchor; xy's scale s."""
+        raise NotImplementedError
+
+    def level_map(self, i, x):
+        """Level i's raw map from the head's input (Detect: its 1x1 conv; darknet's head: the input itself)."""
+        return x
+
+    def forward(self, x):
+        z = []  # inference output
+        x = list(x)
+        for i in range(self.nl):
+            x[i] = self.level_map(i, x[i])
+            bs, _, ny, nx = x[i].shape  # x(bs,255,20,20) to x(bs,3,20,20,85)
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                z.append(decode_level(x[i], self._grid(i, nx, ny, x[i].device), self.stride[i], self.anchor_grid[i],
+                                      *self.level_decoding(i)).view(bs, -1, self.no))
+        if self.training:
+            return x
+        return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
+
+    def _grid(self, i, nx, ny, device):
+        if self.export:  # computed in the graph, so exported models accept other sizes
+            return self._make_grid(nx, ny).to(device)
+        if self.grid[i].shape[2:4] != (ny, nx) or self.grid[i].device != device:
+            self.grid[i] = self._make_grid(nx, ny).to(device)
+        return self.grid[i]
+
+    def train_box(self, i, t, anchors):
+        """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
+        return grid_boxes(t, anchors, *self.level_decoding(i))
+
+    def cell_reach(self, i):
+        """How far past its cell level i's centres reach ((s - 1) / 2: 0.5 for Scaled-YOLOv4's xy in (-0.5, 1.5)):
+        targets also train the neighbour cell that can reach them."""
+        return 0.5 * (self.level_decoding(i)[1] - 1)
+
+    @staticmethod
+    def _make_grid(nx=20, ny=20):
+        yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing='ij')
+        return torch.stack((xv, yv), 2).view((1, 1, ny, nx, 2)).float()
+
+
+class Detect(Head):
+    """Per-level 1x1 prediction convs; in inference mode also decodes boxes to pixels (Head)."""
 
     stride = None  # strides computed during build
-    export = False  # when True, forward returns the decoded tensor only (TorchScript/ONNX export)
 
     decoding, scale_xy = 'scaled', 2.0  # class defaults: released pickles predate them
 
@@ -70,59 +121,11 @@ class Detect(nn.Module):
         self.register_buffer('anchor_grid', a.clone().view(self.nl, 1, -1, 1, 1, 2))  # (nl,1,na,1,1,2) pixels
         self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
 
-    def forward(self, x):
-        z = []  # inference output
-        x = list(x)
-        for i in range(self.nl):
-            x[i] = self.m[i](x[i])
-            bs, _, ny, nx = x[i].shape  # x(bs,255,20,20) to x(bs,3,20,20,85)
-            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            if not self.training:
-                if self.export:  # computed in the graph, so exported models accept other sizes
-                    grid = self._make_grid(nx, ny).to(x[i].device)
-                else:
-                    if self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
-                        self.grid[i] = self._make_grid(nx, ny).to(x[i].device)
-                    grid = self.grid[i]
-                z.append(decode_level(x[i], grid, self.stride[i], self.anchor_grid[i], self.decoding == 'yolov4',
-                                      self.scale_xy).view(bs, -1, self.no))
-        if self.training:
-            return x
-        return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
+    def level_map(self, i, x):
+        return self.m[i](x)
 
-    def train_box(self, i, t, anchors):
-        """Boxes (n, 4) in grid units (x, y relative to the cell) of raw predictions t (n, 4+) at level i."""
-        return grid_boxes(t, anchors, self.decoding == 'yolov4', self.scale_xy)
-
-    def cell_reach(self, i):
-        """How far past its cell a centre reaches ((s - 1) / 2: 0.5 for Scaled-YOLOv4's xy in (-0.5, 1.5)):
-        targets also train the neighbour cell that can reach them."""
-        return 0.5 * (self.scale_xy - 1)
-
-    @staticmethod
-    def _make_grid(nx=20, ny=20):
-        yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing='ij')
-        return torch.stack((xv, yv), 2).view((1, 1, ny, nx, 2)).float()
-
-
-def _run_rows(rows, x, pieces=False):
-    """The rows applied in turn; with pieces, each piece inside them checkpointed on its own (maybe_alone)."""
-    with activation_checkpointing.pieces(pieces):
-        for m in rows:
-            x = m(x)
-    return x
-
-
-def _checkpointed_run(run, x, area):
-    """A run of rows applied to x as its plan says (models/checkpointing.py): in pieces ('each'), or checkpointed
-    whole, with its pieces nested inside ('run+each') or not ('run')."""
-    plan = activation_checkpointing.plan(run, x, area)
-    if plan == 'each':
-        return _run_rows(run, x, pieces=True)
-    nested = plan == 'run+each'
-    return activation_checkpointing.checkpointed(
-        lambda *t: _run_rows(run, list(t) if len(t) > 1 else t[0], nested),
-        nn.ModuleList(run), *(x if isinstance(x, list) else [x]))
+    def level_decoding(self, i):
+        return self.decoding == 'yolov4', self.scale_xy
 
 
 class Model(nn.Module):
@@ -191,14 +194,14 @@ class Model(nn.Module):
         return x
 
     def _forward_checkpointed(self, x):
-        """forward_once with activation checkpointing, each run of rows (models/checkpointing.py, checkpoint_runs)
-        as its plan says; the Detect head runs as usual."""
+        """forward_once with activation checkpointing, each run of rows (models/activation_checkpointing.py,
+        checkpoint_runs) as its plan says; the Detect head runs as usual."""
         y, area = [], x.shape[-2] * x.shape[-1]
         for run in activation_checkpointing.checkpoint_runs(self.model, self.save):
             first = run[0]
             if first.f != -1:
                 x = y[first.f] if isinstance(first.f, int) else [x if j == -1 else y[j] for j in first.f]
-            x = first(x) if isinstance(first, Detect) else _checkpointed_run(run, x, area)
+            x = first(x) if isinstance(first, Detect) else activation_checkpointing.checkpointed_rows(run, x, area)
             y += [None] * (len(run) - 1) + [x if run[-1].i in self.save else None]
         return x
 

@@ -34,9 +34,9 @@ def _step(model, x):
 @pytest.mark.parametrize('name', ['yaml P5', 'darknet yolov4-tiny'])
 def test_checkpointing_gives_the_same_gradients_and_statistics(name, monkeypatch):
     """Gradients and BatchNorm statistics equal to the step without checkpointing, with a quarter of the activations
-    kept or less; on the YAML model, with the three plans of models/checkpointing.py in use (the high-resolution
-    runs, the deep CSP blocks checkpointed per bottleneck, and plain runs)."""
-    import models.checkpointing as ac
+    kept or less; on the YAML model, with the three plans of models/activation_checkpointing.py in use (the
+    high-resolution runs, the deep CSP blocks checkpointed per bottleneck, and plain runs)."""
+    import models.activation_checkpointing as ac
     plans, plan = [], ac.plan
     monkeypatch.setattr(ac, 'plan', lambda *a: plans.append(plan(*a)) or plans[-1])
     plain = _models()[name].train()
@@ -71,7 +71,7 @@ def test_checkpointing_under_bfloat16_autocast_gives_the_same_gradients():
 
 def test_the_recomputation_would_update_batchnorm_twice(monkeypatch):
     """The guard is needed: without it, the recomputation in backward moves the running statistics again."""
-    import models.checkpointing as ac
+    import models.activation_checkpointing as ac
     monkeypatch.setattr(ac, 'running_stats_kept', lambda bns: contextlib.nullcontext())
     plain = _models()['yaml P5'].train()
     ckpt = copy.deepcopy(plain)

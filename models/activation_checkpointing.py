@@ -1,5 +1,12 @@
 """Activation checkpointing: memory traded for compute in training (train.py --activation-checkpointing).
 
+A policy applied to the model from outside, in the shape of PyTorch's apply_activation_checkpointing: the building
+blocks of models/common.py know nothing of it. When `model.activation_checkpointing` is on, a model's forward in
+training runs its rows through this module (`run`), which checkpoints them, and for the plans that ask for it
+wraps the blocks' pieces for the duration of the call (`wrapped_pieces`): each piece's `forward` (or a CSP block's
+`join`) is replaced, on the instance, by a checkpointed one, and put back afterwards. Nothing is left on the
+modules between calls, so their state_dict keys, pickles and copies (the EMA) are untouched.
+
 A checkpointed block keeps only its input for the backward pass; the activations inside it are computed again
 when its gradients are needed (torch.utils.checkpoint, non-reentrant). YAML models group their rows into runs
 of at most two rows whose inner output no later row reads (checkpoint_runs): a CSP block of the backbone or the
@@ -22,17 +29,19 @@ second time, with the same batch, and move them further than the step without ch
 pass updates them; the recomputation runs with them put back afterwards (running mean, variance and the batch
 count), so the statistics, like the gradients, are those of the step without checkpointing.
 """
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from models.common import Bottleneck, BottleneckCSP, BottleneckCSP2, Conv
+
 MAX_RUN = 2  # rows per checkpointed run
 FINE_STRIDE = 2  # runs whose input is at this stride or finer also checkpoint each piece inside them
 DEEP = 3  # runs holding a CSP block of this many bottlenecks or more checkpoint each bottleneck and Conv instead
-_pieces = False  # whether pieces checkpoint themselves (see maybe_alone); module state, as a context variable
-#                 would stop torch.compile
+PIECES = ((Conv, 'forward'), (Bottleneck, 'forward'), (BottleneckCSP, 'join'), (BottleneckCSP2, 'join'))  # the
+#        pieces a plan may checkpoint on their own, and the method of each that is wrapped
 
 
 def batch_norms(module):
@@ -68,28 +77,79 @@ def checkpointed(fn, module, *inputs):
     return checkpoint(run, *inputs, use_reentrant=False)
 
 
+class Piece:
+    """A piece's method (a Conv's or a Bottleneck's forward, a CSP block's join of its two paths) checkpointed on
+    its own, while wrapped_pieces has put it on the module's instance in place of the class's method. Nothing
+    inside it is checkpointed again: it runs with the wrappers of the module and its submodules taken off."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *inputs):
+        method = getattr(type(self.module), self.name).__get__(self.module)
+        if not torch.is_grad_enabled():
+            return method(*inputs)
+
+        def run(*t):
+            with _taken_off(self.module):
+                return method(*t)
+        return checkpointed(run, self.module, *inputs)
+
+
+def _wrappable(m):
+    return [name for cls, name in PIECES if isinstance(m, cls)]
+
+
 @contextmanager
-def pieces(on):
-    """Within this block, the pieces (each Conv, each Bottleneck, the join of a CSP block's two paths) checkpoint
-    themselves when `on` (see maybe_alone)."""
-    global _pieces
-    previous, _pieces = _pieces, on
+def _swapped(changes):
+    """Each (module, method name, value) set on the module's instance (None: the instance's own entry removed, so
+    that the class's method is used), and put back as it was on exit."""
+    before = [(m, name, m.__dict__.get(name)) for m, name, _ in changes]
     try:
+        for m, name, value in changes:
+            _set(m, name, value)
         yield
     finally:
-        _pieces = previous
+        for m, name, value in reversed(before):
+            _set(m, name, value)
 
 
-def maybe_alone(module, forward, *inputs):
-    """forward(*inputs) of a piece (a Conv, a Bottleneck, or the join of a CSP block's two paths), checkpointed on
-    its own when pieces are on; nothing inside it is checkpointed again."""
-    if not _pieces or not torch.is_grad_enabled():
-        return forward(*inputs)
+def _set(m, name, value):
+    if value is None:
+        m.__dict__.pop(name, None)
+    else:
+        m.__dict__[name] = value
 
-    def run(*t):
-        with pieces(False):
-            return forward(*t)
-    return checkpointed(run, module, *inputs)
+
+def _taken_off(module):
+    """The Piece wrappers of module and its submodules taken off within this block."""
+    return _swapped([(m, name, None) for m in module.modules() for name in _wrappable(m)
+                     if isinstance(m.__dict__.get(name), Piece)])
+
+
+def wrapped_pieces(rows):
+    """Within this block, the pieces of `rows` (each Conv, each Bottleneck, the join of each CSP block's two paths)
+    checkpointed on their own: their methods wrapped on the instances (Piece), from outside the blocks."""
+    return _swapped([(m, name, Piece(m, name)) for row in rows for m in row.modules() for name in _wrappable(m)])
+
+
+def _run_rows(rows, x, pieces):
+    """The rows applied in turn; with pieces, each piece inside them checkpointed on its own."""
+    with wrapped_pieces(rows) if pieces else nullcontext():
+        for m in rows:
+            x = m(x)
+    return x
+
+
+def checkpointed_rows(rows, x, area):
+    """A run of rows applied to x as its plan says: in pieces ('each'), or checkpointed whole, with its pieces
+    nested inside ('run+each') or not ('run'); `area` is the pixels of the model's input."""
+    how = plan(rows, x, area)
+    if how == 'each':
+        return _run_rows(rows, x, pieces=True)
+    nested = how == 'run+each'
+    return checkpointed(lambda *t: _run_rows(rows, list(t) if len(t) > 1 else t[0], nested),
+                        nn.ModuleList(rows), *(x if isinstance(x, list) else [x]))
 
 
 def plan(run, x, area):
