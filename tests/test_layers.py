@@ -199,3 +199,99 @@ def test_the_configuration_check_sees_planted_changes():
                'opt = opt.replace(epochs=3)\n')
     found = config_assignments(planted)
     assert sorted(int(f.split(':')[1]) for f in found) == list(range(1, 8)), found
+
+
+# --- no training setting in models/ ----------------------------------------------------------------------------
+BLOCKS = {'models.common': {'models.activations'},  # a building block: the project modules it may import
+          'models.activations': {'utils.errors', 'models.mish_cuda'}}
+TRAINING = ('utils.train', 'train', 'test', 'detect')  # the training run's machinery and the scripts' options
+
+
+def _module_aliases(tree, modules):
+    """{name in this file: the project module of models/ it is bound to} (import models.x as y, from models import
+    x, import models.x: 'models.x' as a dotted name)."""
+    bound = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith('models.') and a.name in modules:
+                    bound[a.asname or a.name] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or '').split('.')[0] == 'models':
+            for a in node.names:
+                if f'{node.module}.{a.name}' in modules:
+                    bound[a.asname or a.name] = f'{node.module}.{a.name}'
+    return bound
+
+
+def training_settings(path, module, modules):
+    """[(line, what)] of the places in one module's source where a training setting reaches models/. A training
+    setting is state that the training code sets and the model's computation reads, other than the model's own
+    attributes (`model.activation_checkpointing`, set on the instance, is the switch). The rules:
+    1. no function of models/ declares `global`: module state rebound at run time and read by other code, as
+       `_pieces` was, set by the checkpointing policy and read by every Conv;
+    2. no module of models/ imports the training machinery or a script (utils/train/, train, test, detect);
+    3. the building blocks import from the project only what BLOCKS lists: activation checkpointing
+       (models/activation_checkpointing.py) is applied to them from outside and never imported by them;
+    4. no module of the project assigns to an attribute of a module of models/ (`common.X = 1`, `setattr(ac, ...)`,
+       `models.yolo.X = 1`): a module-level setting set from outside."""
+    tree = ast.parse(Path(path).read_text(), str(path))
+    found = []
+    in_models = module == 'models' or module.startswith('models.')
+    for line, dep in imports(path, modules):
+        if in_models and any(dep == t or dep.startswith(t + '.') for t in TRAINING):
+            found.append((line, f'imports the training code {dep}'))
+        if module in BLOCKS and dep.startswith(('models', 'utils', 'train', 'test', 'detect')) \
+                and dep not in BLOCKS[module] and dep != 'models':
+            found.append((line, f'a building block imports {dep}'))
+    aliases = _module_aliases(tree, modules)
+
+    def models_module(node):
+        name = ast.unparse(node)
+        return aliases.get(name) or (name if name.startswith('models.') and name in modules else None)
+    for node in ast.walk(tree):
+        if in_models and isinstance(node, ast.Global):
+            found.append((node.lineno, f'global {", ".join(node.names)}'))
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == 'setattr' and node.args:
+            targets = [ast.Attribute(value=node.args[0], attr='?')]
+        for t in targets:
+            for a in ast.walk(t):
+                if isinstance(a, ast.Attribute) and models_module(a.value):
+                    found.append((node.lineno, f'sets {models_module(a.value)}.{a.attr}'))
+    return found
+
+
+def test_no_module_of_models_imports_a_training_setting():
+    modules = project_modules()
+    wrong = [f'{p.relative_to(ROOT)}:{line}: {what}' for m, p in modules.items()
+             for line, what in training_settings(p, m, modules)]
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_the_training_setting_check_catches_planted_cases(tmp_path):
+    """Each rule of training_settings, on a planted source: the old module global of the checkpointing policy, an
+    import of the training code, a building block importing the policy, a module setting a models/ module's state."""
+    mods = dict.fromkeys(['models.common', 'models.yolo', 'models.activation_checkpointing', 'models.activations',
+                          'utils.train.trainer', 'utils.benchmarks.modes', 'utils.errors'])
+
+    def check(source, module):
+        path = tmp_path / 'planted.py'
+        path.write_text(source)
+        return training_settings(path, module, mods)
+    assert check('_pieces = False\n\ndef pieces(on):\n    global _pieces\n    _pieces = on\n',
+                 'models.activation_checkpointing') == [(4, 'global _pieces')]
+    assert check('from utils.train.trainer import Trainer\n', 'models.yolo') == \
+        [(1, 'imports the training code utils.train.trainer')]
+    assert check('import torch\nfrom models import activation_checkpointing\n', 'models.common') == \
+        [(2, 'a building block imports models.activation_checkpointing')]
+    assert check('from models import activation_checkpointing as ac\nac.MAX_RUN = 3\n', 'utils.benchmarks.modes') == \
+        [(2, 'sets models.activation_checkpointing.MAX_RUN')]
+    assert check('import models.common\nmodels.common.ACTIVATIONS["x"] = 1\n', 'utils.benchmarks.modes') == \
+        [(2, 'sets models.common.ACTIVATIONS')]
+    assert check('from models import common\nsetattr(common, "X", 1)\n', 'utils.benchmarks.modes') == \
+        [(2, 'sets models.common.?')]
+    assert check('import torch\nfrom models.activations import Mish\n', 'models.common') == []
+    switch = ('from models import yolo\n\ndef f(cfg):\n    model = yolo.Model(cfg)\n'
+              '    model.activation_checkpointing = 1\n')
+    assert check(switch, 'utils.benchmarks.modes') == []  # the switch is an attribute of the model, not of a module

@@ -39,6 +39,8 @@ def test_checkpointing_gives_the_same_gradients_and_statistics(name, monkeypatch
     import models.activation_checkpointing as ac
     plans, plan = [], ac.plan
     monkeypatch.setattr(ac, 'plan', lambda *a: plans.append(plan(*a)) or plans[-1])
+    wrapped, checkpointed = set(), ac.checkpointed  # what the pieces wrapped from outside checkpoint
+    monkeypatch.setattr(ac, 'checkpointed', lambda fn, m, *t: wrapped.add(type(m).__name__) or checkpointed(fn, m, *t))
     plain = _models()[name].train()
     ckpt = copy.deepcopy(plain)
     ckpt.activation_checkpointing = True
@@ -46,6 +48,8 @@ def test_checkpointing_gives_the_same_gradients_and_statistics(name, monkeypatch
     kept_plain, kept_ckpt = _step(plain, x), _step(ckpt, x)
     assert kept_ckpt < kept_plain / 4
     assert set(plans) == ({'run', 'run+each', 'each'} if name == 'yaml P5' else set())
+    assert wrapped == ({'ModuleList', 'Conv', 'Bottleneck', 'BottleneckCSP'} if name == 'yaml P5' else {'DarknetConv'})
+    assert not [m for m in ckpt.modules() if {'forward', 'join'} & vars(m).keys()]  # no wrapper left on a module
     for (k, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=k)  # measured: equal to the bit
     for k, v in plain.state_dict().items():  # running means, variances and batch counts: updated once
