@@ -288,7 +288,7 @@ def test_autobatch_on_cpu_uses_the_default_and_records_it(tmp_path, capfd):
     assert lines == ['--batch-size -1: 16 (no GPU to measure: automatic batch size measures CUDA memory; give '
                      '--batch-size N to choose)']
     saved = yaml.safe_load((tmp_path / 'auto' / 'opt.yaml').read_text())
-    assert saved['batch_size'] == saved['total_batch_size'] == 16
+    assert saved['batch_size'] == -1 and saved['total_batch_size'] == 16  # what was asked for, and what was chosen
     from utils.train.resume import compare
     import argparse
     assert compare({'batch_size'}, argparse.Namespace(batch_size=-1, resume='auto'), saved, tmp_path) == []
