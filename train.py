@@ -300,7 +300,7 @@ def build_parser():
     p.add_argument('--compile', action='store_true', help='torch.compile the model for training')
     p.add_argument('--activation-checkpointing', action='store_true',
                    help='recompute the activations of each block in backward instead of keeping them: less memory '
-                        'for more time (the same gradients; README "Memory")')
+                        'for more time (the same gradients; docs/memory.md)')
     p.add_argument('--optimizer-impl', default='default', choices=['default', 'foreach', 'fused'],
                    help="PyTorch's optimizer step: default, multi-tensor foreach, or fused")
     p.add_argument('--mlflow', nargs='?', const='', default=None, metavar='TRACKING_URI',

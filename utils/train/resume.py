@@ -2,8 +2,8 @@
 
 A requeued or restarted job passes the run's own command again, and nothing differs. A flag given with another
 value is named in one line: refused when it changes the model, the data or the recipe (the run would no longer
-be the run its checkpoints and results.txt describe), accepted and applied otherwise. README.md, "Resuming",
-lists the decision for each flag.
+be the run its checkpoints and results.txt describe), accepted and applied otherwise. docs/training.md, "What a
+resume may change", lists the decision for each flag.
 """
 import argparse
 from pathlib import Path
