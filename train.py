@@ -5,8 +5,10 @@
     python train.py --resume [runs/train/exp] [--epochs 450 --hyp data/hyp.finetune.yaml]
     python train.py ... --name p5 --resume auto      (continue runs/train/p5 if it has a checkpoint, else start it)
 
-The stages, each a function: main() decides where the run writes and what it resumes (utils.train.run_dir) and
-turns flags (or a resumed run's saved options) into the inputs of train(); train() builds the model, loaders,
+The stages, each a function: main() holds the stop signals for the whole process (hooks.StopSignals); run_job()
+plans where the run writes and what it resumes (utils.train.run_dir.plan_run) and resolve_config() turns the flags
+(or a resumed run's saved options) and that plan into the run's read-only configuration (utils.train.config), once;
+train() builds the model, loaders,
 optimizer and schedule (build_parts), the hooks in their order (build_hooks), and hands them to the Trainer
 (utils.train.trainer), whose loop calls them: checkpoints every --save-period-min minutes or --save-period-steps
 optimizer steps and at each epoch's end, evaluation, results.txt, trackers, the watchdog and stop signals (a signal
