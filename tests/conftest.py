@@ -88,6 +88,27 @@ class DrainedProcess(subprocess.Popen):
         return None, ''.join(line for _, line in self.lines)
 
 
+def last_pt_position(last):
+    """(epoch, batch) of a run's last.pt, or (-1, -1) while there is none (it is replaced atomically)."""
+    import torch
+    try:
+        p = torch.load(last, weights_only=True)['progress']
+        return p['epoch'], p['batch']
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return -1, -1
+
+
+def assert_same_run(a, b):
+    """Two runs are the same: every tensor of their last.pt's model and EMA equal, and results.txt line by line."""
+    import torch
+    ka, kb = (torch.load(Path(r) / 'weights' / 'last.pt', weights_only=True) for r in (a, b))
+    for key in ('model', 'ema'):
+        sa, sb = ka[key]['state_dict'], kb[key]['state_dict']
+        differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+        assert not differ, f'{key}: {len(differ)} tensors differ, e.g. {differ[:3]}'
+    assert (Path(a) / 'results.txt').read_text().splitlines() == (Path(b) / 'results.txt').read_text().splitlines()
+
+
 @pytest.fixture
 def tiny_p5():
     return tiny_cfg('yolov4-p5')

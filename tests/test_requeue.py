@@ -18,7 +18,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, DrainedProcess, free_port
+from conftest import ROOT, DrainedProcess, assert_same_run, free_port
+from conftest import last_pt_position as _progress
 
 DATA = 'data/coco8.yaml'
 CFG = 'models/yolov4-p5-tiny.yaml'
@@ -55,15 +56,6 @@ def _train(args, torchrun=False, timeout=600):
     return p.returncode, err
 
 
-def _progress(last):
-    """(epoch, batch) of a last.pt, or (-1, -1) before there is one."""
-    try:
-        p = torch.load(last, weights_only=True)['progress']
-        return p['epoch'], p['batch']
-    except (OSError, RuntimeError, EOFError, KeyError):
-        return -1, -1
-
-
 def _session_processes(sid):
     """The pids of live (not zombie) processes in session sid."""
     found = []
@@ -75,15 +67,6 @@ def _session_processes(sid):
         if int(fields[3]) == sid and fields[0] != 'Z':
             found.append(int(d))
     return found
-
-
-def assert_same_run(a, b):
-    ka, kb = (torch.load(Path(r) / 'weights' / 'last.pt', weights_only=True) for r in (a, b))
-    for key in ('model', 'ema'):
-        sa, sb = ka[key]['state_dict'], kb[key]['state_dict']
-        differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
-        assert not differ, f'{key}: {len(differ)} tensors differ, e.g. {differ[:3]}'
-    assert (Path(a) / 'results.txt').read_text().splitlines() == (Path(b) / 'results.txt').read_text().splitlines()
 
 
 @pytest.fixture(scope='module')

@@ -18,7 +18,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, free_port, DrainedProcess, tiny_cfg
+from conftest import ROOT, free_port, DrainedProcess, assert_same_run, tiny_cfg
+from conftest import last_pt_position as _progress
 
 DATA = str(ROOT / 'data' / 'coco8.yaml')
 
@@ -51,15 +52,6 @@ def _train(args, torchrun=None):
     p = _popen(args, torchrun)
     _, err = p.communicate(timeout=600)
     return p.returncode, err
-
-
-def _progress(last):
-    """(epoch, batch) of a last.pt (it is replaced atomically, but may not exist yet)."""
-    try:
-        p = torch.load(last, weights_only=True)['progress']
-        return p['epoch'], p['batch']
-    except (OSError, RuntimeError, EOFError, KeyError):
-        return -1, -1
 
 
 def _wait_for(proc, last, position, timeout=300):
@@ -95,15 +87,6 @@ def _worker_of_rank(agent_pid, local_rank):
         if f'LOCAL_RANK={local_rank}'.encode() in env:
             return pid
     raise AssertionError(f'no worker of local rank {local_rank} under {agent_pid}')
-
-
-def assert_same_run(a, b):
-    ka, kb = (torch.load(r / 'weights' / 'last.pt', weights_only=True) for r in (a, b))
-    for key in ('model', 'ema'):
-        sa, sb = ka[key]['state_dict'], kb[key]['state_dict']
-        differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
-        assert not differ, f'{key}: {len(differ)} tensors differ, e.g. {differ[:3]}'
-    assert (a / 'results.txt').read_text().splitlines() == (b / 'results.txt').read_text().splitlines()
 
 
 def _last_line(err):
