@@ -37,7 +37,6 @@ from utils.datasets import check_label_classes, create_dataloader, stop_loader_w
 from utils.distributed import init_distributed, process_group_store
 from utils.errors import ArgumentError, ArgumentParser, UserError, check_at_least, run_cli
 from utils.general import check_img_size, options_from_kwargs, set_logging
-from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.plots import plot_labels
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, select_device, set_bn_momentum
@@ -45,7 +44,7 @@ from utils.train.autoanchor import check_anchors
 from utils.train.hooks import (Checkpoints, EMAHook, EpochCheckpoint, Evaluation, FinishRun, ImageWeights, Progress,
                                ResultsFile, SafeCallback, SignalsHook, StopSignals, TrainBatchPlots, WatchdogHook,
                                finish_run)
-from utils.train.model import build_model, maybe_sync_bn, wrap_ddp
+from utils.train.model import build_loss, build_model, maybe_sync_bn, wrap_ddp
 from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations
 from utils.train import resume
 from utils.train.autobatch import auto_batch_size
@@ -127,14 +126,11 @@ def build_parts(cfg, data, nc, device, ckpt):
     new), the loader, the optimizer and its schedule, the gradient scaler and the EMA."""
     opt, main_proc, hyp = cfg.opt, cfg.main, dict(cfg.hyp)
     model = build_model(opt, nc, device, ckpt, verbose=main_proc)
-    model.activation_checkpointing = opt.activation_checkpointing
     if 'bn_momentum' in hyp:  # published: 0.03, which needs thousands of steps to forget the initial statistics
         set_bn_momentum(model, hyp['bn_momentum'])
     gs = int(model.stride.max())
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
     loader, dataset, total_batch_size = build_train_loader(cfg, data, hyp, imgsz, gs, nc)
-    if opt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, total_batch_size, opt.adam, opt.optimizer_impl)
     lr_lambda = cosine_lr(opt.epochs, hyp.get('lrf', 0.2))
     recipe = Recipe(epochs=opt.epochs, hyp=hyp, hyp_given=dict(cfg.hyp), lr_lambda=lr_lambda,
@@ -237,7 +233,7 @@ def train(cfg, device, ckpt=None, callbacks=(), stops=None):
     m.category_ids = None if opt.single_cls else (dataset.label_source or {}).get('category_ids')  # COCO / VOC
     if parts.ema:
         parts.ema.update_attr(m, include=EMA_ATTRIBUTES)
-    parts.loss_fn = ComputeLoss(parts.model, dict(recipe.hyp, cls=recipe.hyp['cls'] * nc / 80.))  # cls gain to nc
+    parts.loss_fn = build_loss(parts.model, recipe.hyp, nc)
     evaluation = Evaluation(partial(tester.test, data, batch_size=cfg.batch_size, imgsz=imgsz_test,
                                     single_cls=opt.single_cls, save_dir=paths.save_dir), testloader, not opt.notest)
     hooks = build_hooks(cfg, paths, evaluation, dataset, names, stops, callbacks)
@@ -436,13 +432,9 @@ def choose_batch_size(opt, hyp, device, world_size):
     data = load_data_config(opt.data, required=('nc', 'train', 'val'))
     nc = 1 if opt.single_cls else data['nc']
     model = build_model(opt, nc, device, verbose=False).train()
-    model.activation_checkpointing = opt.activation_checkpointing
-    if opt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     imgsz = check_img_size(opt.img_size[0], int(model.stride.max()))
     try:
-        return auto_batch_size(model, ComputeLoss(model, dict(hyp, cls=hyp['cls'] * nc / 80.)), imgsz, device,
-                               opt.amp_dtype, world_size)
+        return auto_batch_size(model, build_loss(model, hyp, nc), imgsz, device, opt.amp_dtype, world_size)
     finally:
         del model
         if device.type == 'cuda':

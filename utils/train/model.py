@@ -11,6 +11,7 @@ from models.checkpoint import load_checkpoint, model_from_checkpoint, model_from
 from models.darknet import DarknetModel
 from models.darknet_convert import load_darknet_model
 from models.yolo import Model
+from utils.loss import ComputeLoss
 from utils.torch_utils import de_parallel, intersect_dicts
 
 LOGGER = logging.getLogger('train')
@@ -18,7 +19,8 @@ LOGGER = logging.getLogger('train')
 
 def build_model(opt, nc, device, ckpt=None, verbose=True):
     """The model to train: restored from a resumed checkpoint, transferred from --weights (a .pt, or darknet
-    .weights), or new from --cfg (a YAML, or a darknet .cfg); the first --freeze layers frozen."""
+    .weights), or new from --cfg (a YAML, or a darknet .cfg); the first --freeze layers frozen; with the run's
+    activation checkpointing and memory format."""
     if ckpt is not None:
         model = model_from_payload(ckpt['model'], opt.weights).to(device)
     elif opt.weights:
@@ -40,7 +42,15 @@ def build_model(opt, nc, device, ckpt=None, verbose=True):
         model = new_model(opt.cfg, nc, verbose).to(device)
     for k, v in model.named_parameters():
         v.requires_grad = not any(k.startswith(f'model.{j}.') for j in range(opt.freeze))
+    model.activation_checkpointing = opt.activation_checkpointing
+    if opt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def build_loss(model, hyp, nc):
+    """The training loss of `model` for `nc` classes: its class gain scaled by nc / 80, as published."""
+    return ComputeLoss(model, dict(hyp, cls=hyp['cls'] * nc / 80.))
 
 
 def new_model(cfg, nc, verbose):
