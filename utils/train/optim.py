@@ -86,3 +86,28 @@ def warmup_step(optimizer, ni, warmup_iters, nominal_accumulate, lr_factor, mome
         if 'momentum' in g:
             g['momentum'] = float(np.interp(ni, xi, [0.9, momentum]))
     return accumulate
+
+
+class Schedule:
+    """The paper's schedule in one object: during the warm-up, each iteration's learning rates, momentum and
+    accumulation (warmup_step); at each epoch's end, the cosine's step (a LambdaLR over epochs; epoch e > 0 runs at
+    lr_lambda(e - 1), as published)."""
+
+    def __init__(self, optimizer, scheduler, lr_lambda, warmup_iters, nominal_accumulate, momentum):
+        self.optimizer, self.scheduler, self.lr_lambda = optimizer, scheduler, lr_lambda
+        self.warmup_iters, self.nominal_accumulate, self.momentum = warmup_iters, nominal_accumulate, momentum
+        scheduler.last_epoch = -1
+
+    def warm_up(self, ni, epoch):
+        """Set the rates and momentum of iteration ni (in epoch `epoch`) while the warm-up lasts; returns its
+        accumulation, or None after the warm-up."""
+        if ni > self.warmup_iters:
+            return None
+        return warmup_step(self.optimizer, ni, self.warmup_iters, self.nominal_accumulate, self.lr_lambda(epoch),
+                           self.momentum)
+
+    def end_epoch(self):
+        """Step to the next epoch's rates; returns the ended epoch's rates (each group's)."""
+        rates = [g['lr'] for g in self.optimizer.param_groups]
+        step_schedule(self.scheduler)
+        return rates

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from models.checkpoint import checkpoint_header, model_payload
+from models.checkpoint import model_payload
 from utils.datasets import loader_failure
 from utils.errors import UserError
 from utils.torch_utils import de_parallel, random_rescale
-from utils.train.optim import set_epoch_lr, step_schedule, warmup_step
+from utils.train.optim import Schedule, set_epoch_lr
 from utils.train.recipe import rng_state, set_rng_state
 from utils.sampling import batch_rng
-from utils.train.checkpoint_layout import hook_states, unique_keys, with_hook_states
+from utils.train.checkpoint_layout import TrainingCheckpoint, hook_states_of, unique_keys
 from utils.train.state import RunState, describe_position, pending_gradients
 from utils.train.watchdog import Watchdog
 
@@ -101,6 +101,8 @@ class Trainer:
         self.recipe, self.rank, self.world_size = recipe, rank, world_size
         self.main = rank in (-1, 0)
         self.state = RunState(accumulate=max(round(recipe.nominal_accumulate), 1))
+        self.schedule = Schedule(parts.optimizer, parts.scheduler, recipe.lr_lambda, recipe.warmup_iters,
+                                 recipe.nominal_accumulate, recipe.hyp.get('momentum'))
         self.ended = None  # the RunState of the epoch that just ended (after_epoch hooks read it)
         self.lr = []  # the epoch's learning rates, before the schedule steps
         self.watchdog = Watchdog(0)  # replaced by hooks.WatchdogHook
@@ -114,7 +116,6 @@ class Trainer:
             h.trainer = self
             self.hooks.append(h)
         self.hook_keys = unique_keys(self.hooks)  # each hook's entry in the checkpoint
-        self.scheduler.last_epoch = -1  # as published: epoch e (> 0) runs at lambda(e - 1)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def train(self):
@@ -176,7 +177,10 @@ class Trainer:
         state = self.state
         self.beat('forward/backward', f'epoch {state.epoch} batch {i}', waiting=self.rank != -1)  # DDP syncs
         ni = i + len(self.loader) * state.epoch  # iterations since the start of training
-        imgs = self.prepare_images(imgs, ni, i)
+        accumulate = self.schedule.warm_up(ni, state.epoch)
+        if accumulate is not None:
+            state.accumulate = accumulate
+        imgs = self.prepare_images(imgs, i)
         with autocast(self.device, self.recipe.amp_dtype):
             loss, loss_items = self.loss_fn(self.model(imgs), targets.to(self.device))
             if self.rank != -1:
@@ -202,15 +206,12 @@ class Trainer:
         return ('%10s' * 2 + '%10.4g' * 6) % (f'{self.state.epoch}/{self.recipe.epochs - 1}', mem, *mloss, targets,
                                               img_size)
 
-    def prepare_images(self, imgs, ni, i):
-        """uint8 images to the device as floats in [0, 1], with the warm-up rates and the multi-scale size."""
+    def prepare_images(self, imgs, i):
+        """uint8 images to the device as floats in [0, 1], at the multi-scale size of batch i."""
         r = self.recipe
         imgs = imgs.to(self.device, non_blocking=True).float() / 255.0
         if r.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
-        if ni <= r.warmup_iters:
-            self.state.accumulate = warmup_step(self.optimizer, ni, r.warmup_iters, r.nominal_accumulate,
-                                                r.lr_lambda(self.state.epoch), r.hyp['momentum'])
         if r.multi_scale:
             imgs = random_rescale(imgs, r.imgsz, r.stride, batch_rng(r.seed, self.state.epoch, i, self.rank))
         return imgs
@@ -255,8 +256,7 @@ class Trainer:
     def end_epoch(self):
         """The schedule's step and the after_epoch hooks, with the state moved to the next epoch (the ended
         epoch's state is self.ended). Returns False, with the state put back, when the evaluation was stopped."""
-        self.lr = [g['lr'] for g in self.optimizer.param_groups]
-        step_schedule(self.scheduler)
+        self.lr = self.schedule.end_epoch()
         if self.main and not self.state.row:  # no batch of the epoch had a finite loss: its losses are unknown
             self.state.row = self.progress_row([float('nan')] * 4, 0, self.recipe.imgsz)
         self.ended = copy(self.state)
@@ -327,26 +327,27 @@ class Trainer:
         progress = {k: v for k, v in vars(s).items() if k not in ('best_fitness', 'results_lines')}
         progress['results'] = [float(x) for x in s.results]
         progress['maps'] = None if s.maps is None else [float(x) for x in s.maps]
-        ckpt = dict(checkpoint_header(s.epoch - 1, s.best_fitness), model=model_payload(de_parallel(self.model)),
-                    optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                    gradients=pending_gradients(self.model), progress=progress,
-                    opt=dict(self.recipe.options or {}), hyp=self.recipe.hyp_given,
-                    rng=rng_state(), results=list(s.results_lines), fitness=fitness, torch=str(torch.__version__))
-        if self.ema is not None:
-            ckpt.update(ema=model_payload(self.ema.ema), ema_updates=self.ema.updates)
-        return with_hook_states(ckpt, self.hook_keys)
+        ema = {} if self.ema is None else dict(ema=model_payload(self.ema.ema), ema_updates=self.ema.updates)
+        return TrainingCheckpoint(epoch=s.epoch - 1, best_fitness=s.best_fitness,
+                                  model=model_payload(de_parallel(self.model)), optimizer=self.optimizer.state_dict(),
+                                  scaler=self.scaler.state_dict(), gradients=pending_gradients(self.model),
+                                  progress=progress, options=dict(self.recipe.options or {}),
+                                  hyp=self.recipe.hyp_given, rng=rng_state(), results=list(s.results_lines),
+                                  fitness=fitness, torch_version=str(torch.__version__), **ema,
+                                  hooks=hook_states_of(self.hook_keys)).to_dict()
 
     def load_state_dict(self, ckpt, hyp_changed=False):
-        """Resume from checkpoint `ckpt` (whose model weights the model already has): optimizer, scaler, pending
-        gradients, RNG states, run state and schedule, and each hook's part. A checkpoint without `progress`
-        (older, or epoch-only) resumes at the start of the epoch after its label. With a new --hyp (fine-tune),
-        its lr0, momentum and weight decay take effect on every group; with a new --hyp or --epochs, the rates
-        follow the new schedule."""
-        self.optimizer.load_state_dict(ckpt['optimizer'])
-        if ckpt.get('scaler'):
-            self.scaler.load_state_dict(ckpt['scaler'])
+        """Resume from checkpoint `ckpt` (a TrainingCheckpoint, or its dict; the model already has its weights):
+        optimizer, scaler, pending gradients, RNG states, run state and schedule, and each hook's part. A
+        checkpoint without `progress` (older, or epoch-only) resumes at the start of the epoch after its label. With
+        a new --hyp (fine-tune), its lr0, momentum and weight decay take effect on every group; with a new --hyp or
+        --epochs, the rates follow the new schedule."""
+        ckpt = TrainingCheckpoint.from_dict(ckpt)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        if ckpt.scaler:
+            self.scaler.load_state_dict(ckpt.scaler)
         params = dict(de_parallel(self.model).named_parameters())
-        for k, g in (ckpt.get('gradients') or {}).items():
+        for k, g in ckpt.gradients.items():
             params[k].grad = g.to(params[k].device).clone()
         hyp = self.recipe.hyp
         if hyp_changed:
@@ -354,17 +355,17 @@ class Trainer:
                 g['initial_lr'], g['momentum'] = hyp['lr0'], hyp['momentum']
                 if j == 1:
                     g['weight_decay'] = hyp['weight_decay']
-        set_rng_state(ckpt.get('rng'), self.rank)
-        state = RunState(epoch=ckpt['epoch'] + 1, accumulate=self.state.accumulate,
-                         best_fitness=ckpt['best_fitness'] or 0.0, results_lines=list(ckpt.get('results') or []))
-        for k, v in (ckpt.get('progress') or {}).items():
+        set_rng_state(ckpt.rng, self.rank)
+        state = RunState(epoch=ckpt.epoch + 1, accumulate=self.state.accumulate,
+                         best_fitness=ckpt.best_fitness or 0.0, results_lines=list(ckpt.results))
+        for k, v in ckpt.progress.items():
             setattr(state, k, tuple(v) if k == 'results' else v)
         self.state = state
         self.scheduler.last_epoch = state.epoch - 1
-        if hyp_changed or (ckpt.get('opt') or {}).get('epochs') != self.recipe.epochs:
+        if hyp_changed or ckpt.option('epochs') != self.recipe.epochs:
             set_epoch_lr(self.optimizer, self.recipe.lr_lambda, max(state.epoch - 1, 0))
-        if self.ema is not None and ckpt.get('ema'):
-            self.ema.ema.load_state_dict(ckpt['ema']['state_dict'])
-            self.ema.updates = ckpt['ema_updates']
-        for key, state in hook_states(ckpt, self.hook_keys).items():
+        if self.ema is not None and ckpt.ema:
+            self.ema.ema.load_state_dict(ckpt.ema_state_dict)
+            self.ema.updates = ckpt.ema_updates
+        for key, state in ckpt.hook_states(self.hook_keys).items():
             self.hook_keys[key].load_state_dict(state)
