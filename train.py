@@ -30,7 +30,7 @@ import torch.distributed as dist
 import yaml
 
 import test as tester  # test.py
-from models.checkpoint import load_checkpoint, remove_stale_temp_files
+from models.checkpoint import remove_stale_temp_files
 from models.yolo import find_config
 from utils.data_config import load_data_config
 from utils.datasets import check_label_classes, create_dataloader, stop_loader_workers
@@ -51,8 +51,8 @@ from utils.train.autobatch import auto_batch_size
 from utils.train.recipe import EVOLVE_META, class_weights_from_labels, load_hyp, mutate_hyp
 from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, load_newest_intact, release_run,
                                  resume_path, run_folder_of)
+from utils.train.checkpoint_layout import TrainingCheckpoint, load_training_checkpoint
 from utils.train.config import Options, ProcessLayout, RunConfig
-from utils.train.state import checkpoint_position
 from utils.train.trackers import MLflow, TensorBoard, TrackerHook, mlflow_available
 from utils.train.trainer import Recipe, Trainer, TrainingStopped, TrainParts
 from utils.train.watchdog import Watchdog
@@ -184,7 +184,7 @@ def build_trackers(cfg, paths):
 def resumed_finished(ckpt, cfg, paths):
     """Log where a resume starts; True when the run has already trained all its epochs (a restart or requeue of a
     finished job: nothing is left to do). A named resume of a finished run asks for more --epochs instead."""
-    epoch, batch = checkpoint_position(ckpt)
+    epoch, batch = ckpt.position()
     epochs = cfg.opt.epochs
     LOGGER.info('Resuming %s at epoch %g%s, to %g epochs', paths.save_dir, epoch, f' batch {batch}' if batch else '',
                 epochs)
@@ -209,8 +209,9 @@ def train(cfg, device, ckpt=None, callbacks=(), stops=None):
     paths = RunPaths.of(cfg.save_dir)
     if main_proc:
         prepare_run_folder(paths, cfg.hyp, cfg)
+    ckpt = None if ckpt is None else TrainingCheckpoint.from_dict(ckpt)  # train() from Python may pass its dict
     if ckpt is not None and resumed_finished(ckpt, cfg, paths):
-        return tuple((ckpt.get('progress') or {}).get('results') or (0,) * 7)
+        return ckpt.last_results()
     seed_everything(opt.seed + 1 + max(rank, 0))
     data = load_data_config(opt.data, required=('nc', 'train', 'val'))
     nc = 1 if opt.single_cls else data['nc']
@@ -346,17 +347,15 @@ def resumed_options(opt, ckpt, path, given=()):
     (utils.train.resume). --epochs, --device and --hyp count as given when set. The options are the user's
     throughout: what the project decided (the run folder, the checkpoint, the measured batch) is not among them."""
     defaults = vars(parse_opt([]))  # options added since the run started: their defaults
-    saved = ckpt.get('opt') or {}
-    run_options = {k: v for k, v in saved.items() if k in defaults}  # not the project's decisions saved beside
-    if 'global_rank' in saved:  # written before options and decisions were apart: batch_size was one rank's share
-        run_options['batch_size'] = saved.get('total_batch_size', saved.get('batch_size'))
-    hyp = ckpt['hyp'] if opt.hyp is None else load_hyp(opt.hyp)
-    hyp_changed = hyp != ckpt['hyp']  # the same --hyp again (a restart, --resume auto) is no change
+    ckpt = TrainingCheckpoint.from_dict(ckpt)
+    run_options = ckpt.user_options(defaults)  # not the project's decisions saved beside
+    hyp = ckpt.hyp if opt.hyp is None else load_hyp(opt.hyp)
+    hyp_changed = hyp != ckpt.hyp  # the same --hyp again (a restart, --resume auto) is no change
     given = set(given) | {k for k in ('epochs', 'device', 'hyp') if getattr(opt, k, None)}
     run = run_folder_of(path)
-    if resume.written_by_a_resume(run_options.get('weights'), run, saved.get('save_dir')):  # by an older resume
+    if resume.written_by_a_resume(run_options.get('weights'), run, ckpt.option('save_dir')):  # by an older resume
         given, run_options['weights'] = given - {'weights'}, getattr(opt, 'weights', '')
-    changes = resume.compare(given, opt, dict(saved, **run_options), run, hyp_changed, find_config)
+    changes = resume.compare(given, opt, dict(ckpt.options, **run_options), run, hyp_changed, find_config)
     if changes:
         LOGGER.warning('WARNING: resuming %s with %s', run, resume.describe(changes))
     options = Options(**{**defaults, **run_options, **{dest: value for dest, value, _ in changes},
@@ -383,8 +382,7 @@ def resolve_config(opt, given, plan, layout, device):
     the run plan (a new run, or the checkpoint it resumes) and the process layout. Nothing changes it later."""
     if plan.checkpoint:
         options, hyp, hyp_changed = resumed_options(opt, plan.ckpt, plan.checkpoint, given or ())
-        run_options = plan.ckpt.get('opt') or {}
-        total = run_options.get('total_batch_size', options.batch_size)
+        total = plan.ckpt.option('total_batch_size', options.batch_size)
     else:
         (options, hyp), hyp_changed = new_run_options(opt), False
         total = options.batch_size
@@ -416,7 +414,7 @@ def named_resume(opt):
         return None
     path = resume_path(opt.resume, opt.project)
     if opt.resume is not True and Path(opt.resume).is_file():
-        return path, load_checkpoint(path), None
+        return path, load_training_checkpoint(path), None
     return load_newest_intact(path.parent, run_folder_of(path) / 'results.txt')
 
 
@@ -454,7 +452,7 @@ def process_layout(local_rank=-1):
 def start_device(opt, preloaded, layout):
     """The device this process trains on (a named resume's saved device unless --device says otherwise), with the
     process group started under DDP."""
-    saved_device = (preloaded[1].get('opt') or {}).get('device', '') if preloaded else ''
+    saved_device = TrainingCheckpoint.from_dict(preloaded[1]).option('device', '') if preloaded else ''
     device = select_device(opt.device or saved_device,
                            batch_size=opt.batch_size if layout.world_size == 1 and opt.batch_size > 0 else None)
     if layout.rank != -1:

@@ -295,3 +295,67 @@ def test_the_training_setting_check_catches_planted_cases(tmp_path):
     switch = ('from models import yolo\n\ndef f(cfg):\n    model = yolo.Model(cfg)\n'
               '    model.activation_checkpointing = 1\n')
     assert check(switch, 'utils.benchmarks.modes') == []  # the switch is an attribute of the model, not of a module
+
+
+# --- one module reads a checkpoint's keys ------------------------------------------------------------------------
+CHECKPOINT_OWNERS = {'utils.train.checkpoint_layout',  # the training checkpoint's layout (TrainingCheckpoint)
+                     'models.checkpoint'}  # the files, the model payloads and the released pickles
+CHECKPOINT_NAMES = {'ckpt', 'ck', 'checkpoint', 'preloaded', 'loaded'}  # what a loaded checkpoint is called
+DICT_METHODS = {'get', 'items', 'keys', 'values', 'pop', 'setdefault', 'update'}
+
+
+def _is_index(node):
+    return isinstance(node, ast.Constant) and isinstance(node.value, int)
+
+
+def _names_a_checkpoint(node):
+    """ckpt, plan.ckpt, or an item of a (path, checkpoint) tuple: preloaded[1]."""
+    if isinstance(node, ast.Name):
+        return node.id in CHECKPOINT_NAMES
+    if isinstance(node, ast.Attribute):
+        return node.attr in CHECKPOINT_NAMES
+    return isinstance(node, ast.Subscript) and _is_index(node.slice) and _names_a_checkpoint(node.value)
+
+
+def checkpoint_key_reads(source, filename='<source>'):
+    """[(line, code)] of each place in source that reads (or writes) a checkpoint dict's keys: ckpt['epoch'],
+    ckpt.get('opt'), plan.ckpt.items(), preloaded[1].get('opt'), 'hooks' in ckpt."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Subscript) and not _is_index(node.slice) and _names_a_checkpoint(node.value):
+            found.append(node)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in DICT_METHODS
+              and _names_a_checkpoint(node.func.value)):
+            found.append(node)
+        elif isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops) and \
+                any(_names_a_checkpoint(c) for c in node.comparators):
+            found.append(node)
+    return sorted((n.lineno, ast.unparse(n)) for n in found)
+
+
+def test_no_code_reads_a_checkpoints_keys_but_its_schema():
+    """Only utils/train/checkpoint_layout.py (TrainingCheckpoint: the layout of a training checkpoint, its older
+    layouts) and models/checkpoint.py (file I/O, model payloads, the released pickles) read a checkpoint's keys;
+    everything else asks a TrainingCheckpoint (docs/architecture.md, "Checkpoint format")."""
+    wrong = [f'{p.relative_to(ROOT)}:{line}: {code}' for m, p in project_modules().items()
+             if m not in CHECKPOINT_OWNERS for line, code in checkpoint_key_reads(p.read_text(), str(p))]
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_the_checkpoint_key_check_catches_planted_cases():
+    planted = ("epoch = ckpt['epoch'] + 1\n"
+               "saved = ckpt.get('opt') or {}\n"
+               "total = plan.ckpt.get('opt', {}).get('total_batch_size')\n"
+               "device = preloaded[1].get('opt')\n"
+               "if 'hooks' not in checkpoint: pass\n"
+               "extra = {k: v for k, v in ck.items()}\n"
+               "ckpt[HOOKS_KEY] = {}\n"
+               "path, ckpt = preloaded[0], preloaded[1]\n"  # a (path, checkpoint) tuple's items are no keys
+               "epoch, batch = ckpt.position()\n"  # the schema's accessors
+               "options = plan.ckpt.options\n")
+    found = checkpoint_key_reads(planted)
+    assert [line for line, _ in found] == list(range(1, 8)), found
+    assert found[3] == (4, "preloaded[1].get('opt')")
+    owners = {m: p for m, p in project_modules().items() if m in CHECKPOINT_OWNERS}
+    assert set(owners) == CHECKPOINT_OWNERS  # the owners exist (a renamed one would exempt nothing)
+    assert checkpoint_key_reads(owners['models.checkpoint'].read_text())  # which do read keys: exempted

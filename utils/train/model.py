@@ -11,6 +11,7 @@ from models.checkpoint import load_checkpoint, model_from_checkpoint, model_from
 from models.darknet import DarknetModel
 from models.darknet_convert import load_darknet_model
 from models.yolo import Model
+from utils.train.checkpoint_layout import TrainingCheckpoint
 from utils.loss import ComputeLoss
 from utils.torch_utils import de_parallel, intersect_dicts
 
@@ -22,7 +23,7 @@ def build_model(opt, nc, device, ckpt=None, verbose=True):
     .weights), or new from --cfg (a YAML, or a darknet .cfg); the first --freeze layers frozen; with the run's
     activation checkpointing and memory format."""
     if ckpt is not None:
-        model = model_from_payload(ckpt['model'], opt.weights).to(device)
+        model = model_from_payload(TrainingCheckpoint.from_dict(ckpt).model, opt.weights).to(device)
     elif opt.weights:
         if str(opt.weights).endswith('.weights'):  # with its darknet cfg, or the YAML that describes it
             src = load_darknet_model(opt.weights, opt.cfg or None)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError
 
 from utils.errors import ArgumentError, UserError
-from utils.train.state import checkpoint_position, describe_position
+from utils.train.checkpoint_layout import TrainingCheckpoint, load_training_checkpoint
+from utils.train.state import describe_position
 
 LOGGER = logging.getLogger(__name__)
 LOCK_NAME = '.lock'
@@ -188,7 +189,7 @@ def training_checkpoints(weights_dir):
 
 
 def load_newest_intact(weights_dir, results=None):
-    """(path, checkpoint, damaged path or None) of the newest checkpoint of the run that loads and holds a
+    """(path, TrainingCheckpoint, damaged path or None) of the newest checkpoint of the run that loads and holds a
     training state. When the newest is unreadable (truncated by a failing disk or an interrupted copy), the
     next one is taken with one warning naming both and what is lost; when none loads, the newest's error is
     raised. `results`: the run's results.txt, whose lines say how many epochs the lost checkpoint had ended."""
@@ -196,11 +197,11 @@ def load_newest_intact(weights_dir, results=None):
     errors = []
     for path in found:
         try:
-            ckpt = load_checkpoint(path, download=False)
+            ckpt = load_training_checkpoint(path, download=False)
         except CheckpointError as e:
             errors.append((path, e))
             continue
-        if ckpt.get('optimizer') is None:
+        if not ckpt.resumable:
             errors.append((path, CheckpointError(f'{path} holds no training state')))
             continue
         if errors:
@@ -212,10 +213,10 @@ def load_newest_intact(weights_dir, results=None):
 def fallback_message(damaged, path, ckpt, results):
     """'<damaged> is unreadable (...): resuming from <path>, saved at epoch E batch B; lost: ...'."""
     bad, error = damaged
-    epoch, batch = checkpoint_position(ckpt)
+    epoch, batch = ckpt.position()
     where = describe_position(epoch, batch)
     ended = len(Path(results).read_text().splitlines()) if results and Path(results).is_file() else 0
-    lost_epochs = ended - len(ckpt.get('results') or [])
+    lost_epochs = ended - len(ckpt.results)
     lost = (f'epochs {epoch}-{epoch + lost_epochs - 1} and the batches after them' if lost_epochs > 1 else
             f'epoch {epoch} and the batches after it' if lost_epochs == 1 else f'the batches trained after {where}')
     reason = str(error).split(': ', 1)[-1]
@@ -242,7 +243,7 @@ class RunPlan:
     for a new run) and, on the main process, the folder's RunLock."""
     save_dir: Path
     checkpoint: Path = None
-    ckpt: dict = None
+    ckpt: TrainingCheckpoint = None
     lock: RunLock = None
 
 
@@ -276,10 +277,10 @@ def plan_run(opt, preloaded=None):
         if training_checkpoints(save_dir / 'weights'):
             checkpoint, ckpt, damaged = load_newest_intact(save_dir / 'weights', save_dir / 'results.txt')
     elif preloaded is not None and Path(preloaded[0]) == Path(checkpoint):
-        ckpt, damaged = preloaded[1], preloaded[2] if len(preloaded) > 2 else None
+        ckpt, damaged = TrainingCheckpoint.from_dict(preloaded[1]), preloaded[2] if len(preloaded) > 2 else None
     elif checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
-    if ckpt is not None and ckpt.get('optimizer') is None:
+        ckpt = load_training_checkpoint(checkpoint, download=True)
+    if ckpt is not None and not ckpt.resumable:
         raise CheckpointError(f'{checkpoint} holds no training state (a stripped or released file): start a new '
                               f'run with --weights {checkpoint}')
     if checkpoint is not None:
@@ -292,10 +293,10 @@ def plan_run(opt, preloaded=None):
 
 
 def _load(checkpoint, preloaded):
-    """The checkpoint, from preloaded (path, checkpoint) when it is the same file."""
+    """The TrainingCheckpoint, from preloaded (path, checkpoint) when it is the same file."""
     if preloaded is not None and Path(preloaded[0]) == Path(checkpoint):
-        return preloaded[1]
-    return load_checkpoint(checkpoint)
+        return TrainingCheckpoint.from_dict(preloaded[1])
+    return load_training_checkpoint(checkpoint, download=True)
 
 
 def agree_on_plan(opt, layout, preloaded=None):

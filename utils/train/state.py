@@ -37,13 +37,6 @@ class RunState:
         self.epoch, self.batch, self.mloss, self.row = epoch, 0, torch.zeros(4), ''
 
 
-def checkpoint_position(ckpt):
-    """(epoch in progress, batches of it done) that a checkpoint's weights stand at; a checkpoint without
-    `progress` (older, or epoch-only) stands at the start of the epoch after its label."""
-    progress = ckpt.get('progress') or {}
-    return progress.get('epoch', ckpt['epoch'] + 1), progress.get('batch', 0)
-
-
 def describe_position(epoch, batch):
     return f'epoch {epoch} batch {batch}' if batch else f'the start of epoch {epoch}'
 
