@@ -163,7 +163,7 @@ def build_hooks(cfg, paths, evaluation, dataset, names, stops, callbacks=()):
         periods = (0, 0) if opt.nosave else (opt.save_period_min, opt.save_period_steps)
         checkpoints = Checkpoints(paths, *periods)
         hooks += [Progress()] + ([TrainBatchPlots(paths.save_dir, names)] if cfg.checkpoint is None else [])
-        hooks += [EMAHook(), checkpoints, evaluation, EpochCheckpoint(checkpoints, evaluation, not opt.nosave),
+        hooks += [EMAHook(), checkpoints, evaluation, EpochCheckpoint(checkpoints, not opt.nosave),
                   ResultsFile(paths.results, checkpoints), FinishRun(paths)]
         hooks += [SafeCallback(TrackerHook(t)) for t in build_trackers(cfg, paths)]
     return hooks + [SafeCallback(c) for c in callbacks]

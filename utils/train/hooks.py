@@ -17,6 +17,7 @@ from utils.plots import plot_images, plot_results
 from utils.progress import progress
 from utils.torch_utils import EMA_ATTRIBUTES, de_parallel
 from utils.train.checkpoint_writer import CheckpointWriter
+from utils.train.events import EVAL_TAGS
 from utils.train.recipe import image_order
 from utils.train.trainer import EvaluationInterrupted, TrainingStopped
 
@@ -244,11 +245,11 @@ class BeatingLoader:
 
 class Evaluation(Hook):
     """At each epoch's end (or only the last with --notest): the EMA model evaluated by `evaluate` (test.test's
-    signature); then the results line, the epoch's fitness and the best fitness go into the run state."""
+    signature); the results, the results line and the best fitness are kept in the run state (what a resume
+    continues from), and the epoch's metrics and fitness are published in the run's EventStorage."""
 
     def __init__(self, evaluate, loader, every_epoch=True):
         self.evaluate, self.loader, self.every_epoch = evaluate, loader, every_epoch
-        self.fitness = None  # the last evaluated epoch's
 
     def after_epoch(self):
         t = self.trainer
@@ -258,22 +259,23 @@ class Evaluation(Hook):
                                              compute_loss=t.loss_fn)
             t.state.results, t.state.maps = tuple(results), [float(x) for x in maps]
         t.state.results_lines.append(t.ended.row + '%10.4g' * 7 % tuple(t.state.results))
-        self.fitness = float(fitness(np.array(t.state.results).reshape(1, -1))[0])
-        t.state.best_fitness = max(t.state.best_fitness, self.fitness)
+        fit = float(fitness(np.array(t.state.results).reshape(1, -1))[0])
+        t.state.best_fitness = max(t.state.best_fitness, fit)
+        t.storage.put(t.ended.epoch, {**dict(zip(EVAL_TAGS, t.state.results)), 'fitness': fit})
 
 
 class EpochCheckpoint(Hook):
-    """last.pt at each epoch's end with the evaluation's fitness (best.pt too when it is the best), in the
+    """last.pt at each epoch's end with the epoch's fitness as published (best.pt too when it is the best), in the
     background but for the last epoch's; with --nosave only the last epoch's."""
 
-    def __init__(self, checkpoints, evaluation, every_epoch=True):
-        self.checkpoints, self.evaluation, self.every_epoch = checkpoints, evaluation, every_epoch
+    def __init__(self, checkpoints, every_epoch=True):
+        self.checkpoints, self.every_epoch = checkpoints, every_epoch
 
     def after_epoch(self):
         t = self.trainer
         final = t.state.epoch == t.recipe.epochs
         if self.every_epoch or final:
-            fit = self.evaluation.fitness
+            fit = t.storage.get('fitness')
             self.checkpoints.save(t.state_dict(fitness=fit), best=t.state.best_fitness == fit, background=not final)
 
 

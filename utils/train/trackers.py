@@ -18,19 +18,18 @@ import threading
 import time
 from pathlib import Path
 
+from utils.train.events import TAGS
 from utils.train.hooks import Hook
 
 LOGGER = logging.getLogger('train')
-TAGS = ['train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
-        'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
-        'x/lr0', 'x/lr1', 'x/lr2']
 MLFLOW_HTTP_DEFAULTS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '0', 'MLFLOW_HTTP_REQUEST_TIMEOUT': '10'}
 
 
-def epoch_metrics(trainer):
-    """{tag: value} of the epoch that just ended: its mean training losses, the evaluation, the learning rates."""
-    values = list(trainer.ended.mloss[:-1].tolist()) + list(trainer.state.results) + list(trainer.lr)
-    return {tag: float(v) for tag, v in zip(TAGS, values)}
+def epoch_metrics(storage):
+    """{tag: value} of the epoch that just ended, as published in the run's EventStorage: its mean training losses,
+    the evaluation, the learning rates (the published tags, in their order)."""
+    latest = storage.latest()
+    return {tag: latest[tag] for tag in TAGS if tag in latest}
 
 
 class TrackerHook(Hook):
@@ -49,7 +48,7 @@ class TrackerHook(Hook):
 
     def after_epoch(self):
         t = self.trainer
-        self.calls.put(('after_epoch', self.tracker.log_epoch, (t.ended.epoch, epoch_metrics(t))))
+        self.calls.put(('after_epoch', self.tracker.log_epoch, (t.ended.epoch, epoch_metrics(t.storage))))
 
     def after_train(self):
         if self.thread is None:

@@ -23,6 +23,7 @@ from models.checkpoint import model_payload
 from utils.datasets import loader_failure
 from utils.errors import UserError
 from utils.torch_utils import de_parallel, random_rescale
+from utils.train.events import LR_TAGS, TRAIN_TAGS, EventStorage
 from utils.train.optim import Schedule, set_epoch_lr
 from utils.train.recipe import rng_state, set_rng_state
 from utils.sampling import batch_rng
@@ -105,6 +106,7 @@ class Trainer:
                                  recipe.nominal_accumulate, recipe.hyp.get('momentum'))
         self.ended = None  # the RunState of the epoch that just ended (after_epoch hooks read it)
         self.lr = []  # the epoch's learning rates, before the schedule steps
+        self.storage = EventStorage()  # the scalars the loop and its hooks publish (utils.train.events)
         self.watchdog = Watchdog(0)  # replaced by hooks.WatchdogHook
         self.signal = None  # a stop signal received (hooks.StopSignals)
         self.stop_reason = None  # request_stop()
@@ -260,6 +262,8 @@ class Trainer:
         if self.main and not self.state.row:  # no batch of the epoch had a finite loss: its losses are unknown
             self.state.row = self.progress_row([float('nan')] * 4, 0, self.recipe.imgsz)
         self.ended = copy(self.state)
+        self.storage.put(self.ended.epoch, {**dict(zip(TRAIN_TAGS, self.ended.mloss[:3].tolist())),
+                                            **dict(zip(LR_TAGS, self.lr))})
         self.state.start_epoch(self.ended.epoch + 1)
         try:
             self.call('after_epoch')
