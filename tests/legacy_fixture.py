@@ -10,6 +10,12 @@ Run in that checkout, this script trains the tiny P5 on coco8 (tests/test_requeu
 counts optimizer steps and keeps the count in the checkpoint, stopped by SIGTERM at the position given; the second
 run resumes the first with --resume auto. So the file holds what an older version wrote: its own path as --weights
 (the resume's doing), and the callback's key `counter_steps` merged at the top level.
+
+tests/data/current-last.pt is the same two runs in a checkout of commit 0ff618c (the layout of today, with the
+callback's state under hooks/Counter, written before utils.train.checkpoint_layout.TrainingCheckpoint existed):
+
+    mkdir /tmp/cur && git archive 0ff618c | tar -x -C /tmp/cur && cd /tmp/cur   # then the two commands above
+    cp /tmp/legacy/runs/legacy/weights/last.pt /path/to/tests/data/current-last.pt
 """
 import os
 import signal

@@ -155,3 +155,47 @@ def test_truncated_or_foreign_file(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match='not a readable PyTorch checkpoint'):
         attempt_load(path)
+
+
+CURRENT = ROOT / 'tests' / 'data' / 'current-last.pt'  # this layout (tests/legacy_fixture.py, run at 0ff618c)
+LEGACY = ROOT / 'tests' / 'data' / 'legacy-last.pt'  # before hooks had a namespace and options were apart (2a41ef7)
+
+
+def test_training_checkpoints_of_each_layout_load_through_the_schema():
+    """A last.pt of the current layout reads into a TrainingCheckpoint and back into the same dict, key for key
+    and in order; one of the older layout reads too: its callback's state from the top level, its batch the total.
+    Both were stopped at epoch 1 batch 3 of the same run, with a callback (`Counter`) that had counted 7 steps."""
+    from utils.train.checkpoint_layout import TrainingCheckpoint, load_training_checkpoint
+    raw = load_checkpoint(CURRENT, download=False)
+    ck = load_training_checkpoint(CURRENT)
+    assert ck.resumable and ck.version == 1 and ck.position() == (1, 3) and ck.epoch == 0
+    assert ck.hooks == {'Counter': {'counter_steps': 7}} and not ck.extra
+    assert ck.hook_states(['Counter', 'mlflow']) == {'Counter': {'counter_steps': 7}, 'mlflow': {}}
+    assert ck.user_options({'batch_size', 'epochs'}) == {'batch_size': 2, 'epochs': 3}
+    assert ck.option('total_batch_size') == 2 and ck.ema_state_dict.keys() == ck.model['state_dict'].keys()
+    again = ck.to_dict()
+    assert list(again) == list(raw) and all(again[k] is raw[k] or again[k] == raw[k] for k in
+                                            ('format', 'version', 'epoch', 'best_fitness', 'date', 'opt', 'hyp',
+                                             'results', 'fitness', 'torch', 'ema_updates', 'hooks'))
+    assert TrainingCheckpoint.from_dict(ck) is ck
+    old = load_training_checkpoint(LEGACY)
+    assert old.resumable and old.position() == (1, 3) and old.hooks is None and 'global_rank' in old.options
+    assert old.hook_states(['Counter', 'mlflow']) == {'Counter': {'counter_steps': 7}, 'mlflow': {}}
+    assert old.user_options({'batch_size'}) == {'batch_size': 2}
+    assert list(old.to_dict()) == list(load_checkpoint(LEGACY, download=False))  # written back as it was
+
+
+def test_released_and_stripped_files_are_no_training_state(tmp_path):
+    """A released pickle and a stripped file read as checkpoints that hold no training state (a resume refuses
+    them); a file of a later format version is refused with its version named."""
+    from models.checkpoint import strip_optimizer
+    from utils.train.checkpoint_layout import load_training_checkpoint
+    _released_checkpoint(tmp_path / 'yolov4-p5.pt')
+    assert not load_training_checkpoint(tmp_path / 'yolov4-p5.pt', download=False).resumable
+    strip_optimizer(CURRENT, tmp_path / 'final.pt')
+    stripped = load_training_checkpoint(tmp_path / 'final.pt')
+    assert not stripped.resumable and stripped.epoch == -1 and stripped.ema is None
+    newer = dict(load_checkpoint(tmp_path / 'final.pt'), version=99)
+    save_checkpoint(newer, tmp_path / 'newer.pt')
+    with pytest.raises(CheckpointError, match='format version 99, newer'):
+        load_training_checkpoint(tmp_path / 'newer.pt')

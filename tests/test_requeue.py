@@ -313,6 +313,31 @@ def test_a_run_of_the_older_layout_resumes_bit_identically(hyp, reference, tmp_p
     assert json.loads(got.read_text()) == {'counter_steps': old['counter_steps']}
 
 
+CURRENT = ROOT / 'tests' / 'data' / 'current-last.pt'  # the same run's last.pt in this layout (at commit 0ff618c)
+
+
+def test_a_run_of_the_current_layout_resumes_bit_identically(hyp, reference, tmp_path):
+    """A committed last.pt of this layout (tests/data/current-last.pt: tests/legacy_fixture.py's run, stopped twice by
+    SIGTERM, written by the code before utils.train.checkpoint_layout.TrainingCheckpoint) resumes through the
+    schema with the same command: the run equals the uninterrupted one, and the callback gets its state back."""
+    from utils.train.checkpoint_layout import load_training_checkpoint
+    run = tmp_path / 'current'
+    (run / 'weights').mkdir(parents=True)
+    shutil.copy(CURRENT, run / 'weights' / 'last.pt')
+    saved = load_training_checkpoint(run / 'weights' / 'last.pt')
+    assert saved.position() == (1, 3) and saved.hooks == {'Counter': {'counter_steps': 7}}
+    got = tmp_path / 'restored.json'
+    script = CALLBACKS.replace("callbacks=[Claims(), Named(), Named()]", "callbacks=[Claims()]").replace(
+        'class Claims(Hook):', 'class Claims(Hook):\n    name = "Counter"  # the fixture\'s callback')
+    r = subprocess.run([sys.executable, '-c', script, str(got), *_args(hyp, tmp_path, 'current', 3, '--resume',
+                                                                        'auto')],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_run(reference, run)
+    import json
+    assert json.loads(got.read_text()) == {'counter_steps': 7}
+
+
 def test_a_forked_child_does_not_keep_the_run_lock(tmp_path):
     """A child forked while the run folder is locked (a loader worker, which ignores SIGTERM and may outlive the
     run) does not hold the lock: once the run releases it, the same command takes the folder at once."""
