@@ -227,6 +227,7 @@ def _refusal(source):
     ('[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.9}]', 'a list at its top level'),
     ('{"images": [], "annotations": [], "categories": [{"id": 1}]}', "lacks or has a bad 'name'"),
     ('{"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}', 'is not valid JSON'),
+    ('{"images": [{"id": 1, "file_name": "a.j', 'Unterminated string starting at character 35'),
     ('{"info": {}}', 'no images / annotations / categories array'),
     ('{"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}, {"id": 1, "file_name": "b.jpg", '
      '"width": 9, "height": 9}], "annotations": [], "categories": []}', 'image id 1 appears 2 times'),
@@ -236,6 +237,7 @@ def test_bad_json_is_refused_in_one_line(tmp_path, text, expect):
     f.write_text(text)
     msg = _refusal(f)
     assert str(f) in msg and expect in msg, msg
+    assert ' at at ' not in msg  # json's 'starting at' and the stream's 'at character' said it twice
 
 
 def test_hostile_and_malformed_xml_are_refused_in_one_line(tmp_path):

@@ -451,3 +451,35 @@ def test_binary_file_of_another_format_is_not_read_as_a_list(tmp_path, weights):
     r = run_script('detect.py', '--weights', weights, '--source', tmp_path / 'clip.gif', '--device', 'cpu', '--project',
                 tmp_path / 'runs', timeout=120)
     assert_one_line_error(r, 'detect.py', 'no images or videos found', 'clip.gif')
+
+
+def test_a_folder_that_refuses_writes_is_one_line(tmp_path):
+    """A write refused with EPERM (a folder made immutable, or a file system that forbids the operation) is one
+    line naming the file and what to do, as EACCES and EROFS are (it was a traceback)."""
+    import errno
+
+    from utils.errors import run_cli
+
+    def main():
+        raise PermissionError(errno.EPERM, 'Operation not permitted', str(tmp_path / 'runs' / 'exp'))
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, 'train.py')
+    assert str(e.value.code) == (f'train.py: error: operation not permitted writing {tmp_path / "runs" / "exp"}: '
+                                 f'free space or choose another --project; earlier outputs are kept')
+
+
+def test_autoanchor_with_fewer_boxes_than_anchors_keeps_the_anchors(tiny_p5, caplog):
+    """A dataset with fewer usable boxes than the model has anchors (after bad labels are left out): the anchors
+    are kept with a warning, and training goes on (kmean_anchors raised a ValueError: a traceback)."""
+    from utils.train.autoanchor import check_anchors
+
+    class FewBoxes:
+        shapes = np.array([[640, 480]] * 2)
+        labels = [np.array([[0, .5, .5, .9, .02]]), np.array([[1, .5, .5, .01, .9], [2, .5, .5, .5, .5]])]
+    model = Model(tiny_p5)
+    before = model.model[-1].anchor_grid.clone()
+    with caplog.at_level(logging.INFO):
+        check_anchors(FewBoxes(), model, imgsz=64)
+    assert torch.equal(model.model[-1].anchor_grid, before)
+    assert any('fewer than the 12 anchors to fit: anchors kept' in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]

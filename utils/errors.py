@@ -15,7 +15,8 @@ LOGGER = logging.getLogger(__name__)
 
 # errno -> what to tell the user when a write fails for a reason that is not a bug
 WRITE_ERRORS = {errno.ENOSPC: 'no space left on device', errno.EROFS: 'read-only file system',
-                errno.EACCES: 'permission denied', errno.EDQUOT: 'disk quota exceeded'}
+                errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted',
+                errno.EDQUOT: 'disk quota exceeded'}
 
 
 class UserError(Exception):

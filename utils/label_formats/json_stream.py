@@ -61,7 +61,7 @@ class _Reader:
             except json.JSONDecodeError as e:
                 if self._more():  # maybe cut by the chunk boundary: read on and decode it again
                     continue
-                raise JSONStreamError(f'{e.msg} at character {self.offset + e.pos}') from None
+                raise JSONStreamError(f'{e.msg.removesuffix(" at")} at character {self.offset + e.pos}') from None
             if end >= len(self.buf) and not self.eof and isinstance(v, (int, float)) and self._more():
                 continue  # a number at the very end of the buffer may go on in the next chunk
             self.pos = end

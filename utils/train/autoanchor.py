@@ -40,8 +40,13 @@ def check_anchors(dataset, model, thr=4.0, imgsz=640, seed=0):
     LOGGER.info('autoanchor: anchors/target = %.2f, best possible recall (BPR) = %.4f', aat, bpr)
     if bpr >= 0.98:
         return
-    LOGGER.info('autoanchor: BPR < 0.98, computing new anchors (k-means + genetic evolution)')
     na = m.anchor_grid.numel() // 2
+    usable = int((wh >= 2.0).all(1).sum())
+    if usable < na:  # too few boxes to fit na anchors to: the model's own are as good a start as any
+        LOGGER.warning('WARNING: autoanchor: %d labels of 2+ pixels, fewer than the %d anchors to fit: anchors kept',
+                       usable, na)
+        return
+    LOGGER.info('autoanchor: BPR < 0.98, computing new anchors (k-means + genetic evolution)')
     new = kmean_anchors(wh.numpy(), n=na, img_size=imgsz, thr=thr, gen=1000, seed=seed)
     new_bpr = _metrics(torch.tensor(new, dtype=torch.float32), wh, thr)[0]
     if new_bpr > bpr:

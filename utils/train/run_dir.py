@@ -141,7 +141,7 @@ def release_run(lock, failed):
         any((save_dir / 'weights').glob('*.pt'))
     if failed and lock.created and not produced:
         shutil.rmtree(save_dir, ignore_errors=True)
-        LOGGER.info('Removed %s: the run failed before it started', save_dir)
+        LOGGER.info('Removed %s: the run ended before it produced anything', save_dir)
     lock.release()
 
 
