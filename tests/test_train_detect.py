@@ -183,14 +183,15 @@ def test_sigterm_saves_last_and_exits_cleanly(tiny_yaml, tmp_path):
 
 def test_non_finite_losses_skip_then_stop(tiny_yaml, tmp_path, monkeypatch, capsys):
     import train as train_script
+    from utils.train import model as train_model
     calls = {'n': 0}
 
-    class NanAfterFirstEpoch(train_script.ComputeLoss):
+    class NanAfterFirstEpoch(train_model.ComputeLoss):
         def __call__(self, p, targets):
             calls['n'] += 1
             loss, items = super().__call__(p, targets)
             return (loss * float('nan'), items * float('nan')) if calls['n'] > 2 else (loss, items)
-    monkeypatch.setattr(train_script, 'ComputeLoss', NanAfterFirstEpoch)
+    monkeypatch.setattr(train_model, 'ComputeLoss', NanAfterFirstEpoch)  # what build_loss makes
     with pytest.raises(SystemExit) as e:
         train_script.run(cfg=str(tiny_yaml), data=str(ROOT / 'data' / 'coco8.yaml'), epochs=20, batch_size=4,
                          img_size=[64, 64], device='cpu', workers=0, noautoanchor=True, project=str(tmp_path),
