@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.label_formats.common import LabelFormatError, check_images, normalised_labels, summarise_missing
+from utils.label_formats.common import LabelFormatError, check_images, normalised_labels, readable_images
 from utils.label_formats.json_stream import JSONStreamError, stream_object
 
 LOGGER = logging.getLogger(__name__)
@@ -167,12 +167,7 @@ def scan_coco(path, images_dir, names=None, prefix=''):
     images_dir = pick_folder(path, images_dir, d['file_names']) if isinstance(images_dir, list) else images_dir
     files = [os.path.join(images_dir, f) for f in d['file_names']]
     checked = check_images(files, prefix)
-    order = sorted(range(len(files)), key=files.__getitem__)
-    good = [i for i in order if checked[i][0] is not None]
-    bad = [(files[i], checked[i][1]) for i in order if checked[i][0] is None]
-    stats['left_out'] = len(bad)
-    if bad:
-        messages.append(summarise_missing(path, bad))
+    good = readable_images(path, files, checked, stats, messages)
     _note_size_mismatch(path, [files[i] for i in good], size[good], [checked[i][0] for i in good], messages)
     shapes = np.array([checked[i][0] for i in good], dtype=np.float64).reshape(-1, 2)
     return {'files': [files[i] for i in good], 'labels': labels.take(good), 'shapes': shapes, 'stats': stats,

@@ -66,3 +66,15 @@ def summarise_missing(label_file, bad, what='image files'):
     listing = '; '.join(f'{f} ({why})' for f, why in bad[:5]) + (f'; and {len(bad) - 5} more' if len(bad) > 5 else '')
     return (f'{label_file}: {len(bad)} {what} left out: {listing}: put the files in place (or fix the '
             f'images folder in the data yaml) and the next run reads them')
+
+
+def readable_images(source, files, checked, stats, messages):
+    """The indices of the images that check_images found readable, in the order of their paths; the others are
+    counted in stats['left_out'] and named in one message of `messages`."""
+    order = sorted(range(len(files)), key=files.__getitem__)
+    good = [i for i in order if checked[i][0] is not None]
+    bad = [(files[i], checked[i][1]) for i in order if checked[i][0] is None]
+    stats['left_out'] = len(bad)
+    if bad:
+        messages.append(summarise_missing(source, bad))
+    return good

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.label_cache import IMG_FORMATS, img2label_paths
-from utils.label_formats.common import LabelFormatError, check_images, normalised_labels, summarise_missing
+from utils.label_formats.common import LabelFormatError, check_images, normalised_labels, readable_images
 
 VOC_NAMES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
              'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
@@ -137,12 +137,7 @@ def scan_voc(pairs, names=None, keep_difficult=False, source='', prefix=''):
     stats['difficult'] = int(difficult.sum())
     train = np.ones(len(r), bool) if keep_difficult else ~difficult
     labels = normalised_labels(len(xmls), r[train, 0].astype(np.int64), r[train, 1], r[train, 3:], size, stats)
-    order = sorted(range(len(imgs)), key=imgs.__getitem__)
-    good = [i for i in order if checked[i][0] is not None]
-    bad = [(imgs[i], checked[i][1]) for i in order if checked[i][0] is None]
-    stats['left_out'] = len(bad)
-    if bad:
-        messages.append(summarise_missing(source, bad))
+    good = readable_images(source, imgs, checked, stats, messages)
     return {'files': [imgs[i] for i in good], 'labels': labels.take(good),
             'shapes': np.array([checked[i][0] for i in good], dtype=np.float64).reshape(-1, 2), 'stats': stats,
             'messages': messages, 'arrays': {'image_ids': np.arange(1, len(good) + 1, dtype=np.int64),
