@@ -132,19 +132,26 @@ def test_coco_json_boxes_are_published(tmp_path):
     assert worst[0] <= 2e-5 and worst[1] <= 2e-3, worst
 
 
+def _our_recipe(judged):
+    """(model, hyp as used, optimizer, nominal accumulation, lr_lambda, batches per epoch) built as train.py builds
+    them for the published run described by `judged` (its images, batch and epochs)."""
+    from utils.train.optim import cosine_lr, smart_optimizer
+    model = Model(tiny_cfg('yolov4-p5', DEPTH, WIDTH))
+    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
+    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, judged['batch'])
+    return (model, hyp, optimizer, nominal_accumulate, cosine_lr(judged['epochs'], hyp.get('lrf', 0.2)),
+            judged['images'] // judged['batch'])
+
+
 def test_recipe_is_published():
     """The published train.py's own optimizer steps (recipe.json): parameter groups, warm-up learning rates
     (biases falling from 0.1, the rest rising from 0 towards lr0 x the cosine factor of the epoch), momentum
     (0.9 rising to hyp momentum), weight decay scaled to the nominal batch 64, and the EMA decay ramp. Ours are
     built and stepped as train.py does."""
-    from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations, warmup_step
+    from utils.train.optim import warmup_iterations, warmup_step
     from utils.torch_utils import ModelEMA
     judged = json.loads((OUT / 'recipe.json').read_text())
-    batches = judged['images'] // judged['batch']
-    model = Model(tiny_cfg('yolov4-p5', DEPTH, WIDTH))
-    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
-    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, judged['batch'])
-    lr_lambda = cosine_lr(judged['epochs'], hyp.get('lrf', 0.2))
+    model, hyp, optimizer, nominal_accumulate, lr_lambda, batches = _our_recipe(judged)
     torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lr_lambda)
     warmup = warmup_iterations(batches, hyp)
     assert warmup == 1000 and len(judged['steps']) == judged['epochs'] * batches
@@ -181,14 +188,10 @@ def test_schedule_is_published(monkeypatch):
     so accumulation rises to 32; 36 epochs of 32 batches): the iteration of every optimizer step, and each
     group's learning rate, momentum and weight decay there, as our Trainer applies them in its own loop (the
     recipe built as train.py builds it; the forward pass and loss replaced by a zero, as on the published side)."""
-    from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations
+    from utils.train.optim import warmup_iterations
     from utils.train.trainer import Recipe, Trainer, TrainParts
     judged = json.loads((OUT / 'schedule.json').read_text())
-    batches = judged['images'] // judged['batch']
-    model = Model(tiny_cfg('yolov4-p5', DEPTH, WIDTH))
-    hyp = yaml.safe_load((ROOT / 'data' / 'hyp.scratch.yaml').read_text())
-    optimizer, hyp, nominal_accumulate = smart_optimizer(model, hyp, judged['batch'])
-    lr_lambda = cosine_lr(judged['epochs'], hyp.get('lrf', 0.2))
+    model, hyp, optimizer, nominal_accumulate, lr_lambda, batches = _our_recipe(judged)
     recipe = Recipe(epochs=judged['epochs'], hyp=hyp, hyp_given=hyp, lr_lambda=lr_lambda,
                     warmup_iters=warmup_iterations(batches, hyp), nominal_accumulate=nominal_accumulate,
                     imgsz=64, stride=32)
