@@ -5,15 +5,14 @@
     python train.py --resume [runs/train/exp] [--epochs 450 --hyp data/hyp.finetune.yaml]
     python train.py ... --name p5 --resume auto      (continue runs/train/p5 if it has a checkpoint, else start it)
 
-The stages, each a function: main() holds the stop signals for the whole process (hooks.StopSignals); run_job()
-plans where the run writes and what it resumes (utils.train.run_dir.plan_run) and resolve_config() turns the flags
-(or a resumed run's saved options) and that plan into the run's read-only configuration (utils.train.config), once;
-train() builds the model, loaders,
-optimizer and schedule (build_parts), the hooks in their order (build_hooks), and hands them to the Trainer
-(utils.train.trainer), whose loop calls them: checkpoints every --save-period-min minutes or --save-period-steps
-optimizer steps and at each epoch's end, evaluation, results.txt, trackers, the watchdog and stop signals (a signal
-stops the run at a batch boundary with a checkpoint). From Python, run(..., callbacks=[...]) adds hooks of yours
-(docs/architecture.md, "Callbacks").
+The stages, each a function: main() holds the stop signals for the whole process (utils.train.signals);
+run_job() plans where the run writes and what it resumes (utils.train.run_dir.plan_run) and resolve_config() turns
+the flags (or a resumed run's saved options) and that plan into the run's read-only configuration
+(utils.train.config), once; train() builds the model, loaders, optimizer and schedule (build_parts), and the
+Trainer (utils.train.trainer) with its hooks in their order (build_trainer), whose loop calls them: checkpoints
+every --save-period-min minutes or --save-period-steps optimizer steps and at each epoch's end, evaluation,
+results.txt, trackers, the watchdog (a signal stops the run at a batch boundary with a checkpoint). From Python,
+run(..., callbacks=[...]) adds hooks of yours (docs/architecture.md, "Callbacks").
 """
 import logging
 import os
@@ -41,17 +40,18 @@ from utils.metrics import fitness
 from utils.plots import plot_labels
 from utils.torch_utils import EMA_ATTRIBUTES, ModelEMA, de_parallel, select_device, set_bn_momentum
 from utils.train.autoanchor import check_anchors
-from utils.train.hooks import (Checkpoints, EMAHook, EpochCheckpoint, Evaluation, FinishRun, ImageWeights, Progress,
-                               ResultsFile, SafeCallback, SignalsHook, StopSignals, TrainBatchPlots, WatchdogHook,
-                               finish_run)
+from utils.train.hooks import (Checkpoints, EMAHook, EpochCheckpoint, Evaluation, FinishRun, Progress, ResultsFile,
+                               SafeCallback, TrainBatchPlots, WatchdogHook, finish_run)
 from utils.train.model import build_loss, build_model, maybe_sync_bn, wrap_ddp
 from utils.train.optim import cosine_lr, smart_optimizer, warmup_iterations
 from utils.train import resume
 from utils.train.autobatch import auto_batch_size
-from utils.train.recipe import EVOLVE_META, class_weights_from_labels, load_hyp, mutate_hyp
+from utils.train.hyp import EVOLVE_META, load_hyp, mutate_hyp
+from utils.train.image_weights import class_weights_from_labels, image_order
 from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, load_newest_intact, release_run,
                                  resume_path, run_folder_of)
 from utils.train.checkpoint_layout import TrainingCheckpoint, load_training_checkpoint
+from utils.train.signals import StopSignals
 from utils.train.config import Options, ProcessLayout, RunConfig
 from utils.train.trackers import MLflow, TensorBoard, TrackerHook, mlflow_available
 from utils.train.trainer import Recipe, Trainer, TrainingStopped, TrainParts
@@ -144,29 +144,39 @@ def build_parts(cfg, data, nc, device, ckpt):
     return parts, recipe, dataset, imgsz_test
 
 
-def build_hooks(cfg, paths, evaluation, dataset, names, stops, callbacks=()):
-    """The hooks of a run, in the order they are called at each event. The order is the contract:
+def build_trainer(cfg, paths, parts, recipe, evaluation, names, stops, callbacks=()):
+    """The Trainer of a run with its hooks, in the order they are called at each event. The order is the contract:
     - Progress first: its bar closes before the evaluation prints;
-    - EMAHook before Checkpoints: a periodic checkpoint carries the EMA of its step;
-    - Evaluation before EpochCheckpoint: the checkpoint records the epoch's fitness and picks best.pt by it;
+    - EMAHook before Checkpoints: a periodic checkpoint carries the EMA of its step; and, at the epoch's end
+      (evaluate_epoch), it copies the model's attributes to the EMA before Evaluation evaluates it;
+    - the epoch's checkpoint, results line and trackers come in after_epoch, once the Trainer has recorded the
+      evaluation: the checkpoint carries the epoch's fitness and picks best.pt by it;
     - EpochCheckpoint before ResultsFile: an epoch's line is appended once the checkpoint that carries it is on
       disk, so that results.txt never runs ahead of last.pt;
     - Checkpoints (its after_train waits for the writes) before FinishRun, which strips best.pt into final.pt;
     - trackers and the user's callbacks last, each unable to break the run (SafeCallback); a tracker's calls run
-      on a thread of its own, so a slow one cannot hold up training (TrackerHook)."""
+      on a thread of its own, so a slow one cannot hold up training (TrackerHook).
+    The Trainer also holds the process's stop signals, the watchdog it beats and (rank 0) the checkpoints it saves
+    at a stop."""
     opt, rank = cfg.opt, cfg.rank
-    store = process_group_store() if rank != -1 else None
-    hooks = [SignalsHook(stops), WatchdogHook(Watchdog(opt.watchdog, rank, cfg.world_size, store))]
-    if opt.image_weights:
-        hooks.append(ImageWeights(dataset, class_weights_from_labels(dataset.labels, len(names)).numpy(), opt.seed))
+    watchdog = Watchdog(opt.watchdog, rank, cfg.world_size, process_group_store() if rank != -1 else None)
+    hooks, checkpoints = [WatchdogHook(watchdog)], None
     if cfg.main:
         periods = (0, 0) if opt.nosave else (opt.save_period_min, opt.save_period_steps)
         checkpoints = Checkpoints(paths, *periods)
         hooks += [Progress()] + ([TrainBatchPlots(paths.save_dir, names)] if cfg.checkpoint is None else [])
         hooks += [EMAHook(), checkpoints, evaluation, EpochCheckpoint(checkpoints, not opt.nosave),
-                  ResultsFile(paths.results, checkpoints), FinishRun(paths)]
+                  ResultsFile(paths.results, checkpoints.then), FinishRun(paths)]
         hooks += [SafeCallback(TrackerHook(t)) for t in build_trackers(cfg, paths)]
-    return hooks + [SafeCallback(c) for c in callbacks]
+    hooks += [SafeCallback(c) for c in callbacks]
+    return Trainer(parts, recipe, hooks, rank, cfg.world_size, stops=stops, watchdog=watchdog,
+                   checkpointer=checkpoints)
+
+
+def image_draw(dataset, nc, seed, rank, device):
+    """--image-weights: each epoch's images drawn by class weights and the last per-class mAPs (on every rank)."""
+    class_weights = class_weights_from_labels(dataset.labels, nc).numpy()
+    return lambda epoch, maps: image_order(dataset, class_weights, maps, seed, epoch, rank, device)
 
 
 def build_trackers(cfg, paths):
@@ -237,8 +247,9 @@ def train(cfg, device, ckpt=None, callbacks=(), stops=None):
     parts.loss_fn = build_loss(parts.model, recipe.hyp, nc)
     evaluation = Evaluation(partial(tester.test, data, batch_size=cfg.batch_size, imgsz=imgsz_test,
                                     single_cls=opt.single_cls, save_dir=paths.save_dir), testloader, not opt.notest)
-    hooks = build_hooks(cfg, paths, evaluation, dataset, names, stops, callbacks)
-    trainer = Trainer(parts, recipe, hooks, rank, cfg.world_size)
+    if opt.image_weights:
+        parts.image_draw = image_draw(dataset, len(names), opt.seed, rank, device)
+    trainer = build_trainer(cfg, paths, parts, recipe, evaluation, names, stops, callbacks)
     if ckpt is not None:
         trainer.load_state_dict(ckpt, cfg.hyp_changed)
     LOGGER.info('Image sizes %g train, %g test; %g dataloader workers; logging to %s; training for %g epochs',
@@ -466,7 +477,7 @@ def start_device(opt, preloaded, layout):
 def main(argv=None, opt=None, callbacks=(), given=None):
     """train.py: argv (default sys.argv[1:]), or options already parsed with the names of those given (`given`,
     which a resume compares with the run's; run() passes both). A stop signal at any moment ends the process with
-    128 + the signal (hooks.StopSignals)."""
+    128 + the signal (utils.train.signals.StopSignals)."""
     if opt is None:
         argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         opt, given = parse_opt(argv), resume.given_flags(build_parser(), argv)

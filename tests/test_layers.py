@@ -359,3 +359,75 @@ def test_the_checkpoint_key_check_catches_planted_cases():
     owners = {m: p for m, p in project_modules().items() if m in CHECKPOINT_OWNERS}
     assert set(owners) == CHECKPOINT_OWNERS  # the owners exist (a renamed one would exempt nothing)
     assert checkpoint_key_reads(owners['models.checkpoint'].read_text())  # which do read keys: exempted
+
+
+# --- hooks talk through events, not the trainer's attributes -------------------------------------------------------
+MUTATORS = {'append', 'extend', 'insert', 'clear', 'setdefault', 'pop', 'remove'}
+
+
+def trainer_writes(source, filename='<source>'):
+    """['file:line: what'] for each place in `source` that writes the trainer's state from outside it: an
+    assignment (or augmented assignment, deletion, setattr) whose target is reached through `self.trainer` or a name
+    bound to it (`t = self.trainer`), at any depth (`t.state.best_fitness = ...`), or an in-place change of a
+    container reached that way (`t.state.results_lines.append(...)`). Calls of the trainer's own methods and of its
+    storage (`t.storage.put`, `t.request_stop`) are the way in, and are not writes."""
+    tree = ast.parse(source, filename)
+    aliases = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) and ast.unparse(n.value) == 'self.trainer'
+               for t in n.targets if isinstance(t, ast.Name)}
+
+    def through_trainer(node, depth=0):
+        if isinstance(node, ast.Attribute):
+            if ast.unparse(node) == 'self.trainer':
+                return depth > 0
+            return through_trainer(node.value, depth + 1)
+        if isinstance(node, ast.Subscript):
+            return through_trainer(node.value, depth + 1)
+        return isinstance(node, ast.Name) and node.id in aliases and depth > 0
+
+    def targets(node):
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return [t for e in node.elts for t in targets(e)]
+        return [node]
+    found = []
+    for node in ast.walk(tree):
+        where = f'{filename}:{getattr(node, "lineno", 0)}'
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            for t in [t for tt in (node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target])
+                      for t in targets(tt)]:
+                if through_trainer(t):
+                    found.append(f'{where}: {ast.unparse(t)} assigned')
+        elif isinstance(node, ast.Call):
+            f = node.func
+            if ast.unparse(f) in ('setattr', 'delattr') and node.args and \
+                    (ast.unparse(node.args[0]) == 'self.trainer' or through_trainer(node.args[0])):
+                found.append(f'{where}: {ast.unparse(f)}({ast.unparse(node.args[0])}, ...)')
+            elif isinstance(f, ast.Attribute) and f.attr in MUTATORS and through_trainer(f.value):
+                found.append(f'{where}: {ast.unparse(f)}(...)')
+    return found
+
+
+def test_no_hook_writes_the_trainers_attributes():
+    """The hooks, trackers and train.py change the run only through the Trainer's methods and its EventStorage:
+    none assigns to the trainer's attributes or its run state (docs/architecture.md, "Hooks")."""
+    wrong = []
+    for path in [ROOT / 'train.py', *sorted((ROOT / 'utils' / 'train').glob('*.py'))]:
+        if path.name != 'trainer.py':  # the Trainer's own code writes its state
+            wrong += trainer_writes(path.read_text(), str(path.relative_to(ROOT)))
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_the_trainer_write_check_catches_planted_cases():
+    planted = ('self.trainer.signal = signum\n'
+               't = self.trainer\n'
+               't.state.results, t.state.maps = (1,), [2]\n'
+               't.state.results_lines.append(line)\n'
+               'self.trainer.state.best_fitness += 1\n'
+               'setattr(self.trainer, "watchdog", dog)\n'
+               'del t.epoch_images\n'
+               't.storage.put(epoch, scalars)\n'  # the way in: no writes
+               'self.trainer.request_stop("enough")\n'
+               'self.trainer = trainer\n'
+               'other.state.results = (1,)\n')
+    found = trainer_writes(planted)
+    assert sorted({int(f.split(':')[1]) for f in found}) == [1, 3, 4, 5, 6, 7], found
+    assert len(found) == 6 + 1  # line 3 has two targets

@@ -49,7 +49,7 @@ def test_quick_recipe_overfits_the_bundled_images(tmp_path):
 
     class MeasureAtEpoch60(Hook):
         def after_epoch(self):
-            if self.trainer.ended.epoch == 60:
+            if self.trainer.epoch == 60:
                 gaps['epoch 60'] = batchnorm_gaps(copy.deepcopy(self.trainer.ema.ema), imgs)
     results = train.run(epochs=200, project=str(tmp_path), name='q', callbacks=[MeasureAtEpoch60()], **QUICK)
     p, r, map50, map_ = results[:4]

@@ -128,7 +128,7 @@ def _train_with_sigterm(args, at):
     return _train_with_hook(args, f'''
 class Inject(Hook):
     def after_step(self):
-        if (self.trainer.state.epoch, self.trainer.state.batch) == {tuple(at)!r}:
+        if (self.trainer.epoch, self.trainer.batch) == {tuple(at)!r}:
             os.kill(os.getpid(), signal.SIGTERM)
 ''')
 

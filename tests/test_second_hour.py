@@ -237,7 +237,7 @@ def test_hub_custom_loads_your_own_checkpoint(tmp_path):
 @pytest.mark.parametrize('value', [0, 1.5, 'fast'])
 def test_bn_momentum_out_of_range_is_refused(tmp_path, value):
     from utils.errors import ArgumentError
-    from utils.train.recipe import load_hyp
+    from utils.train.hyp import load_hyp
     hyp = yaml.safe_load((ROOT / 'data' / 'hyp.quick.yaml').read_text())
     (tmp_path / 'h.yaml').write_text(yaml.safe_dump(dict(hyp, bn_momentum=value)))
     with pytest.raises(ArgumentError, match=f'bn_momentum {value} must be above 0 and at most 1'):

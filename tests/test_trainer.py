@@ -27,7 +27,7 @@ def test_failing_callbacks_cannot_break_a_run(tmp_path, capfd):
 
     class Broken(Hook):
         def after_step(self):
-            calls.append(self.trainer.state.batch)
+            calls.append(self.trainer.batch)
             raise ValueError('a bug in my callback')
 
     class BrokenAtTheEnd(Hook):
@@ -51,7 +51,7 @@ def test_callback_logs_a_metric_and_stops_early(tmp_path):
 
     class StopAfterTwoEpochs(Hook):
         def after_epoch(self):
-            seen.append((self.trainer.ended.epoch, self.trainer.state.results[2]))
+            seen.append((self.trainer.epoch, self.trainer.results[2]))
             if len(seen) == 2:
                 self.trainer.request_stop('two epochs are enough')
 
@@ -63,6 +63,33 @@ def test_callback_logs_a_metric_and_stops_early(tmp_path):
     assert (tmp_path / 'early' / 'weights' / 'final.pt').is_file()
 
 
+def test_a_callback_sees_the_run_read_only(tmp_path, capfd):
+    """A callback gets a read-only view of the trainer: changing where the run stands or what it measured fails
+    (one warning; the callback is left out) and the run goes on unchanged. Before, a callback held the Trainer
+    itself and could rewrite its state."""
+    from utils.train.hooks import Hook
+    seen = []
+
+    class Rewrite(Hook):
+        def after_epoch(self):
+            t = self.trainer
+            seen.append((t.epoch, t.storage.get('fitness'), t.best_fitness, len(t.maps)))
+            t.best_fitness = 99.0
+
+    class Reach(Hook):
+        def after_epoch(self):
+            self.trainer.state.results_lines.append('not a line')
+
+    _run(tmp_path, 'ro', epochs=2, callbacks=[Rewrite(), Reach()])
+    assert [e for e, *_ in seen] == [0] and seen[0][1] == seen[0][2] and seen[0][3] > 0
+    warnings = _warnings(capfd, 'WARNING: callback')
+    assert len(warnings) == 2 and warnings[0].startswith('WARNING: callback Rewrite failed in after_epoch '
+                                                         '(AttributeError'), warnings
+    assert 'Reach failed in after_epoch (AttributeError' in warnings[1]
+    ck = torch.load(tmp_path / 'ro' / 'weights' / 'last.pt', weights_only=True)
+    assert ck['best_fitness'] < 1 and len(ck['results']) == 2 and 'not a line' not in ck['results']
+
+
 def test_epoch_without_a_finite_loss_writes_a_full_results_line(tmp_path):
     """Every step of epoch 1 non-finite (its weights made NaN): the epoch's line keeps results.txt's 15 columns,
     with nan losses, and results.png is drawn (it crashed on the 7-column line before)."""
@@ -70,7 +97,7 @@ def test_epoch_without_a_finite_loss_writes_a_full_results_line(tmp_path):
 
     class PoisonEpoch1(Hook):
         def before_epoch(self):
-            if self.trainer.state.epoch == 1:
+            if self.trainer.epoch == 1:
                 with torch.no_grad():
                     for p in self.trainer.model.parameters():
                         p.fill_(float('nan'))

@@ -45,7 +45,7 @@ class TrainingCheckpoint:
     progress: dict = field(default_factory=dict)  # utils.train.state.RunState but best fitness and results lines
     options: dict = field(default_factory=dict)
     hyp: dict = None  # as given (unscaled)
-    rng: dict = None  # utils.train.recipe.rng_state
+    rng: dict = None  # utils.train.rng.rng_state
     results: list = field(default_factory=list)  # the results.txt lines so far
     hooks: dict = None  # {hook key: its state}
     extra: dict = field(default_factory=dict)

@@ -1,28 +1,25 @@
 """The hooks of the training loop (utils.train.trainer): each does one thing around the epochs and steps.
 
-A hook overrides any of before_train, before_epoch, before_step, after_step, after_epoch and after_train; it
-reads and changes the run through `self.trainer`. state_dict() returns its own state, which the checkpoint keeps
-under hooks/<state_key> (utils.train.checkpoint_layout), and load_state_dict(state) gets it back on resume.
-train.py assembles them in the order they must run (train.build_hooks); users add their own with
-train.run(callbacks=[...]), wrapped in SafeCallback so that a failing one cannot end a run.
+A hook overrides any of the Trainer's events (before_train, before_epoch, before_step, after_step,
+evaluate_epoch, after_epoch, after_train); it reads the run through `self.trainer`, and what it measures it
+publishes in `trainer.storage` (utils.train.events), not in the trainer's attributes. state_dict() returns its own
+state, which the checkpoint keeps under hooks/<state_key> (utils.train.checkpoint_layout), and
+load_state_dict(state) gets it back on resume. train.py assembles them in the order they must run
+(train.build_trainer); users add their own with train.run(callbacks=[...]), wrapped in SafeCallback so that a failing
+one cannot end a run, and seeing the trainer through a read-only TrainerView.
 """
 import logging
-import signal
 import time
+import weakref
 
-import numpy as np
-
-from utils.metrics import fitness
 from utils.plots import plot_images, plot_results
 from utils.progress import progress
 from utils.torch_utils import EMA_ATTRIBUTES, de_parallel
 from utils.train.checkpoint_writer import CheckpointWriter
 from utils.train.events import EVAL_TAGS
-from utils.train.recipe import image_order
-from utils.train.trainer import EvaluationInterrupted, TrainingStopped
+from utils.train.trainer import EVENTS, EvaluationInterrupted, TrainerView
 
 LOGGER = logging.getLogger('train')
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl+C; schedulers, timeout, torchrun; SLURM's warning
 
 
 class Hook:
@@ -47,6 +44,9 @@ class Hook:
     def after_step(self):
         pass
 
+    def evaluate_epoch(self):
+        pass
+
     @property
     def state_key(self):
         """The name of this hook's entry in the checkpoint: its `name`, or its class's."""
@@ -60,61 +60,15 @@ class Hook:
         """Take back the state that state_dict() returned, on resume."""
 
 
-class StopSignals:
-    """SIGINT, SIGTERM and SIGUSR1 for the whole of a training process (train.main holds them from its start to its
-    end), so that a stop signal at any moment ends the process with 128 + the signal, leaving a state that the same
-    command resumes or reports complete:
-    - before the training loop: the process stops at once (TrainingStopped; nothing is saved yet);
-    - in the loop (SignalsHook hands it to trainer.signal): a stop agreed by every rank and taken at a batch
-      boundary with a checkpoint; a second Ctrl+C stops at once;
-    - after the loop (the last checkpoint, final.pt, trackers, the lock's release): recorded in `received`, and the
-      process exits with it once the run's end is written (train.main)."""
-
-    def __init__(self):
-        self.received, self.trainer, self.finishing, self.old_handlers = None, None, False, {}
-
-    def __enter__(self):
-        self.old_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self.old_handlers.items():
-            signal.signal(s, h)
-
-    def _on_signal(self, signum, frame):
-        if self.received == signal.SIGINT == signum:
-            raise KeyboardInterrupt
-        self.received = self.received or signum
-        if self.trainer is not None:
-            self.trainer.signal = self.trainer.signal or signum
-        elif not self.finishing:
-            raise TrainingStopped(f'{signal.Signals(signum).name} received before training started: nothing to '
-                                  f'save', 128 + signum)
-
-
-class SignalsHook(Hook):
-    """Hands the process's stop signals (StopSignals) to the training loop while it runs."""
-
-    def __init__(self, stops):
-        self.stops = stops
-
-    def before_train(self):
-        self.stops.trainer, self.stops.finishing = self.trainer, False
-        self.trainer.signal = self.stops.received  # one that came between two runs (--evolve's generations)
-
-    def after_train(self):
-        self.stops.trainer, self.stops.finishing = None, True
-
-
 class WatchdogHook(Hook):
-    """Runs the watchdog (utils.train.watchdog) for the loop's beats; it is armed once the first batch is done
-    (start-up and torch.compile's first step are not timed)."""
+    """Runs the watchdog (utils.train.watchdog) that the Trainer beats: started with the loop, armed once the first
+    batch is done (start-up and torch.compile's first step are not timed), stopped with the loop."""
 
     def __init__(self, watchdog):
         self.watchdog = watchdog
 
     def before_train(self):
-        self.trainer.watchdog = self.watchdog.start()
+        self.watchdog.start()
 
     def after_step(self):
         self.watchdog.arm()
@@ -126,7 +80,8 @@ class WatchdogHook(Hook):
 class Checkpoints(Hook):
     """Rank 0's last.pt (and best.pt): written in the background, one at a time and in order. Periodic ones come
     every period_min minutes and/or period_steps optimizer steps, at an optimizer-step boundary; the end-of-epoch
-    one is EpochCheckpoint's. A stop's is written in the foreground (save_now)."""
+    one is EpochCheckpoint's. A stop's is written in the foreground: the Trainer holds this hook as its
+`checkpointer` and calls save_now."""
 
     def __init__(self, paths, period_min=0.0, period_steps=0, clock=time.monotonic):
         self.paths, self.period_min, self.period_steps, self.clock = paths, period_min, period_steps, clock
@@ -152,6 +107,10 @@ class Checkpoints(Hook):
         self.save(self.trainer.state_dict(), background=False)
         return self.paths.last
 
+    def then(self, fn):
+        """Call fn() once the checkpoints asked for so far are on disk."""
+        self.writer.then(fn)
+
     def after_train(self):
         self.writer.wait()
 
@@ -165,7 +124,7 @@ class EMAHook(Hook):
         if self.trainer.stepped:
             self.trainer.ema.update(self.trainer.model)
 
-    def after_epoch(self):
+    def evaluate_epoch(self):
         self.trainer.ema.update_attr(de_parallel(self.trainer.model), include=EMA_ATTRIBUTES)
 
 
@@ -209,18 +168,6 @@ class TrainBatchPlots(Hook):
             plot_images(imgs, targets, paths, self.save_dir / f'train_batch{ni}.jpg', self.names)
 
 
-class ImageWeights(Hook):
-    """--image-weights: each epoch's images drawn by class weights and the last per-class mAPs (every rank)."""
-
-    def __init__(self, dataset, class_weights, seed):
-        self.dataset, self.class_weights, self.seed = dataset, class_weights, seed
-
-    def before_epoch(self):
-        t = self.trainer
-        t.epoch_images = image_order(self.dataset, self.class_weights, t.state.maps, self.seed, t.state.epoch,
-                                     t.rank, t.device)
-
-
 class BeatingLoader:
     """The validation loader, reporting each batch to the watchdog (an evaluation is progress, not a hang) and
     ending the evaluation when a stop signal arrives (a COCO evaluation takes minutes; a scheduler's grace
@@ -245,23 +192,20 @@ class BeatingLoader:
 
 class Evaluation(Hook):
     """At each epoch's end (or only the last with --notest): the EMA model evaluated by `evaluate` (test.test's
-    signature); the results, the results line and the best fitness are kept in the run state (what a resume
-    continues from), and the epoch's metrics and fitness are published in the run's EventStorage."""
+    signature), its metrics, validation losses and per-class mAPs published in the run's EventStorage (the Trainer
+    records them in the run state)."""
 
     def __init__(self, evaluate, loader, every_epoch=True):
         self.evaluate, self.loader, self.every_epoch = evaluate, loader, every_epoch
 
-    def after_epoch(self):
+    def evaluate_epoch(self):
         t = self.trainer
-        final = t.state.epoch == t.recipe.epochs
+        final = t.in_last_epoch()
         if self.every_epoch or final:
             results, maps, _ = self.evaluate(model=t.ema.ema, dataloader=BeatingLoader(self.loader, t), plots=final,
                                              compute_loss=t.loss_fn)
-            t.state.results, t.state.maps = tuple(results), [float(x) for x in maps]
-        t.state.results_lines.append(t.ended.row + '%10.4g' * 7 % tuple(t.state.results))
-        fit = float(fitness(np.array(t.state.results).reshape(1, -1))[0])
-        t.state.best_fitness = max(t.state.best_fitness, fit)
-        t.storage.put(t.ended.epoch, {**dict(zip(EVAL_TAGS, t.state.results)), 'fitness': fit})
+            t.storage.put(t.state.epoch, dict(zip(EVAL_TAGS, results)))
+            t.storage.put_array(t.state.epoch, 'maps', maps)
 
 
 class EpochCheckpoint(Hook):
@@ -273,7 +217,7 @@ class EpochCheckpoint(Hook):
 
     def after_epoch(self):
         t = self.trainer
-        final = t.state.epoch == t.recipe.epochs
+        final = t.in_last_epoch()
         if self.every_epoch or final:
             fit = t.storage.get('fitness')
             self.checkpoints.save(t.state_dict(fitness=fit), best=t.state.best_fitness == fit, background=not final)
@@ -281,10 +225,11 @@ class EpochCheckpoint(Hook):
 
 class ResultsFile(Hook):
     """results.txt: the run's lines as of its checkpoint when training starts (a line written after it is
-    dropped), then each epoch's line once the checkpoint that carries it is on disk."""
+    dropped), then each epoch's line once the checkpoint that carries it is on disk (`after_writes`:
+    Checkpoints.then)."""
 
-    def __init__(self, path, checkpoints):
-        self.path, self.checkpoints = path, checkpoints
+    def __init__(self, path, after_writes):
+        self.path, self.after_writes = path, after_writes
 
     def before_train(self):
         tmp = self.path.with_suffix('.tmp')
@@ -297,7 +242,7 @@ class ResultsFile(Hook):
         def append():
             with open(self.path, 'a') as f:
                 f.write(line + '\n')
-        self.checkpoints.writer.then(append)
+        self.after_writes(append)
 
 
 class FinishRun(Hook):
@@ -328,18 +273,17 @@ def finish_run(paths):
 
 class SafeCallback(Hook):
     """A user's callback (or a tracker), which cannot end a run: its first failure is one warning, and it is not
-    called again."""
-    EVENTS = ('before_train', 'after_train', 'before_epoch', 'after_epoch', 'before_step', 'after_step')
+    called again. It sees the trainer through a TrainerView (read-only), so it cannot change the run's state."""
 
     def __init__(self, callback):
-        self.callback, self.failed = callback, False
+        self.callback, self.failed, self.view = callback, False, None
 
     @property
     def state_key(self):
         return getattr(self.callback, 'name', None) or type(self.callback).__name__
 
     def __getattribute__(self, name):
-        if name in SafeCallback.EVENTS:
+        if name in EVENTS:
             return lambda: self._call(name)
         return super().__getattribute__(name)
 
@@ -347,7 +291,7 @@ class SafeCallback(Hook):
         fn = getattr(self.callback, event, None)
         if self.failed or fn is None:
             return
-        self.callback.trainer = self.trainer
+        self.callback.trainer = self.trainer_view()
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - a callback must not break the run
@@ -362,9 +306,14 @@ class SafeCallback(Hook):
         except Exception:  # noqa: BLE001
             return {}
 
+    def trainer_view(self):
+        if self.view is None:
+            self.view = TrainerView(weakref.proxy(self.trainer))
+        return self.view
+
     def load_state_dict(self, state):
         if hasattr(self.callback, 'load_state_dict'):
-            self.callback.trainer = self.trainer
+            self.callback.trainer = self.trainer_view()
             self._load(state)
 
     def _load(self, state):

@@ -11,6 +11,7 @@ position) (utils.sampling).
 A checkpoint's `epoch` is the last completed epoch (-1 before the first ends) and `progress` says where in
 the next one the weights are, so the label always matches the weights it comes with.
 """
+from copy import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,16 @@ class RunState:
     results: tuple = (0,) * 7  # last evaluation: P, R, mAP@.5, mAP@.5:.95, val losses
     maps: list = None  # last per-class mAPs
     results_lines: list = field(default_factory=list)
+    end_taken: bool = False  # the epoch's end is taken (in its after_epoch): a checkpoint resumes at the next one
 
     def start_epoch(self, epoch):
-        self.epoch, self.batch, self.mloss, self.row = epoch, 0, torch.zeros(4), ''
+        self.epoch, self.batch, self.mloss, self.row, self.end_taken = epoch, 0, torch.zeros(4), '', False
+
+    def next_epoch(self):
+        """A copy of this state at the start of the next epoch."""
+        state = copy(self)
+        state.start_epoch(self.epoch + 1)
+        return state
 
 
 def describe_position(epoch, batch):

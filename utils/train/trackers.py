@@ -48,7 +48,7 @@ class TrackerHook(Hook):
 
     def after_epoch(self):
         t = self.trainer
-        self.calls.put(('after_epoch', self.tracker.log_epoch, (t.ended.epoch, epoch_metrics(t.storage))))
+        self.calls.put(('after_epoch', self.tracker.log_epoch, (t.epoch, epoch_metrics(t.storage))))
 
     def after_train(self):
         if self.thread is None:

@@ -8,24 +8,33 @@ signals. `state_dict()` is the checkpoint: the loop's state and each hook's cont
 puts it back.
 
 Events, in the order they come: before_train; then per epoch before_epoch, (before_step, after_step) per batch,
-after_epoch; after_train (also when the run fails or stops: `trainer.completed` tells).
+evaluate_epoch (hooks measure the epoch that ended and publish in `storage`), the Trainer's record of the epoch
+(its results line, last results and best fitness, from what was published), after_epoch (hooks act on that
+record: checkpoints, results.txt, trackers); after_train (also when the run fails or stops: `completed` tells).
+Throughout an epoch's events, `state.epoch` is that epoch.
+
+The Trainer holds, besides its hooks, what it must call itself: the process's stop signals (`stops`,
+utils.train.signals.StopSignals), the watchdog it beats, the `checkpointer` that saves last.pt at a stop, and the
+--image-weights draw of each epoch (TrainParts.image_draw). Hooks write none of its attributes; callbacks see it
+through TrainerView, read-only.
 """
 import logging
 import signal
-from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from models.checkpoint import model_payload
 from utils.datasets import loader_failure
 from utils.errors import UserError
+from utils.metrics import fitness
 from utils.torch_utils import de_parallel, random_rescale
-from utils.train.events import LR_TAGS, TRAIN_TAGS, EventStorage
+from utils.train.events import EVAL_TAGS, LR_TAGS, TRAIN_TAGS, EventStorage, StorageReader
 from utils.train.optim import Schedule, set_epoch_lr
-from utils.train.recipe import rng_state, set_rng_state
+from utils.train.rng import rng_state, set_rng_state
 from utils.sampling import batch_rng
 from utils.train.checkpoint_layout import TrainingCheckpoint, hook_states_of, unique_keys
 from utils.train.state import RunState, describe_position, pending_gradients
@@ -33,6 +42,8 @@ from utils.train.watchdog import Watchdog
 
 LOGGER = logging.getLogger('train')
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run stops
+EVENTS = ('before_train', 'before_epoch', 'before_step', 'after_step', 'evaluate_epoch', 'after_epoch',
+          'after_train')
 
 
 class TrainingStopped(RuntimeError):
@@ -82,6 +93,7 @@ class TrainParts:
     loader: object
     device: torch.device
     ema: object = None  # ModelEMA on the main process, else None
+    image_draw: object = None  # --image-weights: (epoch, per-class mAPs) -> the epoch's image indices; None: all
 
 
 def autocast(device, amp_dtype):
@@ -95,22 +107,23 @@ class Trainer:
     """Holds the model, EMA, optimizer, scaler, schedule, loader and run state; train() runs the epochs and calls
     each hook's before_/after_ train, epoch and step methods in the order the hooks were given."""
 
-    def __init__(self, parts, recipe, hooks=(), rank=-1, world_size=1):
+    def __init__(self, parts, recipe, hooks=(), rank=-1, world_size=1, *, stops=None, watchdog=None,
+                 checkpointer=None):
         self.model, self.ema, self.optimizer = parts.model, parts.ema, parts.optimizer
         self.scheduler, self.scaler, self.loss_fn = parts.scheduler, parts.scaler, parts.loss_fn
-        self.loader, self.device = parts.loader, parts.device
+        self.loader, self.device, self.image_draw = parts.loader, parts.device, parts.image_draw
         self.recipe, self.rank, self.world_size = recipe, rank, world_size
         self.main = rank in (-1, 0)
+        self.stops = stops  # the process's StopSignals: `received` is read at each batch
+        self.watchdog = watchdog or Watchdog(0)  # beaten here; hooks.WatchdogHook starts, arms and stops it
+        self.checkpointer = checkpointer  # save_now() -> the path of last.pt saved at a stop (rank 0's)
         self.state = RunState(accumulate=max(round(recipe.nominal_accumulate), 1))
         self.schedule = Schedule(parts.optimizer, parts.scheduler, recipe.lr_lambda, recipe.warmup_iters,
                                  recipe.nominal_accumulate, recipe.hyp.get('momentum'))
-        self.ended = None  # the RunState of the epoch that just ended (after_epoch hooks read it)
         self.lr = []  # the epoch's learning rates, before the schedule steps
         self.storage = EventStorage()  # the scalars the loop and its hooks publish (utils.train.events)
-        self.watchdog = Watchdog(0)  # replaced by hooks.WatchdogHook
-        self.signal = None  # a stop signal received (hooks.StopSignals)
+        self.agreed_signal = None  # the stop signal every rank agreed on at the last batch
         self.stop_reason = None  # request_stop()
-        self.epoch_images = None  # this epoch's image draw (hooks.ImageWeights)
         self.batch = None  # (imgs, targets, paths, ni) of the step in progress, for hooks
         self.stepped = self.stopping = self.stop_agreed = self.completed = False
         self.hooks = []
@@ -122,13 +135,15 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------------------
     def train(self):
         """Train the remaining epochs; returns the last evaluation's results."""
+        if self.stops is not None:
+            self.stops.enter_loop()
         self.call('before_train')
         try:
             self.run_epochs()
             self.completed = True
         except _StopAgreed:  # a hook's request: a completed run, last.pt holding the weights it ends with
-            if self.main and self.state.batch:
-                self.call_first('save_now')
+            if self.main and self.state.batch and self.checkpointer is not None:
+                self.checkpointer.save_now()
             self.completed = True
         except TrainingStopped as e:
             self.save_at_stop(e)
@@ -136,12 +151,23 @@ class Trainer:
             self.raise_runtime_error(e)
         finally:
             self.call('after_train')
+            if self.stops is not None:
+                self.stops.leave_loop()
         return self.state.results
+
+    @property
+    def signal(self):
+        """The stop signal this process received, or that another rank did (agreed at the last batch); None."""
+        return self.agreed_signal or (self.stops.received if self.stops is not None else None)
+
+    def in_last_epoch(self):
+        return self.state.epoch == self.recipe.epochs - 1
 
     def run_epochs(self):
         for epoch in range(self.state.epoch, self.recipe.epochs):
             self.call('before_epoch')
-            self.loader.sampler.set_epoch(epoch, self.state.batch * self.loader.batch_size, self.epoch_images)
+            images = None if self.image_draw is None else self.image_draw(epoch, self.state.maps)
+            self.loader.sampler.set_epoch(epoch, self.state.batch * self.loader.batch_size, images)
             stopped = self.run_epoch() or not self.end_epoch()
             if self.signal and (stopped or self.rank == -1):  # under DDP a stop is agreed inside the epoch
                 raise TrainingStopped(f'{signal.Signals(self.signal).name} received', 128 + self.signal, save=True)
@@ -190,7 +216,7 @@ class Trainer:
         finite = self.agree(bool(torch.isfinite(loss).all()))
         if self.stop_agreed:
             raise _StopAgreed
-        self.stopping = self.signal is not None  # a signal that comes later is taken at the next batch
+        self.stopping = self.agreed_signal is not None  # a signal that comes later is taken at the next batch
         self.stepped = finite and self.backward_and_step(loss, ni)
         if not finite:
             self.skip_step(loss_items, i)
@@ -221,14 +247,15 @@ class Trainer:
     def agree(self, finite):
         """Whether the step is finite everywhere; under DDP all ranks agree on it and on a stop (a signal, or a
         hook's request_stop) with one small all-reduce per batch, or they would wait on each other."""
+        received = self.stops.received if self.stops is not None else None
         if self.rank == -1:
-            self.stop_agreed = self.stop_reason is not None
+            self.agreed_signal, self.stop_agreed = received, self.stop_reason is not None
             return finite
         self.beat('all-reduce', 'agreeing on the step', waiting=True)
-        flags = torch.tensor([0. if finite else 1., float(self.signal or 0), float(self.stop_reason is not None)],
-                             device=self.device)
+        flags = torch.tensor([0. if finite else 1., float(self.agreed_signal or received or 0),
+                              float(self.stop_reason is not None)], device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        self.signal = int(flags[1].item()) or None
+        self.agreed_signal = int(flags[1].item()) or None
         self.stop_agreed = bool(flags[2].item())
         return flags[0].item() == 0
 
@@ -256,21 +283,36 @@ class Trainer:
                                   f'good checkpoint is {self.checkpoint_path()}. Lower lr0 or check the labels.')
 
     def end_epoch(self):
-        """The schedule's step and the after_epoch hooks, with the state moved to the next epoch (the ended
-        epoch's state is self.ended). Returns False, with the state put back, when the evaluation was stopped."""
+        """The epoch's end: the schedule's step and the epoch's training losses and rates published, the
+        evaluate_epoch hooks, the epoch recorded, the after_epoch hooks; then the next epoch starts. Returns False
+        when the evaluation was stopped: every batch done, the end not taken (a resume takes it)."""
+        state = self.state
         self.lr = self.schedule.end_epoch()
-        if self.main and not self.state.row:  # no batch of the epoch had a finite loss: its losses are unknown
-            self.state.row = self.progress_row([float('nan')] * 4, 0, self.recipe.imgsz)
-        self.ended = copy(self.state)
-        self.storage.put(self.ended.epoch, {**dict(zip(TRAIN_TAGS, self.ended.mloss[:3].tolist())),
-                                            **dict(zip(LR_TAGS, self.lr))})
-        self.state.start_epoch(self.ended.epoch + 1)
+        if self.main and not state.row:  # no batch of the epoch had a finite loss: its losses are unknown
+            state.row = self.progress_row([float('nan')] * 4, 0, self.recipe.imgsz)
+        self.storage.put(state.epoch, {**dict(zip(TRAIN_TAGS, state.mloss[:3].tolist())),
+                                       **dict(zip(LR_TAGS, self.lr))})
         try:
-            self.call('after_epoch')
+            self.call('evaluate_epoch')
         except EvaluationInterrupted:
-            self.state = self.ended  # every batch done, the epoch's end not taken: a resume takes it
             return False
+        self.record_epoch()
+        state.end_taken = True
+        self.call('after_epoch')
+        state.start_epoch(state.epoch + 1)
         return True
+
+    def record_epoch(self):
+        """The ended epoch in the run state, from what its hooks published: the evaluation's results and per-class
+        mAPs (an epoch not evaluated keeps the last ones, as published), its results.txt line and the best fitness;
+        the results and the epoch's fitness are published (trackers log each epoch, as published)."""
+        s, published = self.state, self.storage.epoch(self.state.epoch)
+        if all(tag in published for tag in EVAL_TAGS):
+            s.results, s.maps = tuple(published[tag] for tag in EVAL_TAGS), self.storage.array(s.epoch, 'maps')
+        fit = float(fitness(np.array(s.results).reshape(1, -1))[0])
+        s.results_lines.append(s.row + '%10.4g' * 7 % tuple(s.results))
+        s.best_fitness = max(s.best_fitness, fit)
+        self.storage.put(s.epoch, {**dict(zip(EVAL_TAGS, s.results)), 'fitness': fit})
 
     # --- stopping ---------------------------------------------------------------------------------------------
     def request_stop(self, reason):
@@ -288,7 +330,7 @@ class Trainer:
         if not self.main:
             raise TrainingStopped(f'rank {self.rank}: {e} (rank 0 saves {self.checkpoint_path()})',
                                   e.exit_code) from None
-        saved = self.call_first('save_now')
+        saved = None if self.checkpointer is None else self.checkpointer.save_now()
         where = describe_position(self.state.epoch, self.state.batch)
         if saved is None:
             raise TrainingStopped(f'{e} at {where}', e.exit_code) from None
@@ -314,21 +356,14 @@ class Trainer:
         for h in self.hooks:
             getattr(h, event)()
 
-    def call_first(self, method):
-        """The first hook's answer to `method` (hooks that do not have it are passed over), or None."""
-        for h in self.hooks:
-            if hasattr(h, method):
-                return getattr(h, method)()
-        return None
-
     def beat(self, phase, detail='', waiting=False):
         self.watchdog.beat(phase, detail, waiting)
 
     # --- the checkpoint ---------------------------------------------------------------------------------------
     def state_dict(self, fitness=None):
         """Everything a resume needs, as plain data (loadable with weights_only=True): the checkpoint."""
-        s = self.state
-        progress = {k: v for k, v in vars(s).items() if k not in ('best_fitness', 'results_lines')}
+        s = self.state.next_epoch() if self.state.end_taken else self.state
+        progress = {k: v for k, v in vars(s).items() if k not in ('best_fitness', 'results_lines', 'end_taken')}
         progress['results'] = [float(x) for x in s.results]
         progress['maps'] = None if s.maps is None else [float(x) for x in s.maps]
         ema = {} if self.ema is None else dict(ema=model_payload(self.ema.ema), ema_updates=self.ema.updates)
@@ -373,3 +408,33 @@ class Trainer:
             self.ema.updates = ckpt.ema_updates
         for key, state in ckpt.hook_states(self.hook_keys).items():
             self.hook_keys[key].load_state_dict(state)
+
+
+class TrainerView:
+    """What a callback (train.run(callbacks=[...])) sees of the run, read-only: where it stands, what it measured,
+    the modules, and request_stop. Within an epoch's events `epoch` is that epoch (in after_epoch, the one that
+    ended); `batch` counts its batches done."""
+
+    def __init__(self, trainer):
+        self._trainer = trainer
+
+    epoch = property(lambda self: self._trainer.state.epoch, doc='the epoch of the events now')
+    batch = property(lambda self: self._trainer.state.batch, doc="the epoch's batches done")
+    steps = property(lambda self: self._trainer.state.steps, doc='optimizer steps since the start of training')
+    results = property(lambda self: tuple(self._trainer.state.results),
+                       doc='the last evaluation: P, R, mAP@.5, mAP@.5:.95, val box, obj, cls losses')
+    maps = property(lambda self: tuple(self._trainer.state.maps or ()), doc='the last per-class mAP@.5:.95')
+    best_fitness = property(lambda self: self._trainer.state.best_fitness)
+    lr = property(lambda self: tuple(self._trainer.lr), doc="the ended epoch's rates, one per parameter group")
+    storage = property(lambda self: StorageReader(self._trainer.storage), doc='the published scalars, to read')
+    model = property(lambda self: self._trainer.model, doc='the model being trained (DDP-wrapped under DDP)')
+    ema = property(lambda self: self._trainer.ema, doc="the EMA (utils.torch_utils.ModelEMA), rank 0's; else None")
+    rank = property(lambda self: self._trainer.rank)
+    world_size = property(lambda self: self._trainer.world_size)
+    main = property(lambda self: self._trainer.main, doc='whether this is the main process (rank -1 or 0)')
+    signal = property(lambda self: self._trainer.signal, doc='the stop signal received, or None')
+    completed = property(lambda self: self._trainer.completed, doc='in after_train: whether the run completed')
+
+    def request_stop(self, reason):
+        """End the run as a completed one at the next batch (Trainer.request_stop)."""
+        self._trainer.request_stop(reason)
