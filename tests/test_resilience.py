@@ -5,6 +5,7 @@ The training runs use a tiny P5 on coco8 at 64 px with mosaic and MixUp (and mul
 two images a batch), so every source of randomness takes part. "Bit-identical" compares every tensor of the final
 last.pt's model and EMA with torch.equal, and results.txt line by line.
 """
+import json
 import os
 import re
 import signal
@@ -150,39 +151,79 @@ def test_sigterm_mid_epoch_resumes_with_the_next_batch(files, reference, tmp_pat
     assert_same_run(reference, tmp_path / 'b')
 
 
+AT_STEP = '''
+import json, os, signal, sys, time
+sys.path.insert(0, os.getcwd())  # the repository (this script lies in a temporary folder)
+import train
+from utils.train.hooks import Hook
+marks, plan, args = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+
+class AtStep(Hook):
+    """For each [rank, epoch, batch, signal, files] of the plan: after the step that leaves that rank at (epoch,
+    batch), once (a file in `marks` records it, with this process's id and the time), wait until one of `files`
+    exists (when any are named), then send this process the signal."""
+    def after_step(self):
+        t = self.trainer
+        for rank, epoch, batch, sig, files in plan:
+            mark = os.path.join(marks, f'{rank}-{epoch}-{batch}')
+            if (t.rank, t.epoch, t.batch) == (rank, epoch, batch) and not os.path.exists(mark):
+                while files and not any(os.path.exists(f) for f in files):
+                    time.sleep(0.01)
+                with open(mark + '.tmp', 'w') as f:
+                    json.dump({'pid': os.getpid(), 'time': time.time()}, f)
+                os.replace(mark + '.tmp', mark)
+                os.kill(os.getpid(), getattr(signal, sig))
+
+train.main(args, callbacks=[AtStep()])
+'''
+
+
+def _torchrun_acting_at_steps(tmp_path, plan, args, restarts):
+    """torchrun (2 ranks, --max-restarts restarts) of train.py with AT_STEP's plan: each rank acts on itself at
+    set steps, whatever the machine's load (a test that polled last.pt from outside could miss a tiny run's steps
+    on a loaded machine and find the job already ended). Returns the process and the folder of marks."""
+    script, marks = tmp_path / 'at_step.py', tmp_path / 'marks'
+    script.write_text(AT_STEP)
+    marks.mkdir()
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', free_port(),
+           '--max-restarts', str(restarts), str(script), str(marks), json.dumps(plan), *map(str, args)]
+    return DrainedProcess(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1')), marks
+
+
+def _mark(proc, marks, name, timeout=300):
+    """The record {'pid', 'time'} of an action taken (AT_STEP), once it is there."""
+    deadline, path = time.time() + timeout, marks / name
+    while not path.is_file():
+        assert proc.poll() is None and time.time() < deadline, f'{name} was never reached'
+        time.sleep(0.01)
+    return json.loads(path.read_text())
+
+
 def test_torchrun_restarts_after_two_sigkills_give_the_same_run(files, tmp_path):
-    """torchrun --max-restarts 2: rank 1 is killed twice inside epochs; the job ends by itself, bit-identical to
-    the same command run without a failure."""
+    """torchrun --max-restarts 2: rank 1 is killed twice inside epochs, at (1, 2) and then (in the restarted job)
+    at (2, 2); the job ends by itself, bit-identical to the same command run without a failure."""
     args = _args(files, tmp_path, 'ref', 4, 1, 2, '--notest', '--save-period-steps', '1')
     code, err = _train(args, torchrun=['--max-restarts', '0'])
     assert code == 0, err[-3000:]
-    p = _popen(_args(files, tmp_path, 'k', 4, 1, 2, '--notest', '--save-period-steps', '1'),
-               torchrun=['--max-restarts', '2'])
-    last = tmp_path / 'k' / 'weights' / 'last.pt'
-    position = (1, 2)
-    for restarts in (1, 2):
-        _wait_for(p, last, position)
-        os.kill(_worker_of_rank(p.pid, 1), signal.SIGKILL)
-        _wait_for_line(p, 'Continuing', restarts)  # the restarted job has read last.pt: the next kill is of it
-        epoch, batch = _progress(last)
-        position = max((2, 1), (epoch, batch + 1))  # a batch of the restarted job, inside an epoch
-    _, err = p.communicate(timeout=300)
+    plan = [[1, 1, 2, 'SIGKILL', []], [1, 2, 2, 'SIGKILL', []]]
+    p, marks = _torchrun_acting_at_steps(tmp_path, plan, _args(files, tmp_path, 'k', 4, 1, 2, '--notest',
+                                                                '--save-period-steps', '1'), restarts=2)
+    _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
-    assert err.count('Continuing') == 2 and err.count('Resuming') == 2
-    assert sorted(x.name for x in tmp_path.iterdir()) == ['k', 'ref']  # the restarts continued in k
+    assert sorted(x.name for x in marks.iterdir()) == ['1-1-2', '1-2-2']
+    assert err.count('Continuing') == 2 and err.count('Resuming') == 2, err[-3000:]
+    assert (tmp_path / 'k').is_dir() and not (tmp_path / 'k2').exists()  # the restarts continued in k
     assert_same_run(tmp_path / 'ref', tmp_path / 'k')
 
 
 def test_stopped_rank_ends_the_job_then_it_restarts(files, tmp_path):
     """A rank stopped with SIGSTOP: within the watchdog time (plus a margin) the other rank ends the job with one
     line naming it; torchrun --max-restarts then restarts it and the run finishes."""
-    p = _popen(_args(files, tmp_path, 's', 3, 0, 2, '--notest', '--save-period-steps', '1', '--watchdog', '4'),
-               torchrun=['--max-restarts', '1'])
+    p, marks = _torchrun_acting_at_steps(tmp_path, [[1, 0, 2, 'SIGSTOP', []]], _args(
+        files, tmp_path, 's', 3, 0, 2, '--notest', '--save-period-steps', '1', '--watchdog', '4'), restarts=1)
     lines = p.lines
-    _wait_for(p, tmp_path / 's' / 'weights' / 'last.pt', (0, 2))  # two epochs before the run could end
-    stopped_at = time.time()
-    victim = _worker_of_rank(p.pid, 1)
-    os.kill(victim, signal.SIGSTOP)
+    stopped = _mark(p, marks, '1-0-2')  # rank 1 stopped itself after its second step
+    victim, stopped_at = stopped['pid'], stopped['time']
     p.communicate(timeout=300)
     hang = [(t, ln) for t, ln in lines if 'shows no sign of life' in ln]
     assert hang, ''.join(ln for _, ln in lines)[-3000:]
@@ -494,19 +535,17 @@ def test_truncated_last_pt_under_an_elastic_restart(files, tmp_path):
     args = _args(files, tmp_path, 'ref', 3, 0, 2, '--notest')
     code, err = _train(args, torchrun=['--max-restarts', '0'])
     assert code == 0, err[-3000:]
-    p = _popen(_args(files, tmp_path, 'k', 3, 0, 2, '--notest'), torchrun=['--max-restarts', '1'])
     last = tmp_path / 'k' / 'weights' / 'last.pt'
-    _wait_for(p, last, (1, 0))
     # last.pt lands before best.pt (the same background write, in that order) and last-previous.pt comes with the
-    # next save: wait until one of them is on disk (each is renamed into place whole), then freeze rank 0, whose
-    # writer thread stops with it, so that the files the restart finds are the ones looked at here
+    # next save: rank 0 waits, after its first step of epoch 1, until one of them is on disk (each is renamed into
+    # place whole), then stops itself, its writer thread with it, so that the files the restart finds are the
+    # ones looked at here
     behind = (last.with_name('best.pt'), last.with_name('last-previous.pt'))
-    deadline = time.time() + 300
-    while not any(f.is_file() for f in behind):
-        assert p.poll() is None and time.time() < deadline, f'neither of {behind} was written'
-        time.sleep(0.01)
+    p, _marks = _torchrun_acting_at_steps(tmp_path, [[0, 1, 1, 'SIGSTOP', [str(f) for f in behind]]],
+                                          _args(files, tmp_path, 'k', 3, 0, 2, '--notest'), restarts=1)
+    frozen = _mark(p, _marks, '0-1-1')
     ranks = [_worker_of_rank(p.pid, r) for r in (0, 1)]
-    os.kill(ranks[0], signal.SIGSTOP)
+    assert ranks[0] == frozen['pid']
     _truncate(last)
     intact = max((f for f in behind if f.is_file()), key=lambda f: f.stat().st_mtime)
     for pid in reversed(ranks):
