@@ -379,7 +379,7 @@ def test_mlflow_server_that_is_down_costs_seconds(hyp, tmp_path):
         assert code == 0, err[-3000:]
     warnings = [ln for ln in errs[1].splitlines() if 'mlflow' in ln.lower() and 'WARNING' in ln]
     assert len(warnings) == 1 and 'training goes on without it' in warnings[0], warnings
-    assert times[1] < times[0] + 15, times
+    assert times[1] < 2 * times[0] + 10, times  # before: 256 s against 7 s; load slows both runs alike
 
 
 INJECT = '''
