@@ -3,6 +3,8 @@ import copy
 import functools
 import http.server
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
@@ -27,18 +29,18 @@ def free_port():
 
     A port the kernel picks (bind to 0) lies in its ephemeral range, which it hands out again to any connect() on
     the machine, so it may be taken before torchrun binds it. This one lies below that range, where the kernel never
-    hands out ports by itself, in a block of its own for each pytest-xdist worker, and is not given twice by this
-    process: only a program binding that very port on purpose could take it.
+    hands out ports by itself, and is not given twice by this process. It is drawn at random from all of those
+    ports: a block of its own for each pytest-xdist worker was the same block for the same worker of another suite
+    running beside this one, and two suites took the same port (EADDRINUSE) within seconds of each other.
     """
     try:
         low = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768  # Linux's default
-    worker = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0').lstrip('gw') or 0)
-    block = range(max(1024, low - 1000 * (worker % 16 + 1)), max(1024, low - 1000 * (worker % 16)))
-    start = os.getpid() % len(block)
-    for i in range(len(block)):
-        port = block[(start + len(_ports_taken) + i) % len(block)]
+    ports = range(10000, max(10001, low))
+    rng = random.Random(f'{os.getpid()} {time.time_ns()}')
+    for _ in range(1000):
+        port = rng.choice(ports)
         if port in _ports_taken:
             continue
         with socket.socket() as s:
@@ -48,7 +50,7 @@ def free_port():
                 continue
         _ports_taken.append(port)
         return str(port)
-    raise RuntimeError(f'no free port in {block.start}-{block.stop - 1}')
+    raise RuntimeError(f'no free port in {ports.start}-{ports.stop - 1}')
 
 
 def run_script(*args, cwd=ROOT, env=None, timeout=600, **kwargs):
@@ -67,6 +69,40 @@ def tiny_cfg(name='yolov4-p5', depth=0.33, width=0.125, nc=None):
     return copy.deepcopy(d)
 
 
+_started = []  # the DrainedProcesses of the test running
+
+
+def _descendants(pid):
+    """The processes below pid (children first), from /proc."""
+    parent = {}
+    for d in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            parent[int(d)] = int(open(f'/proc/{d}/stat').read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    below, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier]
+        below += frontier
+    return below
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A test that fails while its process runs (a torchrun agent that restarts its ranks, a run of 200 epochs)
+    leaves nothing behind to load the machine or hold a port: the process and those below it are killed."""
+    yield
+    while _started:
+        p = _started.pop()
+        if p.poll() is None:
+            for pid in [*_descendants(p.pid), p.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            p.wait()
+
+
 class DrainedProcess(subprocess.Popen):
     """A subprocess whose stderr a thread reads as it is written (stdout is discarded). A test that polls a file
     while the process runs would otherwise leave the pipe to fill up and block the process mid-run.
@@ -74,6 +110,7 @@ class DrainedProcess(subprocess.Popen):
 
     def __init__(self, cmd, **kwargs):
         super().__init__(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+        _started.append(self)
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
