@@ -143,6 +143,22 @@ def test_training_code_is_made_of_small_pieces():
 CONFIG_NAMES = {'opt', 'cfg', 'options', 'config', 'saved', 'run_config'}  # what a run's configuration is called
 
 
+def training_files():
+    """train.py and utils/train/*.py: the training run's code."""
+    return [ROOT / 'train.py', *sorted((ROOT / 'utils' / 'train').glob('*.py'))]
+
+
+def assigned_targets(node):
+    """The places an assignment, augmented assignment or deletion writes, tuples unpacked; [] for other nodes."""
+    def unpack(t):
+        return [x for e in t.elts for x in unpack(e)] if isinstance(t, (ast.Tuple, ast.List)) else [t]
+    if isinstance(node, (ast.Assign, ast.Delete)):
+        return [x for t in node.targets for x in unpack(t)]
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        return unpack(node.target)
+    return []
+
+
 def config_assignments(source, filename='<source>'):
     """['file:line: what'] for each place in `source` that changes a run's configuration in place: an assignment or
     deletion of an attribute of a name in CONFIG_NAMES (`opt.epochs = 3`, `opt.a, opt.b = ...`, `opt.x += 1`),
@@ -153,15 +169,10 @@ def config_assignments(source, filename='<source>'):
     def is_config(node):
         return isinstance(node, ast.Name) and node.id in CONFIG_NAMES
 
-    def targets(node):
-        if isinstance(node, (ast.Tuple, ast.List)):
-            return [t for e in node.elts for t in targets(e)]
-        return [node]
     for node in ast.walk(ast.parse(source, filename)):
         where = f'{filename}:{getattr(node, "lineno", 0)}'
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            for t in [t for tt in (node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target])
-                      for t in targets(tt)]:
+            for t in assigned_targets(node):
                 if isinstance(t, ast.Attribute) and is_config(t.value):
                     found.append(f'{where}: {ast.unparse(t)} assigned')
                 if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Call) and \
@@ -181,9 +192,7 @@ def config_assignments(source, filename='<source>'):
 def test_no_code_changes_the_resolved_configuration():
     """train.py and utils/train/: the run's options and configuration are resolved once (train.resolve_config makes
     them with Options.replace and dataclasses.replace) and never changed in place afterwards."""
-    wrong = []
-    for path in [ROOT / 'train.py', *sorted((ROOT / 'utils' / 'train').glob('*.py'))]:
-        wrong += config_assignments(path.read_text(), str(path.relative_to(ROOT)))
+    wrong = [w for path in training_files() for w in config_assignments(path.read_text(), str(path.relative_to(ROOT)))]
     assert not wrong, '\n'.join(wrong)
 
 
@@ -384,19 +393,11 @@ def trainer_writes(source, filename='<source>'):
             return through_trainer(node.value, depth + 1)
         return isinstance(node, ast.Name) and node.id in aliases and depth > 0
 
-    def targets(node):
-        if isinstance(node, (ast.Tuple, ast.List)):
-            return [t for e in node.elts for t in targets(e)]
-        return [node]
     found = []
     for node in ast.walk(tree):
         where = f'{filename}:{getattr(node, "lineno", 0)}'
-        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            for t in [t for tt in (node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target])
-                      for t in targets(tt)]:
-                if through_trainer(t):
-                    found.append(f'{where}: {ast.unparse(t)} assigned')
-        elif isinstance(node, ast.Call):
+        found += [f'{where}: {ast.unparse(t)} assigned' for t in assigned_targets(node) if through_trainer(t)]
+        if isinstance(node, ast.Call):
             f = node.func
             if ast.unparse(f) in ('setattr', 'delattr') and node.args and \
                     (ast.unparse(node.args[0]) == 'self.trainer' or through_trainer(node.args[0])):
@@ -409,10 +410,8 @@ def trainer_writes(source, filename='<source>'):
 def test_no_hook_writes_the_trainers_attributes():
     """The hooks, trackers and train.py change the run only through the Trainer's methods and its EventStorage:
     none assigns to the trainer's attributes or its run state (docs/architecture.md, "Hooks")."""
-    wrong = []
-    for path in [ROOT / 'train.py', *sorted((ROOT / 'utils' / 'train').glob('*.py'))]:
-        if path.name != 'trainer.py':  # the Trainer's own code writes its state
-            wrong += trainer_writes(path.read_text(), str(path.relative_to(ROOT)))
+    wrong = [w for path in training_files() if path.name != 'trainer.py'  # the Trainer's own code writes its state
+             for w in trainer_writes(path.read_text(), str(path.relative_to(ROOT)))]
     assert not wrong, '\n'.join(wrong)
 
 
