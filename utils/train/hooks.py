@@ -81,7 +81,7 @@ class Checkpoints(Hook):
     """Rank 0's last.pt (and best.pt): written in the background, one at a time and in order. Periodic ones come
     every period_min minutes and/or period_steps optimizer steps, at an optimizer-step boundary; the end-of-epoch
     one is EpochCheckpoint's. A stop's is written in the foreground: the Trainer holds this hook as its
-`checkpointer` and calls save_now."""
+    `checkpointer` and calls save_now."""
 
     def __init__(self, paths, period_min=0.0, period_steps=0, clock=time.monotonic):
         self.paths, self.period_min, self.period_steps, self.clock = paths, period_min, period_steps, clock
