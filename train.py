@@ -48,8 +48,8 @@ from utils.train import resume
 from utils.train.autobatch import auto_batch_size
 from utils.train.hyp import EVOLVE_META, load_hyp, mutate_hyp
 from utils.train.image_weights import class_weights_from_labels, image_order
-from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, load_newest_intact, release_run,
-                                 resume_path, run_folder_of)
+from utils.train.run_dir import (PREVIOUS_NAME, agree_on_plan, elastic_restart, how_to_continue, load_newest_intact,
+                                 release_run, resume_path, run_folder_of)
 from utils.train.checkpoint_layout import TrainingCheckpoint, load_training_checkpoint
 from utils.train.signals import StopSignals
 from utils.train.config import Options, ProcessLayout, RunConfig
@@ -513,8 +513,8 @@ def run_job(opt, given, callbacks, stops):
         LOGGER.error('%s', e)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl+C
-        LOGGER.error('\nInterrupted twice: stopped at once, without a checkpoint of this moment; continue from the '
-                     'last one with python train.py --resume %s', cfg.save_dir if cfg else opt.project)
+        LOGGER.error('\nInterrupted twice: stopped at once, without a checkpoint of this moment; to continue from '
+                     'the last one, %s', how_to_continue(opt.resume, cfg.save_dir if cfg else opt.project))
         sys.exit(128 + signal.SIGINT)
     except UserError:
         raise

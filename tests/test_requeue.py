@@ -424,6 +424,9 @@ def test_sigterm_in_each_phase_then_the_same_command(phase, hyp, tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
     assert 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert 'continue with python train.py --resume' not in r.stderr  # under --resume auto: the same command
+    if phase in ('before_epoch:1', 'after_step'):  # a stop at a batch boundary saves and says how to continue
+        assert 'saved at' in r.stderr and 'run the same command again' in r.stderr, r.stderr[-3000:]
     code, err = _train(args)
     assert code == 0, err[-3000:]
     assert 'being written by another run' not in err

@@ -155,6 +155,14 @@ def find_job_run(project, name, job_key):
     return max(found, key=lambda p: (p / LOCK_NAME).stat().st_mtime) if found else None
 
 
+def how_to_continue(resume, run_dir):
+    """What a stopped run's last line tells its user: under --resume auto the same command continues it (as a
+    requeued job does), else --resume names the run folder."""
+    if resume == 'auto':
+        return 'run the same command again (--resume auto continues it)'
+    return f'continue with python train.py --resume {run_dir}'
+
+
 def resume_path(resume, project):
     """The last.pt to resume: the newest under --project for a bare --resume, a run folder's weights/last.pt,
     or the given file."""

@@ -34,6 +34,7 @@ from utils.metrics import fitness
 from utils.torch_utils import de_parallel, random_rescale
 from utils.train.events import EVAL_TAGS, LR_TAGS, TRAIN_TAGS, EventStorage, StorageReader
 from utils.train.optim import Schedule, set_epoch_lr
+from utils.train.run_dir import how_to_continue
 from utils.train.rng import rng_state, set_rng_state
 from utils.sampling import batch_rng
 from utils.train.checkpoint_layout import TrainingCheckpoint, hook_states_of, unique_keys
@@ -334,8 +335,8 @@ class Trainer:
         where = describe_position(self.state.epoch, self.state.batch)
         if saved is None:
             raise TrainingStopped(f'{e} at {where}', e.exit_code) from None
-        raise TrainingStopped(f'{e}: {saved} saved at {where}; continue with python train.py --resume '
-                              f'{saved.parent.parent}', e.exit_code) from None
+        hint = how_to_continue((self.recipe.options or {}).get('resume'), saved.parent.parent)
+        raise TrainingStopped(f'{e}: {saved} saved at {where}; {hint}', e.exit_code) from None
 
     def raise_runtime_error(self, e):
         if self.signal and not self.main:  # rank 0 stopped in its evaluation and left this rank's collective
