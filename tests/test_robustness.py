@@ -483,3 +483,20 @@ def test_autoanchor_with_fewer_boxes_than_anchors_keeps_the_anchors(tiny_p5, cap
     assert torch.equal(model.model[-1].anchor_grid, before)
     assert any('fewer than the 12 anchors to fit: anchors kept' in r.getMessage() for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+# --- 7b. a truncated JPEG is searched as far as it decodes, and named ---------------------------------------------
+def test_truncated_jpeg_is_named_and_searched(tmp_path, weights):
+    """detect.py on a JPEG cut in half: one warning naming it (not only libjpeg's, which names no file), its
+    detections saved; a whole JPEG beside it gets no warning."""
+    src = tmp_path / 'images'
+    src.mkdir()
+    whole = (COCO8 / 'images' / sorted(os.listdir(COCO8 / 'images'))[0]).read_bytes()
+    (src / 'a_whole.jpg').write_bytes(whole)
+    (src / 'b_cut.jpg').write_bytes(whole[:len(whole) // 2])
+    r = run_script('detect.py', '--weights', weights, '--source', src, '--img', 64, '--device', 'cpu', '--project',
+                   tmp_path / 'runs', '--name', 'j')
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    warned = [ln for ln in r.stderr.splitlines() if 'truncated JPEG' in ln]
+    assert len(warned) == 1 and 'b_cut.jpg' in warned[0], r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / 'runs' / 'j').iterdir()) == ['a_whole.jpg', 'b_cut.jpg']

@@ -65,17 +65,26 @@ def _check_image(im_file):
         raise ValueError(f'corrupt image ({e})') from None
     if shape[0] < 10 or shape[1] < 10:
         raise ValueError(f'image size {shape[0]}x{shape[1]} is under 10 pixels')
-    if fmt == 'JPEG':  # verify() does not decode: look for the end-of-image marker, else decode fully
-        with open(im_file, 'rb') as f:
-            f.seek(-2, 2)
-            complete = f.read() == b'\xff\xd9'
-        if not complete:
-            try:
-                with Image.open(im_file) as im:
-                    im.load()
-            except (OSError, SyntaxError, ValueError) as e:
-                raise ValueError(f'truncated JPEG ({e})') from None
+    if fmt == 'JPEG':  # verify() does not decode
+        truncated = jpeg_truncation(im_file)
+        if truncated:
+            raise ValueError(truncated)
     return shape
+
+
+def jpeg_truncation(im_file):
+    """'truncated JPEG (reason)' when a JPEG file does not decode to its end, else None: a file ending in the
+    end-of-image marker is whole; one that does not (cut off, or with bytes after the marker) is decoded fully."""
+    with open(im_file, 'rb') as f:
+        f.seek(-2, 2)
+        if f.read() == b'\xff\xd9':
+            return None
+    try:
+        with Image.open(im_file) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        return f'truncated JPEG ({e})'
+    return None
 
 
 def _parse_labels(lb_file):

@@ -15,7 +15,7 @@ import numpy as np
 
 from utils.augmentations import letterbox
 from utils.errors import UserError
-from utils.label_cache import IMG_FORMATS, VID_FORMATS
+from utils.label_cache import IMG_FORMATS, VID_FORMATS, jpeg_truncation
 
 LOGGER = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ class LoadImages:
                 if img0 is None:
                     LOGGER.warning('WARNING: image %s could not be read (corrupt or not an image), skipped', path)
                     continue
+                if Path(path).suffix.lower() in ('.jpg', '.jpeg') and jpeg_truncation(path):
+                    LOGGER.warning('WARNING: image %s is a truncated JPEG: only the part that decoded is searched',
+                                   path)
             img = letterbox(img0, new_shape=self.img_size, auto=self.auto)[0]
             return path, to_chw_rgb(img), img0, self.cap
 
