@@ -424,6 +424,24 @@ def test_watchdog_names_a_rank_stuck_in_its_own_phase():
                         r'restarted \(torchrun --max-restarts\) or resumed \(--resume\)', ended[0]), ended[0]
 
 
+def test_watchdog_gives_the_metrics_after_the_last_evaluation_batch_the_slow_allowance():
+    """After an evaluation's last batch come the metrics, plots and COCOeval, with no batch to beat at: the
+    watchdog allows them 4 timeouts (as a checkpoint's save), not one. Before, the last beat was the last batch's,
+    and a final evaluation slowed by a loaded machine ended a healthy run after one timeout."""
+    from types import SimpleNamespace
+
+    from utils.train.hooks import BeatingLoader
+    from utils.train.watchdog import Watchdog
+    ended, clock = [], FakeClock()
+    dog = Watchdog(10, -1, 1, None, exit_fn=ended.append, clock=clock)
+    dog.arm()
+    assert list(BeatingLoader([['a'], ['b']], SimpleNamespace(signal=0, beat=dog.beat))) == [['a'], ['b']]
+    _pass(clock, 40, [dog])
+    assert not ended
+    _pass(clock, 1, [dog])
+    assert ended and 'made no progress for 41 s while evaluation metrics (after 2 batches)' in ended[0], ended
+
+
 def test_sigterm_during_evaluation_saves_the_finished_epoch(files, reference, tmp_path):
     """A stop signal during the end-of-epoch evaluation (minutes on COCO) ends it at once: last.pt holds the
     epoch's trained weights (every batch done), and the resume evaluates and continues as if never stopped."""

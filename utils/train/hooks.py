@@ -182,6 +182,7 @@ class BeatingLoader:
                 raise EvaluationInterrupted
             self.trainer.beat('evaluation', f'batch {n}')
             yield batch
+        self.trainer.beat('evaluation metrics', f'after {len(self.loader)} batches')  # a slow phase: no batches
 
     def __len__(self):
         return len(self.loader)

@@ -24,7 +24,9 @@ import threading
 import time
 
 LOGGER = logging.getLogger(__name__)
-SLOW_PHASES = {'saving checkpoint': 4}  # phases allowed a multiple of the timeout
+# Phases allowed a multiple of the timeout: one long step with nothing to beat at. After an evaluation's last
+# batch come the metrics over every detection, the plots and, on COCO, pycocotools' COCOeval (minutes).
+SLOW_PHASES = {'saving checkpoint': 4, 'evaluation metrics': 4}
 
 
 class Watchdog:
