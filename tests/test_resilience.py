@@ -520,6 +520,49 @@ def test_watchdog_names_the_ranks_that_never_reported():
                         'can be restarted (torchrun --max-restarts) or resumed (--resume)')
 
 
+STOP_IN_A_STORE_CALL = '''
+import datetime, gc, os, sys, threading, time
+gc.disable()
+sys.path.insert(0, os.getcwd())
+import torch.distributed as dist
+from utils.train.watchdog import Watchdog
+
+real, entered = dist.TCPStore('127.0.0.1', 0, 1, is_master=True, wait_for_workers=False), threading.Event()
+
+class SlowStore:
+    """A round trip of 0.5 s inside C++ with the GIL released: a loaded machine's rendezvous store."""
+    def set(self, key, value):
+        entered.set()
+        try:
+            real.wait(['never set'], datetime.timedelta(seconds=0.5))
+        except RuntimeError:
+            pass
+    def check(self, keys):
+        return False
+
+class SlowTeardown:
+    def __del__(self):  # runs while the interpreter finalizes, and outlasts the store call
+        time.sleep(1)
+
+teardown = SlowTeardown()
+dog = Watchdog(0.4, 1, 2, None).start()
+dog.store = SlowStore()
+entered.wait(10)
+dog.stop()  # then the process exits, as a rank does once its training is done
+'''
+
+
+def test_a_rank_that_ends_while_its_watchdog_talks_to_the_store_exits_cleanly(tmp_path):
+    """A rank whose training ended while its watchdog thread was inside a store call (seen under load: rank 1 done
+    while rank 0 ran the final evaluation) aborted as the interpreter finalized, 'terminate called without an active
+    exception' (SIGABRT), and torchrun then failed the job and sent rank 0 SIGTERM. Watchdog.stop() now waits for
+    the thread; the process exits 0, with the garbage collector off."""
+    script = tmp_path / 'stop_in_a_store_call.py'
+    script.write_text(STOP_IN_A_STORE_CALL)
+    p = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and 'terminate called' not in p.stderr, (p.returncode, p.stderr[-2000:])
+
+
 # --- damaged checkpoints and changed flags on resume (issue 29) ------------------------------------------------
 def _truncate(path):
     data = path.read_bytes()

@@ -59,8 +59,16 @@ class Watchdog:
         if self.store is not None and self.timeout > 0:
             self._exchange(0, self.clock())
 
-    def stop(self):
+    def stop(self, wait=30.0):
+        """End the thread and wait for it (at most `wait` s) to finish a store call it is in. A daemon thread
+        still inside a c10d store call when the interpreter finalizes is ended inside C++ code, which aborts
+        the process ('terminate called without an active exception', SIGABRT); under torchrun a rank that
+        aborts as it exits fails the whole job, even one whose other ranks are finishing it."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                LOGGER.warning('WARNING: the watchdog is still waiting for the rendezvous store after %g s', wait)
 
     def arm(self):
         """Start timing from the next beat that is not a wait (called after each batch; only the first counts)."""
