@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -466,6 +467,50 @@ def test_a_folder_that_refuses_writes_is_one_line(tmp_path):
         run_cli(main, 'train.py')
     assert str(e.value.code) == (f'train.py: error: operation not permitted writing {tmp_path / "runs" / "exp"}: '
                                  f'free space or choose another --project; earlier outputs are kept')
+
+
+STUCK_HELPER = """
+import ctypes, gc, multiprocessing, os, sys, time
+gc.disable()
+sys.path.insert(0, os.getcwd())
+from utils.errors import run_cli
+
+
+def stuck_in_c():
+    # as a forked DNS lookup waits for a lock that another thread of its parent held at the fork: a wait in C that
+    # no signal interrupts, so that a Python-level handler never runs
+    mutex = ctypes.create_string_buffer(64)  # zeros: a default pthread mutex
+    libc = ctypes.CDLL(None)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+
+def main():
+    helper = multiprocessing.get_context('fork').Process(target=stuck_in_c, daemon=True)
+    helper.start()
+    time.sleep(1)
+    helper.terminate()  # what OpenVINO's telemetry does to its sender after a timeout
+    helper.join(10)
+    print('helper exit code', helper.exitcode)
+    if helper.exitcode is None:
+        os.kill(helper.pid, 9)
+
+
+run_cli(main, 'models/export.py')
+"""
+
+
+def test_a_forked_helper_stuck_in_c_ends_with_sigterm(tmp_path):
+    """A library's forked helper process stuck in C code ends when its parent sends SIGTERM. Seen in a loaded suite
+    (test_benchmark_backends_prints_runtimes_side_by_side): OpenVINO's converter sends telemetry from a forked
+    process and ends it with terminate() after a timeout; the child had inherited the script's Python-level SIGTERM
+    handler, which never runs inside a glibc lock wait, so the benchmark printed its rows and never exited
+    (multiprocessing joins its children at exit), and once killed left the helpers behind for good. Forked
+    children now start with the default SIGTERM."""
+    script = tmp_path / 'stuck_helper.py'
+    script.write_text(STUCK_HELPER)
+    p = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == 'helper exit code -15', (p.returncode, p.stdout, p.stderr)
 
 
 def test_autoanchor_with_fewer_boxes_than_anchors_keeps_the_anchors(tiny_p5, caplog):

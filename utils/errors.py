@@ -8,6 +8,7 @@ exit with status 1; anything else is a bug and keeps its traceback.
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 
@@ -97,12 +98,35 @@ def _raise_stop_signal(signum, frame):
     raise StopSignal(signum)
 
 
+_fork_hook_registered = False
+
+
+def _default_stop_signals():
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def default_stop_signals_in_forked_children():
+    """A process forked from a script (a library's helper, such as the process in which OpenVINO's converter
+    sends its telemetry) starts with the default SIGTERM and SIGUSR1, not the script's handler. With the script's
+    Python-level handler, a child stuck in C code (a lock held by another thread at the fork) could not be ended by
+    SIGTERM, its parent's terminate(), and outlived the script for good. Registered once per process by run_cli;
+    the data loader's workers set their own handlers after the fork (utils.datasets.seed_worker). train.py keeps
+    its handlers in its forked children (StopSignals): there they are loader workers, which must not stop on the
+    process group's signal before their own handlers are set."""
+    global _fork_hook_registered
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_default_stop_signals)
+        _fork_hook_registered = True
+
+
 def run_cli(main, prog):
     """Run a script's main(); a UserError or a failed write becomes one line on stderr and exit status 1. A stop
     signal (SIGINT, SIGTERM, SIGUSR1) ends it with one line and 128 + the signal, its cleanup done (train.py takes
     them itself, to save a checkpoint first)."""
     for s in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(s, _raise_stop_signal)
+    default_stop_signals_in_forked_children()
     try:
         main()
     except StopSignal as e:
