@@ -308,9 +308,23 @@ def test_a_run_of_the_older_layout_resumes_bit_identically(hyp, reference, tmp_p
                                                                         'auto')],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_run(reference, run)
     import json
     assert json.loads(got.read_text()) == {'counter_steps': old['counter_steps']}
+    _assert_continues_as_uninterrupted(reference, run)
+
+
+def _assert_continues_as_uninterrupted(reference, run):
+    """The run resumed from a committed fixture equals the uninterrupted one made here, where this machine's
+    arithmetic is the fixture's. Its first 1.3 epochs were trained on another machine, and CPUs differ in their
+    kernels (oneDNN's, OpenCV's): a pixel or a rounding apart, two runs part ways, so on a CPU that computes
+    otherwise no run here can equal it bit for bit. Epoch 0's results line, which the checkpoint carries, tells:
+    where it equals this machine's, the whole run must; otherwise only that comparison is skipped, saying why."""
+    ours, resumed = ((Path(r) / 'results.txt').read_text().splitlines() for r in (reference, run))
+    assert len(resumed) == len(ours) == 3, resumed
+    if resumed[0] != ours[0]:
+        pytest.skip(f'this CPU trains epoch 0 otherwise than the machine that made the fixture ({ours[0].split()} '
+                    f'here, {resumed[0].split()} there): bit-identity is judged only on a CPU like that one')
+    assert_same_run(reference, run)
 
 
 CURRENT = ROOT / 'tests' / 'data' / 'current-last.pt'  # the same run's last.pt in this layout (at commit 0ff618c)
@@ -333,9 +347,9 @@ def test_a_run_of_the_current_layout_resumes_bit_identically(hyp, reference, tmp
                                                                         'auto')],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_run(reference, run)
     import json
     assert json.loads(got.read_text()) == {'counter_steps': 7}
+    _assert_continues_as_uninterrupted(reference, run)
 
 
 def test_a_forked_child_does_not_keep_the_run_lock(tmp_path):
