@@ -94,6 +94,9 @@ class StopSignal(BaseException):
         self.signum = signum
 
 
+SCRIPT_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # raised as StopSignal by run_cli (SIGINT as Python's own)
+
+
 def _raise_stop_signal(signum, frame):
     raise StopSignal(signum)
 
@@ -102,7 +105,7 @@ _fork_hook_registered = False
 
 
 def _default_stop_signals():
-    for s in (signal.SIGTERM, signal.SIGUSR1):
+    for s in SCRIPT_STOP_SIGNALS:
         signal.signal(s, signal.SIG_DFL)
 
 
@@ -124,7 +127,7 @@ def run_cli(main, prog):
     """Run a script's main(); a UserError or a failed write becomes one line on stderr and exit status 1. A stop
     signal (SIGINT, SIGTERM, SIGUSR1) ends it with one line and 128 + the signal, its cleanup done (train.py takes
     them itself, to save a checkpoint first)."""
-    for s in (signal.SIGTERM, signal.SIGUSR1):
+    for s in SCRIPT_STOP_SIGNALS:
         signal.signal(s, _raise_stop_signal)
     default_stop_signals_in_forked_children()
     try:
